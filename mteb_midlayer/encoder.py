@@ -1,0 +1,185 @@
+"""`LayerEncoder`: one layer (or a 2D-Matryoshka `(layer, dim)` slice) of a model as an mteb model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from mteb.models import ModelMeta
+from mteb.models.abs_encoder import AbsEncoder, get_prompt
+from mteb.models.model_meta import ScoringFunction
+
+from .layers import resolve_layer
+from .model import LayerModel, check_texts, dtype_name
+from .pooling import check_pooling
+
+if TYPE_CHECKING:
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from mteb.types import PromptType
+    from torch.utils.data import DataLoader
+
+
+def resolve_dim(dim: int | None, hidden_size: int) -> int:
+    """`None` means the full width; anything outside `1..hidden_size` is a `ValueError`."""
+    if dim is None:
+        return hidden_size
+    if isinstance(dim, bool) or not isinstance(dim, int):
+        raise TypeError(f"dim must be an int or None, got {type(dim).__name__}")
+    if not 1 <= dim <= hidden_size:
+        raise ValueError(f"dim {dim} is out of range: this model's hidden size is {hidden_size}.")
+    return dim
+
+
+def slice_and_normalize(x: torch.Tensor | np.ndarray, dim: int, normalize: bool) -> np.ndarray:
+    """First `dim` coordinates, then (optionally) L2 normalisation, as float32 numpy."""
+    arr = np.asarray(x[:, :dim] if not isinstance(x, torch.Tensor) else x[:, :dim].cpu().numpy())
+    arr = arr.astype(np.float32, copy=False)
+    if normalize:
+        norms = np.linalg.norm(arr, axis=1, keepdims=True)
+        arr = arr / np.maximum(norms, 1e-12)
+    return arr
+
+
+def experiment_kwargs(layer: int, dim: int, pooling: str, normalize: bool) -> dict[str, Any]:
+    """What tells one slice of a model from another in mteb's result folders."""
+    return {"layer": layer, "dim": dim, "pooling": pooling, "normalize": normalize}
+
+
+def slice_meta(
+    lm: LayerModel, layer: int, dim: int, pooling: str, normalize: bool, loader: Any = None
+) -> ModelMeta:
+    """`ModelMeta` of the underlying model, with the slice in `experiment_kwargs`."""
+    return ModelMeta.create_empty(
+        overwrites=dict(
+            name=lm.name,
+            revision=lm.revision or "no_revision_available",
+            loader=loader,
+            n_parameters=lm.n_parameters,
+            max_tokens=lm.max_length,
+            embed_dim=dim,
+            similarity_fn_name=ScoringFunction.COSINE,
+            framework=["PyTorch"],
+            use_instructions=bool(lm.prompts),
+            open_weights=True,
+            experiment_kwargs=experiment_kwargs(layer, dim, pooling, normalize),
+        )
+    )
+
+
+def resolve_prompt(
+    prompts: dict[str, str] | None, task_metadata: TaskMetadata, prompt_type: PromptType | None
+) -> str:
+    """The prompt text mteb's rules pick for this task / prompt type ('' when none)."""
+    return get_prompt(prompts, task_metadata, prompt_type) or ""
+
+
+def texts_from_loader(inputs: DataLoader) -> list[str]:
+    return [text for batch in inputs for text in batch["text"]]
+
+
+class LayerEncoder(AbsEncoder):
+    """Embed texts with the hidden state of one layer of `model`.
+
+    `layer`: 0 = embedding output, L = last block, negatives count from the end.
+    `dim`: keep the first `dim` coordinates (2D Matryoshka). `normalize`: L2 after slicing.
+    `pooling`: mean | cls | last | max; `None` takes the model's own (sentence-transformers
+    pooling) or mean. Only the blocks up to `layer` run.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | Any,
+        *,
+        layer: int = -1,
+        dim: int | None = None,
+        pooling: str | None = None,
+        normalize: bool = False,
+        tokenizer: Any = None,
+        name: str | None = None,
+        revision: str | None = None,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_length: int | None = None,
+        batch_size: int = 32,
+        model_prompts: dict[str, str] | None = None,
+        show_progress: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
+        if pooling is not None:
+            check_pooling(pooling)
+        lm = (
+            model
+            if isinstance(model, LayerModel)
+            else LayerModel.load(
+                model,
+                tokenizer,
+                name=name,
+                revision=revision,
+                device=device,
+                dtype=dtype,
+                max_length=max_length,
+                trust_remote_code=trust_remote_code,
+            )
+        )
+        self.lm = lm
+        self.model = lm.model
+        self.layer = resolve_layer(layer, lm.n_layers)
+        self.dim = resolve_dim(dim, lm.hidden_size)
+        self.pooling = pooling or lm.default_pooling
+        self.normalize = bool(normalize)
+        self.batch_size = batch_size
+        self.show_progress = show_progress
+        self.model_prompts = self.validate_task_to_prompt_name(model_prompts or lm.prompts)
+        self.mteb_model_meta = slice_meta(lm, self.layer, self.dim, self.pooling, self.normalize)
+
+    @property
+    def store_config(self) -> dict[str, Any]:
+        """Everything that changes a pooled vector besides the text itself."""
+        return {
+            "model": self.lm.name,
+            "revision": self.lm.revision,
+            "pooling": self.pooling,
+            "max_length": self.lm.max_length,
+            "dtype": dtype_name(self.lm.dtype),
+        }
+
+    def embed(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
+        """`(len(texts), dim)` float32 embeddings, outside mteb."""
+        texts = check_texts(texts)
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        for batch in self.lm.iter_batches(
+            texts,
+            [self.layer],
+            self.pooling,
+            batch_size=batch_size or self.batch_size,
+            show_progress=self.show_progress,
+        ):
+            out[batch.indices] = slice_and_normalize(
+                batch.pooled[self.layer], self.dim, self.normalize
+            )
+        return out
+
+    def encode(
+        self,
+        inputs: DataLoader,
+        *,
+        task_metadata: TaskMetadata,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        prompt = resolve_prompt(self.model_prompts, task_metadata, prompt_type)
+        texts = [prompt + text for text in texts_from_loader(inputs)]
+        return self.embed(texts, batch_size=kwargs.get("batch_size") or self.batch_size)
+
+    def __repr__(self) -> str:
+        return (
+            f"LayerEncoder({self.lm.name!r}, layer={self.layer}/{self.lm.n_layers}, dim={self.dim}, "
+            f"pooling={self.pooling!r}, normalize={self.normalize})"
+        )

