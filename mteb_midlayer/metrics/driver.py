@@ -1,0 +1,380 @@
+"""The metrics driver: every unsupervised metric for every layer, from the fewest passes.
+
+Per task: sample N texts (`sampling`), run the model once over them, pooling every layer and,
+in the same pass, scoring the token-level metrics (prompt entropy, curvature) batch by batch so
+token states are never all held at once; then once per augmented view (InfoNCE and DiME use
+views 0 and 1, LiDAR all `n_views`). The maths is `functional`; this module only moves tensors
+and writes tidy rows to `DIR/metrics/*.parquet` (`pd.read_parquet(DIR / "metrics")` reads all).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..layers import resolve_layers
+from ..model import LayerModel
+from ..pooling import check_pooling
+from . import functional as F
+from .augment import augment_views
+from .sampling import sample_texts, task_texts
+
+logger = logging.getLogger(__name__)
+
+METRICS = (
+    "dataset_entropy",
+    "effective_rank",
+    "prompt_entropy",
+    "curvature",
+    "infonce",
+    "lidar",
+    "dime",
+    "intrinsic_dimension",
+)
+TOKEN_METRICS = frozenset({"prompt_entropy", "curvature"})
+VIEW_METRICS = frozenset({"infonce", "lidar", "dime"})
+ROW_COLUMNS = [
+    "model",
+    "revision",
+    "dataset",
+    "layer",
+    "metric",
+    "variant",
+    "value",
+    "n",
+    "pooling",
+    "alpha",
+    "seed",
+]
+
+
+def parse_metrics(metrics: Sequence[str] | str | None) -> list[str]:
+    """`"all"`/None -> every metric; else the named ones, checked."""
+    if metrics is None or metrics == "all":
+        return list(METRICS)
+    if isinstance(metrics, str):
+        metrics = [m.strip() for m in metrics.split(",") if m.strip()]
+    unknown = sorted(set(metrics) - set(METRICS))
+    if unknown:
+        raise ValueError(f"Unknown metrics {unknown}; choose from {', '.join(METRICS)} or 'all'.")
+    return [m for m in METRICS if m in metrics]
+
+
+@contextlib.contextmanager
+def linalg_threads(device: torch.device, n: int = 1):
+    """Run CPU metric maths on `n` threads.
+
+    LAPACK's symmetric eigensolvers gain little from threads at these sizes (N <= a few
+    thousand) and collapse when the cores are oversubscribed: a 1000 x 1000 `eigvalsh` took
+    0.1 s on one thread and 7.8 s on two on a busy 2-core machine. GPUs are left alone.
+    """
+    if device.type != "cpu":
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Timer:
+    """Wall-clock seconds per named phase (device-synchronised), for the cost benchmark."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def __call__(self, name: str):
+        timer = self
+
+        class _Phase:
+            def __enter__(self):
+                _sync(timer.device)
+                self.start = time.perf_counter()
+
+            def __exit__(self, *exc):
+                _sync(timer.device)
+                timer.seconds[name] += time.perf_counter() - self.start
+
+        return _Phase()
+
+
+def encode_texts(
+    lm: LayerModel,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    pooling: str,
+    *,
+    batch_size: int,
+    token_metrics: Sequence[str] = (),
+    alpha: float = 1.0,
+    timer: Timer | None = None,
+    desc: str = "Encoding",
+    show_progress: bool = False,
+) -> tuple[torch.Tensor, dict[tuple[str, int], Any]]:
+    """Pooled states `(n_layers, N, D)` on the device, plus per-text token metrics per layer.
+
+    Token-level metrics are computed batch by batch inside the same forward pass.
+    """
+    timer = timer or Timer(lm.device)
+    pooled = torch.empty((len(layers), len(texts), lm.hidden_size), device=lm.device)
+    per_text: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    n = len(texts)
+    for layer in layers:
+        if "prompt_entropy" in token_metrics:
+            nan = torch.full((n,), float("nan"), dtype=torch.float64, device=lm.device)
+            per_text[("prompt_entropy", layer)] = {"normalized": nan.clone(), "raw": nan.clone()}
+        if "curvature" in token_metrics:
+            nan = torch.full((n,), float("nan"), dtype=torch.float64, device=lm.device)
+            per_text[("curvature", layer)] = {"value": nan}
+    batches = lm.iter_batches(
+        texts,
+        layers,
+        pooling,
+        batch_size=batch_size,
+        token_layers=layers if token_metrics else (),
+        show_progress=show_progress,
+        desc=desc,
+    )
+    while True:
+        with timer("encode"):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        index = torch.tensor(batch.indices, device=lm.device)
+        for i, layer in enumerate(layers):
+            pooled[i, index] = batch.pooled[layer]
+        for layer, tokens in batch.tokens.items():
+            if "prompt_entropy" in token_metrics:
+                with timer("prompt_entropy"), linalg_threads(lm.device):
+                    pe = F.prompt_entropy_per_text(tokens, alpha=alpha)
+                    slot = per_text[("prompt_entropy", layer)]
+                    slot["normalized"][index] = pe.normalized
+                    slot["raw"][index] = pe.raw
+            if "curvature" in token_metrics:
+                with timer("curvature"):
+                    cv = F.curvature_per_text(tokens)
+                    per_text[("curvature", layer)]["value"][index] = cv.values
+    return pooled, per_text
+
+
+def _mean_valid(values: torch.Tensor) -> tuple[float, int]:
+    valid = ~torch.isnan(values)
+    n = int(valid.sum())
+    return (float(values[valid].mean()) if n else float("nan")), n
+
+
+def compute_rows(
+    pooled: torch.Tensor,
+    per_text: dict[tuple[str, int], dict[str, torch.Tensor]],
+    views: torch.Tensor | None,
+    layers: Sequence[int],
+    metrics: Sequence[str],
+    *,
+    alpha: float = 1.0,
+    n_perms: int = 10,
+    seed: int = 42,
+    timer: Timer | None = None,
+) -> list[dict[str, Any]]:
+    """Every metric of every layer as `{layer, metric, variant, value, n}` rows.
+
+    `pooled`: `(n_layers, N, D)`; `views`: `(n_layers, N, V, D)` or None.
+    """
+    timer = timer or Timer(pooled.device)
+    rows: list[dict[str, Any]] = []
+
+    def add(layer: int, metric: str, variant: str, value: Any, n: int) -> None:
+        rows.append(
+            {"layer": layer, "metric": metric, "variant": variant, "value": float(value), "n": n}
+        )
+
+    n_texts = pooled.shape[1]
+    for i, layer in enumerate(layers):
+        x = pooled[i]
+        if "dataset_entropy" in metrics:
+            with timer("dataset_entropy"):
+                add(layer, "dataset_entropy", "normalized", F.dataset_entropy(x, alpha), n_texts)
+                add(layer, "dataset_entropy", "raw", F.matrix_entropy(x, alpha, False), n_texts)
+        if "effective_rank" in metrics:
+            with timer("effective_rank"):
+                add(layer, "effective_rank", "value", F.effective_rank(x), n_texts)
+        if "intrinsic_dimension" in metrics:
+            with timer("intrinsic_dimension"):
+                add(layer, "intrinsic_dimension", "twonn", F.intrinsic_dimension(x), n_texts)
+        if "prompt_entropy" in metrics:
+            slot = per_text[("prompt_entropy", layer)]
+            for variant in ("normalized", "raw"):
+                value, n = _mean_valid(slot[variant])
+                add(layer, "prompt_entropy", variant, value, n)
+        if "curvature" in metrics:
+            value, n = _mean_valid(per_text[("curvature", layer)]["value"])
+            add(layer, "curvature", "radians", value, n)
+        if views is None:
+            continue
+        a, b = views[i, :, 0], views[i, :, 1]
+        if "infonce" in metrics:
+            with timer("infonce"):
+                loss = F.infonce(a, b)
+                add(layer, "infonce", "loss", loss, n_texts)
+                add(layer, "infonce", "mi_bound", F.infonce_mi_bound(loss, n_texts), n_texts)
+        if "dime" in metrics:
+            with timer("dime"):
+                gen = torch.Generator(device=a.device).manual_seed(seed)
+                add(layer, "dime", "value", F.dime(a, b, alpha, n_perms, gen), n_texts)
+        if "lidar" in metrics:
+            with timer("lidar"):
+                add(layer, "lidar", f"n_views={views.shape[2]}", F.lidar(views[i]), n_texts)
+    return rows
+
+
+def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    df.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def layer_metrics(
+    model: Any,
+    *,
+    tasks: Sequence[Any] | None = None,
+    benchmark: str | None = None,
+    data_dir: Path | str | None = None,
+    output: Path | str = "results",
+    n: int = 1000,
+    metrics: Sequence[str] | str | None = "all",
+    alpha: float = 1.0,
+    seed: int = 42,
+    n_views: int = 16,
+    layers: Sequence[int] | str | None = "all",
+    pooling: str | None = None,
+    name: str | None = None,
+    revision: str | None = None,
+    tokenizer: Any = None,
+    batch_size: int = 32,
+    device: str | None = None,
+    dtype: str | None = None,
+    max_length: int | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> pd.DataFrame:
+    """Compute the layer metrics of `model` on each task; write and return tidy rows.
+
+    A task whose file already exists with the same settings is read back, not recomputed.
+    `df.attrs["timings"]` holds seconds per phase (encoding, each metric) of what was computed.
+    """
+    from ..sweep import select_tasks
+
+    chosen = parse_metrics(metrics)
+    if n_views < 2 and VIEW_METRICS & set(chosen):
+        raise ValueError("InfoNCE, DiME and LiDAR need n_views >= 2.")
+    lm = (
+        model
+        if isinstance(model, LayerModel)
+        else LayerModel.load(
+            model,
+            tokenizer,
+            name=name,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            max_length=max_length,
+        )
+    )
+    pooling = check_pooling(pooling or lm.default_pooling)
+    layer_list = resolve_layers(layers, lm.n_layers)
+    task_objects = select_tasks(tasks, benchmark, data_dir)
+    out_dir = Path(output) / "metrics"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings = {
+        "model": lm.name,
+        "revision": lm.revision,
+        "pooling": pooling,
+        "n": n,
+        "seed": seed,
+        "alpha": alpha,
+        "n_views": n_views,
+        "metrics": chosen,
+        "layers": layer_list,
+        "max_length": lm.max_length,
+        "dtype": str(lm.dtype),
+    }
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
+    timer = Timer(lm.device)
+    frames = []
+    for task in tqdm(task_objects, desc="Metrics", unit="task", disable=not show_progress):
+        task_name = task.metadata.name
+        safe_model = lm.name.replace("/", "__")
+        path = out_dir / f"{safe_model}__{task_name}__{digest}.parquet"
+        if path.exists() and not overwrite:
+            frames.append(pd.read_parquet(path))
+            continue
+        texts = sample_texts(task_texts(task), n, seed)
+        token_metrics = [m for m in chosen if m in TOKEN_METRICS]
+        pooled, per_text = encode_texts(
+            lm,
+            texts,
+            layer_list,
+            pooling,
+            batch_size=batch_size,
+            token_metrics=token_metrics,
+            alpha=alpha,
+            timer=timer,
+            desc=f"{task_name} texts",
+            show_progress=show_progress,
+        )
+        views = None
+        if VIEW_METRICS & set(chosen):
+            needed = n_views if "lidar" in chosen else 2
+            augmented = augment_views(texts, needed, seed=seed)
+            views = torch.empty(
+                (len(layer_list), len(texts), needed, lm.hidden_size), device=lm.device
+            )
+            for v, view_texts in enumerate(augmented):
+                views[:, :, v], _ = encode_texts(
+                    lm,
+                    view_texts,
+                    layer_list,
+                    pooling,
+                    batch_size=batch_size,
+                    timer=timer,
+                    desc=f"{task_name} view {v + 1}/{needed}",
+                    show_progress=show_progress,
+                )
+        with linalg_threads(lm.device):
+            rows = compute_rows(
+                pooled, per_text, views, layer_list, chosen, alpha=alpha, seed=seed, timer=timer
+            )
+        df = pd.DataFrame(rows)
+        df.insert(0, "dataset", task_name)
+        df.insert(0, "revision", lm.revision)
+        df.insert(0, "model", lm.name)
+        df["pooling"] = pooling
+        df["alpha"] = alpha
+        df["seed"] = seed
+        df = df[ROW_COLUMNS]
+        _atomic_parquet(df, path)
+        frames.append(df)
+        if hasattr(task, "unload_data"):
+            task.unload_data()
+    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROW_COLUMNS)
+    result.attrs["timings"] = dict(timer.seconds)
+    return result

@@ -1,0 +1,148 @@
+"""The mteb adapter for the sweep: an encoder that answers from the embedding store.
+
+`StoreEncoder` is an mteb `AbsEncoder` for one `(layer, dim)` slice. On `encode` it looks the
+texts up in the store; texts it lacks are run through the network once, with *every* layer of
+the sweep pooled in that same pass and written to the store shard by shard. So the first slice
+scored on a task pays the forward pass and every later slice is a pure replay. Its `ModelMeta`
+is the one `LayerEncoder` gives the same slice, so both file results in the same mteb folder.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from mteb.models.abs_encoder import AbsEncoder
+
+from .encoder import resolve_prompt, slice_and_normalize, slice_meta, texts_from_loader
+from .model import LayerModel, dtype_name
+from .store import EmbeddingStore, StoreKey
+
+if TYPE_CHECKING:
+    from mteb.abstasks.task_metadata import TaskMetadata
+    from mteb.types import PromptType
+    from torch.utils.data import DataLoader
+
+#: Texts per shard file: bounds what a crash can lose and what sits in RAM before a write.
+DEFAULT_SHARD_SIZE = 2048
+
+
+def store_key(lm: LayerModel, pooling: str, prompt_type: str | None) -> StoreKey:
+    return StoreKey(
+        model=lm.name,
+        revision=lm.revision or "no_revision_available",
+        pooling=pooling,
+        prompt_type=prompt_type,
+        max_length=lm.max_length,
+        dtype=dtype_name(lm.dtype),
+    )
+
+
+class EmbeddingSource:
+    """Store plus (optionally) the network that fills it: shared by all slices of a sweep."""
+
+    def __init__(
+        self,
+        lm: LayerModel,
+        root: Path | str,
+        *,
+        pooling: str,
+        layers: Sequence[int],
+        batch_size: int = 32,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        show_progress: bool = True,
+        replay_only: bool = False,
+    ) -> None:
+        self.lm = lm
+        self.root = Path(root)
+        self.pooling = pooling
+        self.layers = sorted(set(layers))
+        self.batch_size = batch_size
+        self.shard_size = shard_size
+        self.show_progress = show_progress
+        self.replay_only = replay_only
+        self._stores: dict[str | None, EmbeddingStore] = {}
+        #: texts run through the network by this source (for tests and benchmarks)
+        self.n_encoded = 0
+
+    def store(self, prompt_type: str | None) -> EmbeddingStore:
+        if prompt_type not in self._stores:
+            key = store_key(self.lm, self.pooling, prompt_type)
+            self._stores[prompt_type] = EmbeddingStore(self.root, key)
+        return self._stores[prompt_type]
+
+    def fill(
+        self, texts: Sequence[str], prompt_type: str | None, namespace: tuple[str, ...]
+    ) -> None:
+        """Make sure every text has every sweep layer in the store (one pass for the missing)."""
+        store = self.store(prompt_type)
+        missing = store.missing(texts, self.layers)
+        if not missing:
+            return
+        if self.replay_only:
+            raise KeyError(f"{len(missing)} texts of {namespace} are not in the store {store}.")
+        todo = list(dict.fromkeys(texts[i] for i in missing))
+        for start in range(0, len(todo), self.shard_size):
+            chunk = todo[start : start + self.shard_size]
+            pooled = torch.empty((len(self.layers), len(chunk), self.lm.hidden_size))
+            for batch in self.lm.iter_batches(
+                chunk,
+                self.layers,
+                self.pooling,
+                batch_size=self.batch_size,
+                show_progress=self.show_progress,
+                desc=f"Encoding {'/'.join(namespace)} [{start // self.shard_size + 1}]",
+            ):
+                stacked = torch.stack([batch.pooled[layer] for layer in self.layers])
+                pooled[:, batch.indices] = stacked.cpu()
+            store.write(namespace, chunk, pooled.numpy(), self.layers)
+            self.n_encoded += len(chunk)
+
+
+class StoreEncoder(AbsEncoder):
+    """One `(layer, dim)` slice, answered from an `EmbeddingSource`."""
+
+    def __init__(
+        self,
+        source: EmbeddingSource,
+        *,
+        layer: int,
+        dim: int,
+        normalize: bool = False,
+        model_prompts: dict[str, str] | None = None,
+    ) -> None:
+        if layer not in source.layers:
+            raise ValueError(f"layer {layer} is not among the sweep's layers {source.layers}.")
+        self.source = source
+        self.model = None
+        self.layer = layer
+        self.dim = dim
+        self.normalize = normalize
+        self.model_prompts = model_prompts if model_prompts is not None else source.lm.prompts
+        self.mteb_model_meta = slice_meta(source.lm, layer, dim, source.pooling, normalize)
+
+    def encode(
+        self,
+        inputs: DataLoader,
+        *,
+        task_metadata: TaskMetadata,
+        hf_split: str,
+        hf_subset: str,
+        prompt_type: PromptType | None = None,
+        **kwargs: Any,
+    ) -> np.ndarray:
+        prompt = resolve_prompt(self.model_prompts, task_metadata, prompt_type)
+        texts = [prompt + text for text in texts_from_loader(inputs)]
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        kind = prompt_type.value if prompt_type is not None else None
+        namespace = (task_metadata.name, hf_split, hf_subset)
+        self.source.fill(texts, kind, namespace)
+        raw = self.source.store(kind).read(texts, self.layer, self.dim)
+        return slice_and_normalize(raw, self.dim, self.normalize)
+
+    def __repr__(self) -> str:
+        return f"StoreEncoder(layer={self.layer}, dim={self.dim}, pooling={self.source.pooling!r})"

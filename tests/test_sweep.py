@@ -1,0 +1,163 @@
+"""The all-layer sweep: equals per-slice LayerEncoder runs, resumes after SIGKILL, isolates failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mteb
+import numpy as np
+import pytest
+
+from mteb_midlayer.encoder import LayerEncoder
+from mteb_midlayer.model import EMBEDDED_NAME, LayerModel
+from mteb_midlayer.sweep import select_tasks, sweep
+
+from .conftest import REPO
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_path):
+    return LayerModel.load(minilm_path, device="cpu")
+
+
+def test_sweep_equals_layer_encoder_runs(minilm, shared_data, tmp_path):
+    out = tmp_path / "sweep"
+    table = sweep(
+        minilm,
+        tasks=["BIOSSES"],
+        data_dir=shared_data,
+        layers="all",
+        dims=[384, 64],
+        output=out,
+        show_progress=False,
+    )
+    assert table.attrs["failures"] == {}
+    # one forward pass per distinct text, not one per slice
+    texts = select_tasks(["BIOSSES"], None, shared_data)[0]
+    texts.load_data()
+    unique = set(texts.dataset["test"]["sentence1"]) | set(texts.dataset["test"]["sentence2"])
+    assert table.attrs["n_encoded"] == len(unique)
+    assert list(table.index.get_level_values("layer").unique()) == list(range(7))
+    assert table.loc[(384, 6), "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)  # README "here"
+
+    for layer, dim in ((6, 384), (3, 64), (0, 384)):
+        enc = LayerEncoder(minilm, layer=layer, dim=None if dim == 384 else dim)
+        task = select_tasks(["BIOSSES"], None, shared_data)[0]
+        res = mteb.evaluate(enc, task, cache=None, show_progress_bar=False)
+        direct = res.task_results[0].get_score()
+        assert table.loc[(dim, layer), "BIOSSES"] == pytest.approx(direct, abs=1e-6), (layer, dim)
+
+    # mteb's own cache reads the results: one experiment per slice, real name and revision
+    results = mteb.ResultCache(out).load_results(
+        include_remote=False, load_experiments="match_name"
+    )
+    metas = [m.model_meta for m in results.model_results]
+    assert len(metas) == 14
+    assert {m.name for m in metas} == {EMBEDDED_NAME}
+    assert {m.revision for m in metas} == {minilm.revision}
+    assert {(m.experiment_kwargs["layer"], m.experiment_kwargs["dim"]) for m in metas} == {
+        (layer, dim) for layer in range(7) for dim in (384, 64)
+    }
+
+    # a rerun encodes nothing and rescores nothing
+    files = sorted(out.rglob("BIOSSES.json"))
+    mtimes = [f.stat().st_mtime_ns for f in files]
+    again = sweep(
+        minilm,
+        tasks=["BIOSSES"],
+        data_dir=shared_data,
+        dims=[384, 64],
+        output=out,
+        show_progress=False,
+    )
+    assert again.attrs["n_encoded"] == 0
+    assert [f.stat().st_mtime_ns for f in files] == mtimes
+    np.testing.assert_array_equal(again["BIOSSES"].to_numpy(), table["BIOSSES"].to_numpy())
+
+
+def test_failing_task_does_not_stop_the_others(minilm, shared_data, tmp_path):
+    data = tmp_path / "data"
+    (data / "STS12").mkdir(parents=True)
+    (data / "STS12" / "test.jsonl").write_text(
+        '{"sentence1": "a", "sentence2": "b", "score": 1}\n{oops\n'
+    )
+    (data / "BIOSSES").symlink_to(shared_data / "BIOSSES")
+    table = sweep(minilm, data_dir=data, layers=[6], output=tmp_path / "out", show_progress=False)
+    assert set(table.attrs["failures"]) == {"STS12"}
+    reason = table.attrs["failures"]["STS12"]
+    assert "test.jsonl" in reason and "line 2" in reason, reason
+    assert table.loc[6, "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)
+
+
+def test_cli_exit_code_and_bad_arguments(shared_data, tmp_path):
+    from mteb_midlayer.cli import main
+
+    assert main(["sweep", "minilm", "--tasks", "NoSuchTask", "--output", str(tmp_path)]) == 2
+    assert (
+        main(["sweep", "minilm", "--tasks", "BIOSSES", "--layers", "9", "--output", str(tmp_path)])
+        == 2
+    )
+    assert (
+        main(["sweep", "minilm", "--tasks", "BIOSSES", "--dims", "999", "--output", str(tmp_path)])
+        == 2
+    )
+
+
+def _markers(out: Path) -> list[Path]:
+    return list((out / "store").rglob("shards/**/*.json")) if (out / "store").exists() else []
+
+
+def _cli(out: Path, shared_data: Path) -> list[str]:
+    return [
+        sys.executable, "-m", "mteb_midlayer.cli", "sweep", "minilm",
+        "--tasks", "BIOSSES", "--data-dir", str(shared_data), "--layers", "0,3,6",
+        "--output", str(out), "--shard-size", "16", "--batch-size", "16", "--device", "cpu",
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_identical_results(shared_data, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cli(killed, shared_data), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 240
+    while len(_markers(killed)) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    n_shards = len(_markers(killed))
+    assert n_shards >= 3
+    assert not list(killed.rglob("BIOSSES.json"))  # killed while still encoding
+
+    resumed = subprocess.run(
+        _cli(killed, shared_data), env=env, capture_output=True, text=True, check=True
+    )
+    encoded_after = int(resumed.stdout.split("Encoded ")[1].split()[0])
+    reference = subprocess.run(
+        _cli(tmp_path / "clean", shared_data), env=env, capture_output=True, text=True, check=True
+    )
+    encoded_clean = int(reference.stdout.split("Encoded ")[1].split()[0])
+    # finished shards were not recomputed: the resumed run encoded only what was missing
+    assert encoded_after <= encoded_clean - 3 * 16
+
+    def scores(out: Path) -> dict[str, float]:
+        found = {}
+        for path in out.rglob("BIOSSES.json"):
+            found[path.parent.name] = json.loads(path.read_text())["scores"]["test"][0][
+                "main_score"
+            ]
+        return found
+
+    a, b = scores(killed), scores(tmp_path / "clean")
+    assert len(a) == 3 and a.keys() == b.keys()
+    for key in a:
+        assert a[key] == pytest.approx(b[key], abs=1e-6), key
