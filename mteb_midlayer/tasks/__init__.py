@@ -1,0 +1,29 @@
+"""Tasks: the ``layer-by-layer-32`` benchmark, task resolution, offline data, mirroring."""
+
+from mteb_midlayer.tasks.benchmark import (
+    LAYER_BY_LAYER_32,
+    LAYER_BY_LAYER_32_TASKS,
+    get_benchmark,
+    layer_average,
+    missing_note,
+    resolve_tasks,
+    task_main_score,
+)
+from mteb_midlayer.tasks.local import LocalDataError, is_local_task, local_task, read_task_data
+from mteb_midlayer.tasks.mirror import mirror_task, mirror_tasks
+
+__all__ = [
+    "LAYER_BY_LAYER_32",
+    "LAYER_BY_LAYER_32_TASKS",
+    "LocalDataError",
+    "get_benchmark",
+    "is_local_task",
+    "layer_average",
+    "local_task",
+    "mirror_task",
+    "mirror_tasks",
+    "missing_note",
+    "read_task_data",
+    "resolve_tasks",
+    "task_main_score",
+]
