@@ -8,3 +8,20 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 __version__ = "0.1.0"
+
+from .encoder import LayerEncoder
+from .metrics.driver import layer_metrics
+from .model import LayerModel
+from .sweep import sweep
+from .tables import layer_results, layer_table
+from .tasks.benchmark import get_benchmark
+
+__all__ = [
+    "LayerEncoder",
+    "LayerModel",
+    "get_benchmark",
+    "layer_metrics",
+    "layer_results",
+    "layer_table",
+    "sweep",
+]
