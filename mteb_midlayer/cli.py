@@ -112,10 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_table(table: pd.DataFrame) -> None:
+    """Print a table; for a layer table, say plainly which layers lack which tasks."""
     with pd.option_context(
         "display.max_columns", 50, "display.width", 200, "display.float_format", "{:.4f}".format
     ):
         print(table.to_string())
+    if "missing" in table.columns:
+        from .tasks.benchmark import missing_note
+
+        for line in missing_note(table):
+            print(f"incomplete: {line}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

@@ -7,6 +7,7 @@ here from `ResultCache.load_results`, whose `ModelResult.model_meta.experiment_k
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -80,6 +81,7 @@ def layer_results(
     return df.sort_values(["model", "revision", "layer", "dim", "task"], ignore_index=True)
 
 
+@functools.cache
 def _task_type(name: str) -> str | None:
     try:
         return mteb.get_task(name).metadata.type
