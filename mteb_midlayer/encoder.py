@@ -149,20 +149,24 @@ class LayerEncoder(AbsEncoder):
     def embed(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
         """`(len(texts), dim)` float32 embeddings, outside mteb."""
         texts = check_texts(texts)
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
-            return out
+            return np.zeros((0, self.dim), dtype=np.float32)
+        # Each distinct text runs once (pair and retrieval tasks repeat many).
+        unique = list(dict.fromkeys(texts))
+        out = np.zeros((len(unique), self.dim), dtype=np.float32)
         for batch in self.lm.iter_batches(
-            texts,
+            unique,
             [self.layer],
             self.pooling,
             batch_size=batch_size or self.batch_size,
             show_progress=self.show_progress,
         ):
-            out[batch.indices] = slice_and_normalize(
-                batch.pooled[self.layer], self.dim, self.normalize
-            )
-        return out
+            pooled = batch.pooled[self.layer]
+            out[batch.indices] = slice_and_normalize(pooled, self.dim, self.normalize)
+        if len(unique) == len(texts):
+            return out
+        position = {text: i for i, text in enumerate(unique)}
+        return out[[position[text] for text in texts]]
 
     def encode(
         self,

@@ -59,8 +59,11 @@ def layer_results(
         if pooling is not None and kwargs.get("pooling") != pooling:
             continue
         for task_result in model_result.task_results:
+            split = (
+                "test" if "test" in task_result.scores else next(iter(task_result.scores), "test")
+            )
             try:
-                score = task_main_score(task_result)
+                score = task_main_score(task_result, split=split)
             except (KeyError, ValueError):
                 continue
             rows.append(
