@@ -215,11 +215,17 @@ def resolve_tasks(
     if unused:
         names = [t.metadata.name for t in selected]
         hints = []
+        typo = False
         for n in unused:
             close = difflib.get_close_matches(n, names, n=1)
+            typo = typo or bool(close)
             hints.append(n + (f" (did you mean {close[0]}?)" if close else ""))
-        logger.warning(
-            "folders in %s that match no selected task (not used): %s", data_dir, ", ".join(hints)
+        # A near-miss is likely a typo worth a warning; other tasks' folders are normal.
+        logger.log(
+            logging.WARNING if typo else logging.INFO,
+            "folders in %s that match no selected task (not used): %s",
+            data_dir,
+            ", ".join(hints),
         )
     return out
 

@@ -77,7 +77,7 @@ def test_resolve_tasks_arguments():
 
 
 def test_resolve_tasks_data_dir(shared_data, caplog):
-    with warnings.catch_warnings(), caplog.at_level(logging.WARNING):
+    with warnings.catch_warnings(), caplog.at_level(logging.INFO):
         warnings.simplefilter("ignore")
         tasks = resolve_tasks(benchmark="layer-by-layer-32", data_dir=shared_data)
     assert len(tasks) == 32
