@@ -124,25 +124,32 @@ def _print_table(table: pd.DataFrame) -> None:
             print(f"incomplete: {line}")
 
 
-def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import sweep
-
-    table = sweep(
-        args.model,
+def _common(args: argparse.Namespace) -> dict:
+    """The model and task options that `sweep` and `metrics` share."""
+    return dict(
         tasks=_split(args.tasks),
         benchmark=args.benchmark,
-        layers=args.layers,
-        dims=args.dims,
-        pooling=args.pooling,
-        normalize=args.normalize,
         data_dir=args.data_dir,
         output=args.output,
+        layers=args.layers,
+        pooling=args.pooling,
         name=args.name,
         revision=args.revision,
         batch_size=args.batch_size,
         device=args.device,
         dtype=args.dtype,
         max_length=args.max_length,
+    )
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import sweep
+
+    table = sweep(
+        args.model,
+        **_common(args),
+        dims=args.dims,
+        normalize=args.normalize,
         shard_size=args.shard_size,
     )
     _print_table(table)
@@ -159,23 +166,12 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     df = layer_metrics(
         args.model,
-        tasks=_split(args.tasks),
-        benchmark=args.benchmark,
-        data_dir=args.data_dir,
-        output=args.output,
+        **_common(args),
         n=args.n,
         metrics=args.metrics,
         alpha=args.alpha,
         seed=args.seed,
         n_views=args.n_views,
-        layers=args.layers,
-        pooling=args.pooling,
-        name=args.name,
-        revision=args.revision,
-        batch_size=args.batch_size,
-        device=args.device,
-        dtype=args.dtype,
-        max_length=args.max_length,
         overwrite=args.overwrite,
     )
     wide = df.pivot_table(index=["dataset", "metric", "variant"], columns="layer", values="value")
@@ -187,9 +183,10 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 def cmd_mirror(args: argparse.Namespace) -> int:
     from .tasks.mirror import mirror_tasks
 
-    for path in mirror_tasks(
-        args.tasks, args.to, overwrite=args.overwrite, all_splits=args.all_splits
-    ):
+    paths = mirror_tasks(
+        args.tasks or None, args.to, benchmark=args.benchmark, overwrite=args.overwrite
+    )
+    for path in paths:
         print(f"wrote {path}")
     return 0
 
@@ -223,8 +220,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return COMMANDS[args.command](args)
-    except (ValueError, TypeError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a clear one-line error; -v shows the traceback
+        if args.verbose:
+            raise
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 

@@ -76,8 +76,15 @@ def resolve_prompt(
     return get_prompt(prompts, task_metadata, prompt_type) or ""
 
 
-def texts_from_loader(inputs: DataLoader) -> list[str]:
-    return [text for batch in inputs for text in batch["text"]]
+def prompted_texts(
+    inputs: DataLoader,
+    prompts: dict[str, str] | None,
+    task_metadata: TaskMetadata,
+    prompt_type: PromptType | None,
+) -> list[str]:
+    """The texts of an mteb batch loader, each with the prompt mteb's rules pick prepended."""
+    prompt = resolve_prompt(prompts, task_metadata, prompt_type)
+    return [prompt + text for batch in inputs for text in batch["text"]]
 
 
 class LayerEncoder(AbsEncoder):
@@ -110,19 +117,15 @@ class LayerEncoder(AbsEncoder):
     ) -> None:
         if pooling is not None:
             check_pooling(pooling)
-        lm = (
-            model
-            if isinstance(model, LayerModel)
-            else LayerModel.load(
-                model,
-                tokenizer,
-                name=name,
-                revision=revision,
-                device=device,
-                dtype=dtype,
-                max_length=max_length,
-                trust_remote_code=trust_remote_code,
-            )
+        lm = LayerModel.coerce(
+            model,
+            tokenizer,
+            name=name,
+            revision=revision,
+            device=device,
+            dtype=dtype,
+            max_length=max_length,
+            trust_remote_code=trust_remote_code,
         )
         self.lm = lm
         self.model = lm.model
@@ -178,8 +181,7 @@ class LayerEncoder(AbsEncoder):
         prompt_type: PromptType | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        prompt = resolve_prompt(self.model_prompts, task_metadata, prompt_type)
-        texts = [prompt + text for text in texts_from_loader(inputs)]
+        texts = prompted_texts(inputs, self.model_prompts, task_metadata, prompt_type)
         return self.embed(texts, batch_size=kwargs.get("batch_size") or self.batch_size)
 
     def __repr__(self) -> str:

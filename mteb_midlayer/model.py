@@ -235,6 +235,11 @@ class LayerModel:
             n_parameters=sum(p.numel() for p in net.parameters()),
         )
 
+    @classmethod
+    def coerce(cls, model: Any, tokenizer: Any = None, **load_kwargs: Any) -> LayerModel:
+        """`model` itself if already loaded (so several slices share one network), else `load`."""
+        return model if isinstance(model, cls) else cls.load(model, tokenizer, **load_kwargs)
+
     # ------------------------------------------------------------------ shape
     @property
     def n_layers(self) -> int:

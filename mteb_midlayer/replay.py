@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from mteb.models.abs_encoder import AbsEncoder
 
-from .encoder import resolve_prompt, slice_and_normalize, slice_meta, texts_from_loader
+from .encoder import prompted_texts, slice_and_normalize, slice_meta
 from .model import LayerModel, dtype_name
 from .store import EmbeddingStore, StoreKey
 
@@ -134,8 +134,7 @@ class StoreEncoder(AbsEncoder):
         prompt_type: PromptType | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        prompt = resolve_prompt(self.model_prompts, task_metadata, prompt_type)
-        texts = [prompt + text for text in texts_from_loader(inputs)]
+        texts = prompted_texts(inputs, self.model_prompts, task_metadata, prompt_type)
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         kind = prompt_type.value if prompt_type is not None else None

@@ -130,19 +130,14 @@ def sweep(
     `n_tasks` and `missing` columns; tasks that failed are listed in `df.attrs["failures"]`
     (task name -> reason) and did not stop the others.
     """
-
-    lm = (
-        model
-        if isinstance(model, LayerModel)
-        else LayerModel.load(
-            model,
-            tokenizer,
-            name=name,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            max_length=max_length,
-        )
+    lm = LayerModel.coerce(
+        model,
+        tokenizer,
+        name=name,
+        revision=revision,
+        device=device,
+        dtype=dtype,
+        max_length=max_length,
     )
     pooling = check_pooling(pooling or lm.default_pooling)
     task_objects = select_tasks(tasks, benchmark, data_dir)

@@ -286,18 +286,14 @@ def layer_metrics(
     chosen = parse_metrics(metrics)
     if n_views < 2 and VIEW_METRICS & set(chosen):
         raise ValueError("InfoNCE, DiME and LiDAR need n_views >= 2.")
-    lm = (
-        model
-        if isinstance(model, LayerModel)
-        else LayerModel.load(
-            model,
-            tokenizer,
-            name=name,
-            revision=revision,
-            device=device,
-            dtype=dtype,
-            max_length=max_length,
-        )
+    lm = LayerModel.coerce(
+        model,
+        tokenizer,
+        name=name,
+        revision=revision,
+        device=device,
+        dtype=dtype,
+        max_length=max_length,
     )
     pooling = check_pooling(pooling or lm.default_pooling)
     layer_list = resolve_layers(layers, lm.n_layers)
