@@ -166,3 +166,57 @@ def test_prompts_are_prepended(minilm):
 
     assert resolve_prompt(enc.model_prompts, meta, PromptType.query) == "query: "
     assert resolve_prompt(enc.model_prompts, meta, PromptType.document) == ""
+
+
+def test_dtype_choice_and_bf16_on_cpu(minilm_path, minilm):
+    from mteb_midlayer.model import resolve_dtype
+
+    assert resolve_dtype(None, "cpu") == torch.float32
+    assert resolve_dtype("bf16", "cpu") == torch.bfloat16
+    with pytest.raises(ValueError, match="Unknown dtype"):
+        resolve_dtype("int3", "cpu")
+    bf16 = LayerEncoder(minilm_path, layer=4, device="cpu", dtype="bfloat16")
+    assert bf16.lm.dtype == torch.bfloat16
+    got, ref = bf16.embed(TEXTS), LayerEncoder(minilm, layer=4).embed(TEXTS)
+    assert got.dtype == np.float32
+    cos = (got * ref).sum(1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert (cos > 0.99).all()
+
+
+def test_encode_prepends_the_prompt_mteb_picks(minilm):
+    from mteb.mocks.mock_tasks import MockRetrievalTask
+    from mteb.types import PromptType
+
+    enc = LayerEncoder(
+        minilm, layer=-1, model_prompts={"query": "query: ", "document": "passage: "}
+    )
+    meta = MockRetrievalTask().metadata
+    batches = [{"text": ["what is a layer", "mid layers"]}]
+    got = enc.encode(
+        batches,
+        task_metadata=meta,
+        hf_split="test",
+        hf_subset="default",
+        prompt_type=PromptType.query,
+    )
+    np.testing.assert_allclose(
+        got, enc.embed(["query: what is a layer", "query: mid layers"]), atol=1e-6
+    )
+    doc = enc.encode(
+        batches,
+        task_metadata=meta,
+        hf_split="test",
+        hf_subset="default",
+        prompt_type=PromptType.document,
+    )
+    np.testing.assert_allclose(
+        doc, enc.embed(["passage: what is a layer", "passage: mid layers"]), atol=1e-6
+    )
+
+
+def test_duplicates_are_encoded_once_and_returned_in_place(minilm):
+    enc = LayerEncoder(minilm, layer=2)
+    out = enc.embed(["b", "a", "b", "c", "a"])
+    np.testing.assert_array_equal(out[0], out[2])
+    np.testing.assert_array_equal(out[1], out[4])
+    np.testing.assert_allclose(out[3], enc.embed(["c"])[0], atol=1e-6)

@@ -161,3 +161,25 @@ def test_sigkill_then_rerun_gives_identical_results(shared_data, tmp_path):
     assert len(a) == 3 and a.keys() == b.keys()
     for key in a:
         assert a[key] == pytest.approx(b[key], abs=1e-6), key
+
+
+def test_sweep_matches_layer_encoder_on_mock_tasks_with_prompts(minilm, tmp_path):
+    """Classification (train + test texts) and retrieval (query / document prompt types)."""
+    from mteb.mocks.mock_tasks import MockClassificationTask, MockRetrievalTask
+
+    prompts = {"query": "query: ", "document": "passage: "}
+    tasks = [MockClassificationTask(), MockRetrievalTask()]
+    lm = LayerModel.load(minilm.model, minilm.tokenizer, name="local/minilm", device="cpu")
+    lm.prompts = prompts
+    table = sweep(lm, tasks=tasks, layers=[2, 6], output=tmp_path, show_progress=False)
+    assert table.attrs["failures"] == {}
+    # query and document texts live in separate store configurations (prompt type is in the key)
+    assert len(list((tmp_path / "store").glob("*/config.json"))) >= 2
+    for layer in (2, 6):
+        enc = LayerEncoder(lm, layer=layer)
+        for task in (MockClassificationTask(), MockRetrievalTask()):
+            res = mteb.evaluate(enc, task, cache=None, show_progress_bar=False)
+            name = task.metadata.name
+            assert table.loc[layer, name] == pytest.approx(
+                res.task_results[0].get_score(), abs=1e-6
+            )
