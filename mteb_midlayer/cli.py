@@ -72,7 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_task_options(p)
     p.add_argument("--layers", default="all", help="'all' or comma-separated, e.g. 0,3,6 or -1")
     p.add_argument("--dims", help="Matryoshka widths, e.g. 384,128 (default: full width)")
-    p.add_argument("--normalize", action="store_true", help="L2-normalise after slicing")
+    p.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="L2-normalise after slicing (default: the model's own, e.g. on for all-MiniLM-L6-v2)",
+    )
     p.add_argument(
         "--shard-size",
         type=int,

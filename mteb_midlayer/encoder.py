@@ -91,9 +91,12 @@ class LayerEncoder(AbsEncoder):
     """Embed texts with the hidden state of one layer of `model`.
 
     `layer`: 0 = embedding output, L = last block, negatives count from the end.
-    `dim`: keep the first `dim` coordinates (2D Matryoshka). `normalize`: L2 after slicing.
+    `dim`: keep the first `dim` coordinates (2D Matryoshka).
     `pooling`: mean | cls | last | max; `None` takes the model's own (sentence-transformers
-    pooling) or mean. Only the blocks up to `layer` run.
+    pooling) or mean.
+    `normalize`: L2 after slicing; `None` takes the model's own (True for a sentence-transformers
+    model with a `Normalize` module, so its last layer *is* the published model), else False.
+    Only the blocks up to `layer` run.
     """
 
     def __init__(
@@ -103,7 +106,7 @@ class LayerEncoder(AbsEncoder):
         layer: int = -1,
         dim: int | None = None,
         pooling: str | None = None,
-        normalize: bool = False,
+        normalize: bool | None = None,
         tokenizer: Any = None,
         name: str | None = None,
         revision: str | None = None,
@@ -132,7 +135,7 @@ class LayerEncoder(AbsEncoder):
         self.layer = resolve_layer(layer, lm.n_layers)
         self.dim = resolve_dim(dim, lm.hidden_size)
         self.pooling = pooling or lm.default_pooling
-        self.normalize = bool(normalize)
+        self.normalize = lm.default_normalize if normalize is None else bool(normalize)
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.model_prompts = self.validate_task_to_prompt_name(model_prompts or lm.prompts)

@@ -9,9 +9,11 @@ most one shard of embeddings and the slice in flight.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,11 +65,13 @@ def select_tasks(
 ) -> list[Any]:
     """mteb task objects from names, task objects, or a benchmark; local data swapped in.
 
-    With neither tasks nor benchmark: every task that has a folder in `data_dir`, else the
+    With neither tasks nor benchmark: every task that has a folder in `data_dir`, restricted to
+    its English subsets as in the paper's benchmark (the tables average nothing else), else the
     paper's `layer-by-layer-32`. Local folders are checked when each task loads, so one bad
     folder fails its task (with file and line), not the whole run.
     """
-    from .tasks.benchmark import LAYER_BY_LAYER_32, resolve_tasks
+    from .tasks.benchmark import LAYER_BY_LAYER_32, english_only, resolve_tasks
+    from .tasks.local import local_task
 
     data_dir = Path(data_dir) if data_dir else None
     if isinstance(tasks, str):
@@ -79,6 +83,7 @@ def select_tasks(
             names = local_task_names(data_dir)
             if not names:
                 raise ValueError(f"{data_dir} holds no folder named after an mteb task.")
+            return [local_task(english_only(mteb.get_task(n)), data_dir / n) for n in names]
         else:
             benchmark = LAYER_BY_LAYER_32
     resolved = (
@@ -110,7 +115,7 @@ def sweep(
     layers: Sequence[int] | str | None = "all",
     dims: Sequence[int] | str | None = None,
     pooling: str | None = None,
-    normalize: bool = False,
+    normalize: bool | None = None,
     data_dir: Path | str | None = None,
     output: Path | str = "results",
     name: str | None = None,
@@ -126,6 +131,8 @@ def sweep(
 ) -> pd.DataFrame:
     """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
 
+    `pooling` and `normalize` default to the model's own (a sentence-transformers model's
+    Pooling and Normalize modules), so the last layer scores exactly as the published model.
     Returns the wide layer x task table of main scores (rows: layer, dim), with `mean`,
     `n_tasks` and `missing` columns; tasks that failed are listed in `df.attrs["failures"]`
     (task name -> reason) and did not stop the others.
@@ -140,6 +147,7 @@ def sweep(
         max_length=max_length,
     )
     pooling = check_pooling(pooling or lm.default_pooling)
+    normalize = lm.default_normalize if normalize is None else bool(normalize)
     task_objects = select_tasks(tasks, benchmark, data_dir)
     plan = SweepPlan(
         layers=resolve_layers(layers, lm.n_layers),
@@ -200,6 +208,13 @@ def run_plan(
                 for e in encoders
                 if not cache.get_task_result_path(task_name, e.mteb_model_meta).exists()
             ]
+            if pending and task.superseded_by:
+                logger.warning(
+                    "%s is superseded by %s in mteb; scoring %s as named.",
+                    task_name,
+                    task.superseded_by,
+                    task_name,
+                )
             if pending and not task.data_loaded:
                 try:
                     task.load_data()
@@ -213,15 +228,19 @@ def run_plan(
             for encoder in encoders:
                 bar.set_postfix_str(f"{task_name} L{encoder.layer} d{encoder.dim}")
                 try:
-                    mteb.evaluate(
-                        encoder,
-                        task,
-                        cache=cache,
-                        overwrite_strategy="only-missing",
-                        show_progress_bar=False,
-                        raise_error=True,
-                        encode_kwargs={"batch_size": source.batch_size, "show_progress_bar": False},
-                    )
+                    with _quiet_superseded():
+                        mteb.evaluate(
+                            encoder,
+                            task,
+                            cache=cache,
+                            overwrite_strategy="only-missing",
+                            show_progress_bar=False,
+                            raise_error=True,
+                            encode_kwargs={
+                                "batch_size": source.batch_size,
+                                "show_progress_bar": False,
+                            },
+                        )
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:
@@ -239,3 +258,25 @@ def run_plan(
                 task.unload_data()
     finally:
         bar.close()
+
+
+class _SupersededFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "is superseded by" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _quiet_superseded() -> Iterator[None]:
+    """Silence mteb's "task is superseded" notice, which it repeats on every slice.
+
+    `run_plan` says it once per task instead.
+    """
+    mteb_logger = logging.getLogger("mteb.abstasks.abstask")
+    quiet = _SupersededFilter()
+    mteb_logger.addFilter(quiet)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*is superseded by")
+            yield
+    finally:
+        mteb_logger.removeFilter(quiet)

@@ -59,7 +59,7 @@ def test_middle_layer_equals_plain_transformers(minilm_path, minilm):
         hidden = model(**x, output_hidden_states=True).hidden_states[3]
     mask = x["attention_mask"].unsqueeze(-1).float()
     expected = ((hidden * mask).sum(1) / mask.sum(1)).numpy()
-    got = LayerEncoder(minilm, layer=3, pooling="mean").embed(TEXTS)
+    got = LayerEncoder(minilm, layer=3, pooling="mean", normalize=False).embed(TEXTS)
     np.testing.assert_allclose(got, expected, atol=1e-5, rtol=0)
 
 
@@ -69,10 +69,19 @@ def test_sentence_transformer_object_gives_its_pooling(minilm_path):
     st = SentenceTransformer(minilm_path, device="cpu")
     enc = LayerEncoder(st, layer=2, device="cpu")
     assert enc.pooling == "mean" and enc.layer == 2 and enc.dim == 384
+    # its Normalize module makes normalize the default, so the last layer is the published model
+    assert enc.normalize is True
+    np.testing.assert_allclose(
+        LayerEncoder(st, device="cpu").embed(TEXTS), st.encode(TEXTS), atol=1e-5, rtol=0
+    )
+    assert LayerEncoder(st, layer=2, normalize=False, device="cpu").normalize is False
+    # a plain transformers model has no such module: off by default
+    plain = LayerEncoder(tiny_model("bert"), tokenizer=tiny_tokenizer(), device="cpu")
+    assert plain.normalize is False and plain.pooling == "mean"
 
 
 def test_dim_slice_and_normalize(minilm):
-    full = LayerEncoder(minilm, layer=4).embed(TEXTS)
+    full = LayerEncoder(minilm, layer=4, normalize=False).embed(TEXTS)
     sliced = LayerEncoder(minilm, layer=4, dim=64, normalize=True).embed(TEXTS)
     expected = full[:, :64] / np.linalg.norm(full[:, :64], axis=1, keepdims=True)
     np.testing.assert_allclose(sliced, expected, atol=1e-6)

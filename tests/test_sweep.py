@@ -81,6 +81,43 @@ def test_sweep_equals_layer_encoder_runs(minilm, shared_data, tmp_path):
     np.testing.assert_array_equal(again["BIOSSES"].to_numpy(), table["BIOSSES"].to_numpy())
 
 
+@pytest.mark.slow
+def test_sweep_classification_last_layer_is_the_published_model(minilm, shared_data, tmp_path):
+    """Classification is where normalisation shows (logistic regression is not scale-free): the
+    sweep's default is the model's own Normalize module, so its last layer reproduces the README's
+    "here" figure, and an explicit --no-normalize gives another slice in its own folder."""
+    import warnings
+
+    from mteb_midlayer.tasks.local import local_task
+
+    name = "AmazonCounterfactualClassification"
+
+    def task():
+        with warnings.catch_warnings():  # the validation split is absent from the local copy
+            warnings.simplefilter("ignore")
+            return local_task(mteb.get_task(name, hf_subsets=["en"]), shared_data / name)
+
+    table = sweep(minilm, tasks=[task()], layers=[6], output=tmp_path, show_progress=False)
+    assert table.loc[6, name] == pytest.approx(0.63642, abs=1e-4)  # README "here", en
+    raw = sweep(
+        minilm, tasks=[task()], layers=[6], normalize=False, output=tmp_path, show_progress=False
+    )
+    assert raw.attrs["n_encoded"] == 0  # normalisation is applied on replay, not stored
+    assert raw.loc[6, name] != pytest.approx(table.loc[6, name], abs=1e-4)
+    assert len(list(tmp_path.rglob(f"{name}.json"))) == 2
+
+
+def test_default_tasks_are_the_data_dirs_tasks_in_english(shared_data):
+    from mteb_midlayer.tasks.local import is_local_task
+
+    tasks = {t.metadata.name: t for t in select_tasks(None, None, shared_data)}
+    assert set(tasks) == {p.name for p in shared_data.iterdir() if p.is_dir()}
+    assert all(is_local_task(t) for t in tasks.values())
+    # de and ja are in the folder, but the tables average English subsets only (TASKS.md)
+    assert sorted(tasks["AmazonCounterfactualClassification"].hf_subsets) == ["en", "en-ext"]
+    assert tasks["STSBenchmark"].hf_subsets == ["default"]
+
+
 def test_failing_task_does_not_stop_the_others(minilm, shared_data, tmp_path):
     data = tmp_path / "data"
     (data / "STS12").mkdir(parents=True)

@@ -8,9 +8,9 @@ Conventions shared by all functions here:
 * Inputs are ``torch.Tensor`` (NumPy arrays are accepted and converted). Work happens on the
   input's device; maths is done in float64 because spectra of near-collapsed representations are
   dominated by round-off in float32.
-* Scalar results are 0-dim float64 tensors on the input's device (``float(result)`` gives a Python
-  number). Token-level metrics return small ``NamedTuple`` s that also carry how many texts were
-  used and skipped.
+* Every metric returns a 0-dim float64 tensor on the input's device (``float(result)`` gives a
+  Python number). The token-level ``*_per_text`` functions return small ``NamedTuple`` s with
+  one value per text and which texts had a defined value (for aggregating across batches).
 * Invalid input (wrong ``ndim``, too few rows, NaN/inf, mismatched shapes) raises ``ValueError``;
   no function silently returns NaN.
 
@@ -35,10 +35,8 @@ import torch
 from torch import Tensor
 
 __all__ = [
-    "Curvature",
     "PerTextCurvature",
     "PerTextPromptEntropy",
-    "PromptEntropy",
     "curvature",
     "curvature_per_text",
     "dataset_entropy",
@@ -298,19 +296,6 @@ class PerTextPromptEntropy(NamedTuple):
     valid: Tensor
 
 
-class PromptEntropy(NamedTuple):
-    """Mean prompt entropy over the texts with T >= 2.
-
-    ``value``: mean of per-text entropies normalised by log(min(T_i, D)); ``raw``: mean of the
-    unnormalised entropies (nats); ``n_texts``: texts used; ``n_skipped``: texts with T < 2.
-    """
-
-    value: Tensor
-    raw: Tensor
-    n_texts: int
-    n_skipped: int
-
-
 def _length_chunks(lengths: list[int], order: list[int], width: int) -> list[list[int]]:
     """Group indices (already sorted by length) so each padded chunk stays within the budget."""
     chunks: list[list[int]] = []
@@ -366,23 +351,23 @@ def prompt_entropy_per_text(
 
 
 def prompt_entropy(
-    token_states: Sequence[Tensor] | Tensor, alpha: float = 1.0, mask: Tensor | None = None
-) -> PromptEntropy:
-    """Prompt entropy of a layer: mean over texts of normalised token-level matrix entropy.
+    token_states: Sequence[Tensor] | Tensor,
+    alpha: float = 1.0,
+    normalize: bool = True,
+    mask: Tensor | None = None,
+) -> Tensor:
+    """Prompt entropy of a layer (0-dim tensor): mean over texts of token-level matrix entropy.
 
-    Texts with fewer than 2 tokens are skipped and counted in ``n_skipped``. Raises ValueError when
-    no text has 2+ tokens. See :func:`prompt_entropy_per_text` for input formats.
+    Each text's entropy is divided by ``log(min(T_i, D))`` when ``normalize`` (the reported
+    value), else left in nats (the raw value). Texts with fewer than 2 tokens are skipped; how
+    many is ``(~prompt_entropy_per_text(...).valid).sum()``. Raises ValueError when no text has
+    2+ tokens. See :func:`prompt_entropy_per_text` for input formats.
     """
     per = prompt_entropy_per_text(token_states, alpha=alpha, mask=mask)
-    n_used = int(per.valid.sum())
-    if n_used == 0:
+    if not bool(per.valid.any()):
         raise ValueError("prompt entropy is undefined: no text has at least 2 tokens")
-    return PromptEntropy(
-        value=per.normalized[per.valid].mean(),
-        raw=per.raw[per.valid].mean(),
-        n_texts=n_used,
-        n_skipped=int(per.valid.numel()) - n_used,
-    )
+    values = per.normalized if normalize else per.raw
+    return values[per.valid].mean()
 
 
 class PerTextCurvature(NamedTuple):
@@ -394,17 +379,6 @@ class PerTextCurvature(NamedTuple):
 
     values: Tensor
     valid: Tensor
-
-
-class Curvature(NamedTuple):
-    """Layer curvature: ``value`` = mean over used texts of their mean turning angle (radians).
-
-    ``n_texts``: texts used; ``n_skipped``: texts with T < 3 or with no non-zero difference pair.
-    """
-
-    value: Tensor
-    n_texts: int
-    n_skipped: int
 
 
 def curvature_per_text(
@@ -461,22 +435,18 @@ def curvature_per_text(
     return PerTextCurvature(values=values, valid=valid)
 
 
-def curvature(token_states: Sequence[Tensor] | Tensor, mask: Tensor | None = None) -> Curvature:
-    """Layer curvature: mean over texts of each text's mean turning angle (radians, [0, pi]).
+def curvature(token_states: Sequence[Tensor] | Tensor, mask: Tensor | None = None) -> Tensor:
+    """Layer curvature (0-dim tensor): mean over texts of each text's mean turning angle.
 
-    Raises ValueError when no text has a defined angle. See :func:`curvature_per_text`.
+    Radians, in ``[0, pi]``. Texts with T < 3 or no pair of non-zero steps are skipped (see
+    :func:`curvature_per_text` for which). Raises ValueError when no text has a defined angle.
     """
     per = curvature_per_text(token_states, mask=mask)
-    n_used = int(per.valid.sum())
-    if n_used == 0:
+    if not bool(per.valid.any()):
         raise ValueError(
             "curvature is undefined: no text has 3+ tokens with two consecutive non-zero steps"
         )
-    return Curvature(
-        value=per.values[per.valid].mean(),
-        n_texts=n_used,
-        n_skipped=int(per.valid.numel()) - n_used,
-    )
+    return per.values[per.valid].mean()
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,20 +12,10 @@ from typing import Any
 
 import numpy as np
 
+from ..tasks.benchmark import english_task_subsets
+
 #: Columns that hold model inputs in mteb 2 datasets (ids, labels and scores are skipped).
 TEXT_COLUMNS = ("text", "sentence1", "sentence2", "sentences")
-
-
-def english_subsets(task: Any) -> list[str]:
-    """The task's English hf_subsets (all of them when none is English)."""
-    subsets = list(getattr(task, "hf_subsets", None) or ["default"])
-    langs = task.metadata.eval_langs
-    if not isinstance(langs, dict):
-        return subsets
-    english = [
-        s for s in subsets if s in langs and all(code.startswith("eng") for code in langs[s])
-    ]
-    return english or subsets
 
 
 def _split_parts(task: Any, split: str) -> Iterator[Any]:
@@ -33,7 +23,7 @@ def _split_parts(task: Any, split: str) -> Iterator[Any]:
     if split in data and not isinstance(data[split], dict):
         yield data[split]
         return
-    for subset in english_subsets(task):
+    for subset in english_task_subsets(task):
         if subset in data and split in data[subset]:
             yield data[subset][split]
 

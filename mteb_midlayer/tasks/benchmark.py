@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "LAYER_BY_LAYER_32",
     "LAYER_BY_LAYER_32_TASKS",
+    "english_only",
     "english_subsets",
+    "english_task_subsets",
     "get_benchmark",
     "layer_average",
     "missing_note",
@@ -238,6 +240,28 @@ def resolve_tasks(
 def _is_english(languages: Iterable[str], english: Sequence[str]) -> bool:
     langs = list(languages)
     return bool(langs) and all(lang.split("-")[0] in english for lang in langs)
+
+
+def english_task_subsets(task: AbsTask, languages: Sequence[str] = ("eng",)) -> list[str]:
+    """A task's ``hf_subsets`` whose languages are all English; all of them when none is."""
+    subsets = list(task.hf_subsets or ["default"])
+    langs = task.metadata.eval_langs
+    if not isinstance(langs, dict):
+        return subsets
+    english = [s for s in subsets if _is_english(langs.get(s, []), languages)]
+    return english or subsets
+
+
+def english_only(task: AbsTask, languages: Sequence[str] = ("eng",)) -> AbsTask:
+    """The task restricted to its English subsets, as TASKS.md aggregates it.
+
+    A new task object when that drops subsets; the task itself when it is monolingual or has
+    no English subset at all (then every subset counts, as in :func:`task_main_score`).
+    """
+    keep = english_task_subsets(task, languages)
+    if keep == list(task.hf_subsets):
+        return task
+    return mteb.get_task(task.metadata.name, hf_subsets=keep)
 
 
 def english_subsets(

@@ -75,7 +75,7 @@ def test_layer_metrics_end_to_end(minilm, shared_data, tmp_path):
     texts = sample_texts(task_texts(task), 40, 42)
     value = df.set_index(["layer", "metric", "variant"])["value"]
     for layer in (0, 3, 6):
-        x = torch.from_numpy(LayerEncoder(minilm, layer=layer).embed(texts))
+        x = torch.from_numpy(LayerEncoder(minilm, layer=layer, normalize=False).embed(texts))
         assert value[(layer, "dataset_entropy", "normalized")] == pytest.approx(
             float(F.dataset_entropy(x)), abs=1e-4
         )
@@ -84,13 +84,13 @@ def test_layer_metrics_end_to_end(minilm, shared_data, tmp_path):
         )
         tokens = _token_states(minilm, texts, layer)
         assert value[(layer, "prompt_entropy", "normalized")] == pytest.approx(
-            float(F.prompt_entropy(tokens).value), abs=1e-4
+            float(F.prompt_entropy(tokens)), abs=1e-4
         )
         assert value[(layer, "curvature", "radians")] == pytest.approx(
-            float(F.curvature(tokens).value), abs=1e-4
+            float(F.curvature(tokens)), abs=1e-4
         )
         views = augment_views(texts, 4, seed=42)
-        enc = LayerEncoder(minilm, layer=layer)
+        enc = LayerEncoder(minilm, layer=layer, normalize=False)
         stacked = torch.stack([torch.from_numpy(enc.embed(v)) for v in views], dim=1)
         assert value[(layer, "lidar", "n_views=4")] == pytest.approx(
             float(F.lidar(stacked)), rel=1e-3

@@ -250,27 +250,28 @@ def test_prompt_entropy_matches_per_text_loop_and_counts_skipped(monkeypatch):
     expected_norm = [float(F.matrix_entropy(z)) for z in texts if z.shape[0] >= 2]
     expected_raw = [float(F.matrix_entropy(z, normalize=False)) for z in texts if z.shape[0] >= 2]
     res = F.prompt_entropy(texts)
-    assert isinstance(res, F.PromptEntropy)
-    assert (res.n_texts, res.n_skipped) == (10, 2)
-    assert float(res.value) == pytest.approx(np.mean(expected_norm), abs=1e-10)
-    assert float(res.raw) == pytest.approx(np.mean(expected_raw), abs=1e-10)
+    assert isinstance(res, torch.Tensor) and res.ndim == 0
+    assert float(res) == pytest.approx(np.mean(expected_norm), abs=1e-10)
+    raw = F.prompt_entropy(texts, normalize=False)
+    assert float(raw) == pytest.approx(np.mean(expected_raw), abs=1e-10)
     per = F.prompt_entropy_per_text(texts)
+    assert (int(per.valid.sum()), int((~per.valid).sum())) == (10, 2)
     assert per.valid.tolist() == [t >= 2 for t in lengths]
     assert torch.isnan(per.normalized[~per.valid]).all()
     # Forcing tiny chunks (one text per padded batch) gives the same numbers.
     monkeypatch.setattr(F, "_CHUNK_ELEMENTS", 1)
     res_small = F.prompt_entropy(texts)
-    assert float(res_small.value) == pytest.approx(float(res.value), abs=1e-12)
+    assert float(res_small) == pytest.approx(float(res), abs=1e-12)
 
 
 def test_prompt_entropy_two_tokens_is_zero_and_alpha_is_passed():
     texts = _token_texts([2, 2, 2], 5)
     res = F.prompt_entropy(texts)
     # two centred tokens are exact negatives -> rank 1 -> entropy 0
-    assert float(res.value) == pytest.approx(0.0, abs=1e-12)
+    assert float(res) == pytest.approx(0.0, abs=1e-12)
     texts = _token_texts([8, 11], 5, seed=3)
     exp = np.mean([float(F.matrix_entropy(z, alpha=2.0)) for z in texts])
-    assert float(F.prompt_entropy(texts, alpha=2.0).value) == pytest.approx(exp, abs=1e-10)
+    assert float(F.prompt_entropy(texts, alpha=2.0)) == pytest.approx(exp, abs=1e-10)
 
 
 def test_prompt_entropy_padded_tensor_with_mask_matches_list():
@@ -284,15 +285,17 @@ def test_prompt_entropy_padded_tensor_with_mask_matches_list():
         mask[i, 7 - z.shape[0] :] = True
     a = F.prompt_entropy(texts)
     b = F.prompt_entropy(padded, mask=mask)
-    assert float(a.value) == pytest.approx(float(b.value), abs=1e-12)
-    assert (a.n_texts, a.n_skipped) == (b.n_texts, b.n_skipped) == (3, 1)
+    assert float(a) == pytest.approx(float(b), abs=1e-12)
+    va = F.prompt_entropy_per_text(texts).valid
+    vb = F.prompt_entropy_per_text(padded, mask=mask).valid
+    assert va.tolist() == vb.tolist() == [True, True, False, True]
 
 
 def test_prompt_entropy_invariant_to_rotation_and_scale():
     texts = _token_texts([4, 9, 15], 8, seed=2)
     q = _orthogonal(8, seed=4)
-    base = float(F.prompt_entropy(texts).value)
-    assert float(F.prompt_entropy([3.0 * z @ q for z in texts]).value) == pytest.approx(base)
+    base = float(F.prompt_entropy(texts))
+    assert float(F.prompt_entropy([3.0 * z @ q for z in texts])) == pytest.approx(base)
 
 
 def test_prompt_entropy_errors():
@@ -316,21 +319,21 @@ def test_curvature_straight_line_is_zero():
     direction = _randn(1, 16)
     steps = torch.tensor([0.0, 0.5, 2.0, 2.1, 5.0, 9.0], dtype=torch.float64).unsqueeze(1)
     res = F.curvature([steps * direction + 1.0])
-    assert float(res.value) == pytest.approx(0.0, abs=1e-12)
+    assert float(res) == pytest.approx(0.0, abs=1e-12)
 
 
 def test_curvature_right_angles_reversal_and_known_angle():
     zigzag = torch.tensor([[0, 0], [1, 0], [1, 1], [2, 1], [2, 2]], dtype=torch.float64)
-    assert float(F.curvature([zigzag]).value) == pytest.approx(math.pi / 2, abs=1e-12)
+    assert float(F.curvature([zigzag])) == pytest.approx(math.pi / 2, abs=1e-12)
     # back and forth: an abs(cos) implementation would give 0 here instead of pi
     reverse = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 0.0], [1.0, 0.0]], dtype=torch.float64)
-    assert float(F.curvature([reverse]).value) == pytest.approx(math.pi, abs=1e-12)
+    assert float(F.curvature([reverse])) == pytest.approx(math.pi, abs=1e-12)
     theta = 2 * math.pi / 3  # 120 degrees, beyond the [0, pi/2] range of the folded version
     pts = torch.tensor([[0.0, 0.0], [1.0, 0.0], [1 + math.cos(theta), math.sin(theta)]])
-    assert float(F.curvature([pts]).value) == pytest.approx(theta, abs=1e-6)
+    assert float(F.curvature([pts])) == pytest.approx(theta, abs=1e-6)
     # layer value = mean over texts of per-text means
     res = F.curvature([zigzag, reverse])
-    assert float(res.value) == pytest.approx((math.pi / 2 + math.pi) / 2, abs=1e-12)
+    assert float(res) == pytest.approx((math.pi / 2 + math.pi) / 2, abs=1e-12)
 
 
 def test_curvature_skips_zero_steps_and_short_texts():
@@ -341,7 +344,7 @@ def test_curvature_skips_zero_steps_and_short_texts():
     assert float(per.values[0]) == pytest.approx(math.pi / 2, abs=1e-12)
     short = [torch.zeros(1, 2), torch.zeros(2, 2), torch.ones(4, 2)]  # last: all steps zero
     res = F.curvature([*short, pts])
-    assert (res.n_texts, res.n_skipped) == (1, 3)
+    assert float(res) == pytest.approx(math.pi / 2, abs=1e-12)  # the one valid text alone
     per = F.curvature_per_text([*short, pts])
     assert per.valid.tolist() == [False, False, False, True]
     with pytest.raises(ValueError, match="undefined"):
@@ -358,13 +361,13 @@ def test_curvature_matches_arccos_loop_and_invariances(monkeypatch):
         cos = torch.nn.functional.cosine_similarity(v[:-1], v[1:], dim=-1).clamp(-1, 1)
         expected.append(float(torch.arccos(cos).mean()))
     res = F.curvature(texts)
-    assert float(res.value) == pytest.approx(np.mean(expected), abs=1e-9)
-    assert (res.n_texts, res.n_skipped) == (4, 1)
+    assert float(res) == pytest.approx(np.mean(expected), abs=1e-9)
+    assert F.curvature_per_text(texts).valid.tolist() == [True, True, True, False, True]
     q = _orthogonal(7, seed=5)
     moved = [2.5 * z @ q + 4.0 for z in texts]
-    assert float(F.curvature(moved).value) == pytest.approx(float(res.value), abs=1e-10)
+    assert float(F.curvature(moved)) == pytest.approx(float(res), abs=1e-10)
     monkeypatch.setattr(F, "_CHUNK_ELEMENTS", 1)  # one text per chunk
-    assert float(F.curvature(texts).value) == pytest.approx(float(res.value), abs=1e-12)
+    assert float(F.curvature(texts)) == pytest.approx(float(res), abs=1e-12)
 
 
 def test_curvature_padded_mask_input():
@@ -375,7 +378,7 @@ def test_curvature_padded_mask_input():
         padded[i, : z.shape[0]] = z
         mask[i, : z.shape[0]] = True
     a, b = F.curvature(texts), F.curvature(padded, mask=mask)
-    assert float(a.value) == pytest.approx(float(b.value), abs=1e-12)
+    assert float(a) == pytest.approx(float(b), abs=1e-12)
 
 
 # ------------------------------------------------------------------------------------------------
