@@ -10,6 +10,7 @@ and writes tidy rows to `DIR/metrics/*.parquet` (`pd.read_parquet(DIR / "metrics
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -72,13 +73,30 @@ def parse_metrics(metrics: Sequence[str] | str | None) -> list[str]:
     return [m for m in METRICS if m in metrics]
 
 
+#: Precision of LiDAR's scatter over N * V rows, its cost: float32 moves LiDAR by <= 3e-7
+#: relative, even on collapsed views (see `functional.lidar`). DiME stays float64 throughout.
+LIDAR_SCATTER_DTYPE = torch.float32
+
+
+@functools.cache
+def _blas_threads() -> Any:
+    """SciPy's BLAS / LAPACK thread pools (see `functional._eigvalsh`), scanned once: a fresh
+    `threadpool_limits` rescans every loaded library, milliseconds per batch."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
 @contextlib.contextmanager
 def linalg_threads(device: torch.device, n: int = 1):
     """Run CPU metric maths on `n` threads.
 
-    LAPACK's symmetric eigensolvers gain little from threads at these sizes (N <= a few
-    thousand) and collapse when the cores are oversubscribed: a 1000 x 1000 `eigvalsh` took
-    0.1 s on one thread and 7.8 s on two on a busy 2-core machine. GPUs are left alone.
+    LAPACK's symmetric eigensolvers (the bulk of the metric maths; torch's and SciPy's) are
+    fastest on one thread at
+    these sizes (N <= a few thousand): its tridiagonal reduction runs many small parallel regions.
+    A 1000 x 1000 float32 `eigvalsh` on a 2-core machine: 38 ms on one thread; on two, 109 ms
+    with passive OpenMP waiting, and with spinning waiting fast when idle but 7.8 s (float64)
+    when the other core is busy. GPUs are left alone.
     """
     if device.type != "cpu":
         yield
@@ -86,7 +104,8 @@ def linalg_threads(device: torch.device, n: int = 1):
     before = torch.get_num_threads()
     torch.set_num_threads(n)
     try:
-        yield
+        with _blas_threads().limit(limits=n, user_api="blas"):
+            yield
     finally:
         torch.set_num_threads(before)
 
@@ -242,7 +261,8 @@ def compute_rows(
                 add(layer, "dime", "value", F.dime(a, b, alpha, n_perms, gen), n_texts)
         if "lidar" in metrics:
             with timer("lidar"):
-                add(layer, "lidar", f"n_views={views.shape[2]}", F.lidar(views[i]), n_texts)
+                value = F.lidar(views[i], scatter_dtype=LIDAR_SCATTER_DTYPE)
+                add(layer, "lidar", f"n_views={views.shape[2]}", value, n_texts)
     return rows
 
 
