@@ -3,8 +3,9 @@
 
 A score that differs is a bug in our pipeline until proven otherwise.
 
-By default the cheap checks run (BIOSSES: STS; AmazonCounterfactualClassification en:
-Classification). The longer ones (a minute to several minutes each on 2 CPU cores) run with
+By default one task of every type in the shared data runs (BIOSSES: STS;
+AmazonCounterfactualClassification en: Classification; TwitterURLCorpus: PairClassification;
+SciFact: Retrieval, ~3 minutes on 2 CPU cores). The other tasks run with
 ``MTEB_MIDLAYER_FULL_SCORES=1``.
 """
 
@@ -103,6 +104,12 @@ def test_pair_classification_twitter_url(encoder, shared_data):
 
 
 @pytest.mark.slow
+def test_retrieval_scifact(encoder, shared_data):
+    # ~3 min: 5,183 abstracts at up to 256 tokens, each encoded once
+    _check(encoder, shared_data, "SciFact")
+
+
+@pytest.mark.slow
 @full
 @pytest.mark.parametrize(
     ("name", "subsets"),
@@ -114,7 +121,6 @@ def test_pair_classification_twitter_url(encoder, shared_data):
         ("Banking77Classification", None),
         ("AmazonCounterfactualClassification", ["en", "en-ext"]),
         ("TweetSentimentExtractionClassification", None),
-        ("SciFact", None),
     ],
 )
 def test_full(encoder, shared_data, name, subsets):
