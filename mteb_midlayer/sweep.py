@@ -228,7 +228,7 @@ def run_plan(
             for encoder in encoders:
                 bar.set_postfix_str(f"{task_name} L{encoder.layer} d{encoder.dim}")
                 try:
-                    with _quiet_superseded():
+                    with _quiet_scoring():
                         mteb.evaluate(
                             encoder,
                             task,
@@ -266,17 +266,24 @@ class _SupersededFilter(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_superseded() -> Iterator[None]:
-    """Silence mteb's "task is superseded" notice, which it repeats on every slice.
+def _quiet_scoring() -> Iterator[None]:
+    """Silence what mteb and datasets repeat on every slice of a task.
 
-    `run_plan` says it once per task instead.
+    mteb's "task is superseded" notice (`run_plan` says it once per task instead) and the
+    progress bars of datasets' per-slice reformatting; the sweep's own bars stay.
     """
+    import datasets
+
     mteb_logger = logging.getLogger("mteb.abstasks.abstask")
     quiet = _SupersededFilter()
     mteb_logger.addFilter(quiet)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*is superseded by")
             yield
     finally:
         mteb_logger.removeFilter(quiet)
+        if bars:
+            datasets.enable_progress_bars()

@@ -92,11 +92,10 @@ def linalg_threads(device: torch.device, n: int = 1):
     """Run CPU metric maths on `n` threads.
 
     LAPACK's symmetric eigensolvers (the bulk of the metric maths; torch's and SciPy's) are
-    fastest on one thread at
-    these sizes (N <= a few thousand): its tridiagonal reduction runs many small parallel regions.
-    A 1000 x 1000 float32 `eigvalsh` on a 2-core machine: 38 ms on one thread; on two, 109 ms
-    with passive OpenMP waiting, and with spinning waiting fast when idle but 7.8 s (float64)
-    when the other core is busy. GPUs are left alone.
+    fastest on one thread at these sizes (N <= a few thousand): the tridiagonal reduction runs
+    many small parallel regions. A 1000 x 1000 float32 `eigvalsh` on a 2-core machine: 38 ms on
+    one thread; on two, 109 ms with passive OpenMP waiting, and with spinning waiting fast when
+    idle but 7.8 s (float64) when the other core is busy. GPUs are left alone.
     """
     if device.type != "cpu":
         yield

@@ -7,7 +7,8 @@ Conventions shared by all functions here:
 
 * Inputs are ``torch.Tensor`` (NumPy arrays are accepted and converted). Work happens on the
   input's device; maths is done in float64 because spectra of near-collapsed representations are
-  dominated by round-off in float32.
+  dominated by round-off in float32 (the one opt-in exception: LiDAR's scatter, see
+  :func:`lidar`).
 * Every metric returns a 0-dim float64 tensor on the input's device (``float(result)`` gives a
   Python number). The token-level ``*_per_text`` functions return small ``NamedTuple`` s with
   one value per text and which texts had a defined value (for aggregating across batches).
@@ -67,7 +68,8 @@ _CHUNK_ELEMENTS = 2**24
 # validation helpers
 
 
-def _as_float64(x: Tensor | object, name: str, dtype: torch.dtype = _DTYPE) -> Tensor:
+def _as_real(x: Tensor | object, name: str, dtype: torch.dtype = _DTYPE) -> Tensor:
+    """``x`` as a real tensor of ``dtype`` (float64 unless a caller opts out), or ValueError."""
     if not isinstance(x, Tensor):
         try:
             x = torch.as_tensor(x)
@@ -93,7 +95,7 @@ def _check_finite(x: Tensor, name: str) -> None:
 
 def _matrix(x: Tensor | object, name: str = "x", min_rows: int = 2) -> Tensor:
     """Validate an (N, D) matrix and return it as float64."""
-    x = _as_float64(x, name)
+    x = _as_real(x, name)
     if x.ndim != 2:
         raise ValueError(f"{name} must be 2-D (N, D), got shape {tuple(x.shape)}")
     n, d = x.shape
@@ -146,7 +148,7 @@ def _token_list(
     out: list[Tensor] = []
     dim: int | None = None
     for i, z in enumerate(items):
-        z = _as_float64(z, f"{name}[{i}]")
+        z = _as_real(z, f"{name}[{i}]")
         if z.ndim != 2:
             raise ValueError(f"{name}[{i}] must be 2-D (T, D), got shape {tuple(z.shape)}")
         if dim is None:
@@ -220,7 +222,7 @@ def renyi_entropy_from_spectrum(eigs: Tensor, alpha: float = 1.0) -> Tensor:
     alpha = _check_alpha(alpha)
     # The eigensolver's precision sets the round-off floor below (a float32 spectrum is noisier).
     solver_eps = torch.finfo(eigs.dtype if _is_float_tensor(eigs) else _DTYPE).eps
-    lam = _as_float64(eigs, "eigs")
+    lam = _as_real(eigs, "eigs")
     if lam.ndim < 1 or lam.shape[-1] == 0:
         raise ValueError(f"eigs must have a non-empty last dimension, got shape {tuple(lam.shape)}")
     _check_finite(lam, "eigs")
@@ -550,7 +552,7 @@ def lidar(
     ``torch.float32`` the scatter's round-off (~1e-8 absolute) is far below the ``delta = 1e-4``
     regulariser, and the result moves by ~1e-6 relative on real embeddings; the driver uses it.
     """
-    x = _as_float64(views, "views", scatter_dtype)
+    x = _as_real(views, "views", scatter_dtype)
     if x.ndim != 3:
         raise ValueError(f"views must be 3-D (N, V, D), got shape {tuple(x.shape)}")
     n, v, d = x.shape
