@@ -59,7 +59,6 @@ _DTYPE = torch.float64
 # Centred rows with norm <= _ZERO_ROW_EPS * eps * sqrt(D) * max|x| are treated as exactly zero,
 # eps being the machine epsilon of the dtype the centring ran in.
 _ZERO_ROW_EPS = 100
-_ZERO_ROW_RTOL = _ZERO_ROW_EPS * torch.finfo(_DTYPE).eps
 # Element budget for one padded chunk in the batched token-level metrics (float64: 8 bytes each).
 _CHUNK_ELEMENTS = 2**24
 
@@ -80,10 +79,6 @@ def _as_real(x: Tensor | object, name: str, dtype: torch.dtype = _DTYPE) -> Tens
     if x.is_complex():
         raise ValueError(f"{name} must be real, got dtype {x.dtype}")
     return x.to(dtype)
-
-
-def _is_float_tensor(x: object) -> bool:
-    return isinstance(x, Tensor) and x.is_floating_point()
 
 
 def _check_finite(x: Tensor, name: str) -> None:
@@ -168,6 +163,10 @@ def _token_list(
 # building blocks
 
 
+def _zero_row_rtol(dtype: torch.dtype) -> float:
+    return _ZERO_ROW_EPS * torch.finfo(dtype).eps
+
+
 def _prep_padded(z: Tensor, mask: Tensor) -> Tensor:
     """Batched ``prep`` of (B, T, D) with a (B, T) bool mask; padded rows come out as zero rows.
 
@@ -180,7 +179,7 @@ def _prep_padded(z: Tensor, mask: Tensor) -> Tensor:
     r = (z - mean) * m
     norms = torch.linalg.vector_norm(r, dim=-1, keepdim=True)
     scale = (z.abs() * m).amax(dim=(1, 2), keepdim=True)
-    tol = _ZERO_ROW_RTOL * math.sqrt(z.shape[-1]) * scale
+    tol = _zero_row_rtol(z.dtype) * math.sqrt(z.shape[-1]) * scale
     nonzero = norms > tol
     return torch.where(nonzero, r / torch.where(nonzero, norms, torch.ones_like(norms)), 0.0)
 
@@ -195,8 +194,7 @@ def _prep_rows(z: Tensor, row_dim: int) -> Tensor:
     r = z - z.mean(dim=row_dim, keepdim=True)
     norms = torch.linalg.vector_norm(r, dim=-1, keepdim=True)
     scale = torch.linalg.vector_norm(z, ord=math.inf, dim=(row_dim, -1), keepdim=True)
-    rtol = _ZERO_ROW_EPS * torch.finfo(z.dtype).eps
-    zero = norms <= rtol * math.sqrt(z.shape[-1]) * scale
+    zero = norms <= _zero_row_rtol(z.dtype) * math.sqrt(z.shape[-1]) * scale
     return r.div_(norms.masked_fill_(zero, 1.0)).masked_fill_(zero, 0.0)
 
 
@@ -220,8 +218,6 @@ def renyi_entropy_from_spectrum(eigs: Tensor, alpha: float = 1.0) -> Tensor:
     representation) has entropy 0 by convention. Works batched: shape (..., k) -> (...).
     """
     alpha = _check_alpha(alpha)
-    # The eigensolver's precision sets the round-off floor below (a float32 spectrum is noisier).
-    solver_eps = torch.finfo(eigs.dtype if _is_float_tensor(eigs) else _DTYPE).eps
     lam = _as_real(eigs, "eigs")
     if lam.ndim < 1 or lam.shape[-1] == 0:
         raise ValueError(f"eigs must have a non-empty last dimension, got shape {tuple(lam.shape)}")
@@ -230,7 +226,7 @@ def renyi_entropy_from_spectrum(eigs: Tensor, alpha: float = 1.0) -> Tensor:
     # tolerance k * eps * max), are exact zeros (centring always leaves one). For alpha < 1 the
     # noise would otherwise show up as p**alpha ~ 1e-8.
     lam = lam.clamp_min(0.0)
-    tol = lam.shape[-1] * solver_eps * lam.amax(dim=-1, keepdim=True)
+    tol = lam.shape[-1] * torch.finfo(_DTYPE).eps * lam.amax(dim=-1, keepdim=True)
     lam = torch.where(lam > tol, lam, 0.0)
     total = lam.sum(dim=-1, keepdim=True)
     empty = total <= 0
