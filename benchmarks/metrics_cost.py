@@ -27,8 +27,8 @@ from mteb_midlayer.metrics.driver import (
     Timer,
     compute_rows,
     encode_texts,
-    linalg_threads,
 )
+from mteb_midlayer.metrics.eigen import linalg_threads
 from mteb_midlayer.metrics.sampling import sample_texts, task_texts
 from mteb_midlayer.model import LayerModel
 from mteb_midlayer.sweep import select_tasks

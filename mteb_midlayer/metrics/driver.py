@@ -9,8 +9,6 @@ and writes tidy rows to `DIR/metrics/*.parquet` (`pd.read_parquet(DIR / "metrics
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import hashlib
 import json
 import logging
@@ -30,6 +28,7 @@ from ..model import LayerModel
 from ..pooling import check_pooling
 from . import functional as F
 from .augment import augment_views
+from .eigen import linalg_threads
 from .sampling import sample_texts, task_texts
 
 logger = logging.getLogger(__name__)
@@ -76,37 +75,6 @@ def parse_metrics(metrics: Sequence[str] | str | None) -> list[str]:
 #: Precision of LiDAR's scatter over N * V rows, its cost: float32 moves LiDAR by <= 3e-7
 #: relative, even on collapsed views (see `functional.lidar`). DiME stays float64 throughout.
 LIDAR_SCATTER_DTYPE = torch.float32
-
-
-@functools.cache
-def _blas_threads() -> Any:
-    """SciPy's BLAS / LAPACK thread pools (see `functional._eigvalsh`), scanned once: a fresh
-    `threadpool_limits` rescans every loaded library, milliseconds per batch."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
-@contextlib.contextmanager
-def linalg_threads(device: torch.device, n: int = 1):
-    """Run CPU metric maths on `n` threads.
-
-    LAPACK's symmetric eigensolvers (the bulk of the metric maths; torch's and SciPy's) are
-    fastest on one thread at these sizes (N <= a few thousand): the tridiagonal reduction runs
-    many small parallel regions. A 1000 x 1000 float32 `eigvalsh` on a 2-core machine: 38 ms on
-    one thread; on two, 109 ms with passive OpenMP waiting, and with spinning waiting fast when
-    idle but 7.8 s (float64) when the other core is busy. GPUs are left alone.
-    """
-    if device.type != "cpu":
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        with _blas_threads().limit(limits=n, user_api="blas"):
-            yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _sync(device: torch.device) -> None:
