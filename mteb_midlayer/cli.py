@@ -81,8 +81,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--shard-size",
         type=int,
-        default=2048,
-        help="texts per store shard (a crash loses at most one)",
+        default=None,
+        help="texts per store shard; a crash loses at most one "
+        "(default: up to 2048, fewer so that a shard stays under 256 MiB)",
     )
 
     p = sub.add_parser(

@@ -26,8 +26,30 @@ if TYPE_CHECKING:
     from mteb.types import PromptType
     from torch.utils.data import DataLoader
 
-#: Texts per shard file: bounds what a crash can lose and what sits in RAM before a write.
+#: Most texts per shard file: bounds what a crash can lose.
 DEFAULT_SHARD_SIZE = 2048
+#: Most bytes of float32 embeddings a shard holds in RAM before its write. Without it a
+#: 2048-text shard of a 48-layer, 4096-wide model would be 1.6 GB.
+DEFAULT_SHARD_BYTES = 256 * 2**20
+
+
+def shard_texts(
+    n_layers: int,
+    hidden_size: int,
+    shard_size: int | None = None,
+    shard_bytes: int | None = None,
+) -> int:
+    """Texts per shard: ``shard_size`` if given, else up to 2048 within ``shard_bytes`` of RAM
+    (default `DEFAULT_SHARD_BYTES`)."""
+    shard_bytes = DEFAULT_SHARD_BYTES if shard_bytes is None else shard_bytes
+    if shard_size is not None:
+        if shard_size < 1:
+            raise ValueError(f"shard_size must be >= 1 text, got {shard_size}")
+        return int(shard_size)
+    if shard_bytes < 1:
+        raise ValueError(f"shard_bytes must be >= 1, got {shard_bytes}")
+    per_text = 4 * max(1, n_layers) * max(1, hidden_size)
+    return max(1, min(DEFAULT_SHARD_SIZE, shard_bytes // per_text))
 
 
 def store_key(lm: LayerModel, pooling: str, prompt_type: str | None) -> StoreKey:
@@ -52,7 +74,7 @@ class EmbeddingSource:
         pooling: str,
         layers: Sequence[int],
         batch_size: int = 32,
-        shard_size: int = DEFAULT_SHARD_SIZE,
+        shard_size: int | None = None,
         show_progress: bool = True,
         replay_only: bool = False,
     ) -> None:
@@ -61,7 +83,7 @@ class EmbeddingSource:
         self.pooling = pooling
         self.layers = sorted(set(layers))
         self.batch_size = batch_size
-        self.shard_size = shard_size
+        self.shard_size = shard_texts(len(self.layers), lm.hidden_size, shard_size)
         self.show_progress = show_progress
         self.replay_only = replay_only
         self._stores: dict[str | None, EmbeddingStore] = {}

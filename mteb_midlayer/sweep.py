@@ -26,7 +26,7 @@ from .encoder import resolve_dim
 from .layers import resolve_layers
 from .model import LayerModel
 from .pooling import check_pooling
-from .replay import DEFAULT_SHARD_SIZE, EmbeddingSource, StoreEncoder
+from .replay import EmbeddingSource, StoreEncoder
 from .tables import layer_results, layer_table
 
 logger = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def sweep(
     device: str | None = None,
     dtype: str | None = None,
     max_length: int | None = None,
-    shard_size: int = DEFAULT_SHARD_SIZE,
+    shard_size: int | None = None,
     show_progress: bool = True,
     raise_error: bool = False,
 ) -> pd.DataFrame:
