@@ -28,7 +28,7 @@ from mteb_midlayer.metrics.driver import (
     compute_rows,
     encode_texts,
 )
-from mteb_midlayer.metrics.eigen import linalg_threads
+from mteb_midlayer.metrics.eigen import cpu_workers, linalg_threads
 from mteb_midlayer.metrics.sampling import sample_texts, task_texts
 from mteb_midlayer.model import LayerModel
 from mteb_midlayer.sweep import select_tasks
@@ -72,6 +72,10 @@ def main() -> int:
     metrics_total = sum(metric_timer.seconds.values())
     print(
         f"MiniLM-L6, {len(texts)} texts of {args.task}, {len(layers)} layers, {args.n_views} views, device {lm.device}"
+    )
+    print(
+        f"cores: {cpu_workers()} (encoding: {torch.get_num_threads()} torch threads; "
+        f"metrics: independent eigensolves one per core)"
     )
     print(
         f"encoding: plain pass {enc_plain:.1f}s, plain + {args.n_views} view passes {enc_all:.1f}s"

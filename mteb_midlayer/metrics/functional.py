@@ -84,9 +84,12 @@ def _as_real(x: Tensor | object, name: str, dtype: torch.dtype = _DTYPE) -> Tens
 
 
 def _check_finite(x: Tensor, name: str) -> None:
-    # NaN and inf survive a float64 sum (inf - inf is NaN), and finite embeddings cannot overflow
-    # it: one reduction instead of a boolean copy of the whole tensor.
-    if not math.isfinite(float(x.sum(dtype=_DTYPE))):
+    # min and max propagate NaN and show +-inf, and never overflow: one fused reduction in the
+    # input's own dtype (~30x faster than a float64 sum or a boolean isfinite copy).
+    if x.numel() == 0:
+        return
+    lo, hi = torch.aminmax(x)
+    if not (math.isfinite(float(lo)) and math.isfinite(float(hi))):
         raise ValueError(f"{name} contains NaN or inf")
 
 
@@ -172,18 +175,18 @@ def _zero_row_rtol(dtype: torch.dtype) -> float:
 def _prep_padded(z: Tensor, mask: Tensor) -> Tensor:
     """Batched ``prep`` of (B, T, D) with a (B, T) bool mask; padded rows come out as zero rows.
 
-    Zero rows are harmless downstream: they add only zero eigenvalues to a Gram matrix, which
-    contribute nothing to any Rényi entropy with alpha > 0.
+    ``z``'s padded rows must be zero, as ``pad_sequence`` leaves them: then sums and max-abs over
+    all rows are those over the real rows, and the mask is applied once. Zero rows are harmless
+    downstream: they add only zero eigenvalues to a Gram matrix, which contribute nothing to any
+    Rényi entropy with alpha > 0. Same zero-row rule as :func:`_prep_rows`.
     """
     m = mask.unsqueeze(-1).to(z.dtype)
-    count = m.sum(dim=1, keepdim=True).clamp_min(1.0)
-    mean = (z * m).sum(dim=1, keepdim=True) / count
-    r = (z - mean) * m
+    mean = z.sum(dim=1, keepdim=True) / m.sum(dim=1, keepdim=True).clamp_min(1.0)
+    r = (z - mean).mul_(m)
     norms = torch.linalg.vector_norm(r, dim=-1, keepdim=True)
-    scale = (z.abs() * m).amax(dim=(1, 2), keepdim=True)
-    tol = _zero_row_rtol(z.dtype) * math.sqrt(z.shape[-1]) * scale
-    nonzero = norms > tol
-    return torch.where(nonzero, r / torch.where(nonzero, norms, torch.ones_like(norms)), 0.0)
+    scale = z.abs().amax(dim=(1, 2), keepdim=True)
+    zero = norms <= _zero_row_rtol(z.dtype) * math.sqrt(z.shape[-1]) * scale
+    return r.div_(norms.masked_fill_(zero, 1.0)).masked_fill_(zero, 0.0)
 
 
 def _prep_rows(z: Tensor, row_dim: int) -> Tensor:
@@ -569,6 +572,12 @@ def lidar(
     return torch.exp(-torch.xlogy(p, p).sum())
 
 
+def _prep_kernel(x: Tensor) -> Tensor:
+    """The N x N kernel ``prep(x) prep(x)^T``."""
+    r = prep(x)
+    return r @ r.T
+
+
 def _hadamard_entropy(ka: Tensor, kb: Tensor, perm: Tensor | None, alpha: float) -> Tensor:
     """Entropy of ``ka o kb' / tr(ka o kb')``, with ``kb' = kb[perm][:, perm]`` (or ``kb``)."""
     prod = ka * (kb if perm is None else kb[perm.unsqueeze(1), perm])
@@ -605,8 +614,8 @@ def dime(
         raise ValueError(f"n_perms must be >= 1, got {n_perms}")
     a, b = _two_views(a, b, same_dim=False)
     n = a.shape[0]
-    ra, rb = prep(a), prep(b)
-    ka, kb = ra @ ra.T, rb @ rb.T
+    # The two kernels (float64 GEMMs, ~30 ms each at N = 1000 on one core) are independent too.
+    ka, kb = parallel_map(_prep_kernel, [a, b], workers, a.device)
     if generator is None:
         generator = torch.Generator().manual_seed(seed)
     # Draw every permutation before any solve, so the draws never depend on scheduling.

@@ -576,3 +576,28 @@ def test_lidar_float32_scatter_agrees_with_float64(rank, noise):
     exact = float(F.lidar(views))
     assert exact > 1.0
     assert float(F.lidar(views, scatter_dtype=torch.float32)) == pytest.approx(exact, rel=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_inputs_raise_a_clear_error_everywhere(bad, dtype):
+    # One bad entry anywhere, for every entry point and both float widths.
+    x = _randn(6, 4).to(dtype)
+    x[3, 2] = bad
+    views = _randn(6, 3, 4).to(dtype)
+    views[5, 1, 0] = bad
+    calls = [
+        lambda: F.dataset_entropy(x),
+        lambda: F.effective_rank(x),
+        lambda: F.intrinsic_dimension(x),
+        lambda: F.infonce(x, _randn(6, 4)),
+        lambda: F.infonce(_randn(6, 4), x),
+        lambda: F.dime(x, _randn(6, 4)),
+        lambda: F.lidar(views),
+        lambda: F.lidar(views, scatter_dtype=torch.float32),
+        lambda: F.prompt_entropy([_randn(3, 4), x]),
+        lambda: F.curvature([x]),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError, match="NaN or inf"):
+            call()
