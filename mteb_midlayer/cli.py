@@ -44,6 +44,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         "--dtype", help="float32, bfloat16, float16 (default: bf16 on capable GPUs, else fp32)"
     )
     p.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
+    p.add_argument(
+        "--trust-remote-code",
+        action="store_true",
+        help="run the model repository's own code (models that need it, e.g. some Hub encoders)",
+    )
 
 
 def _add_task_options(p: argparse.ArgumentParser) -> None:
@@ -112,7 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("table", help="print the layer x task table of a results folder")
     p.add_argument("output", type=Path, nargs="?", default=Path("results"))
     p.add_argument("--model", help="model name (default: all)")
-    p.add_argument("--csv", type=Path, help="also write the table here")
+    p.add_argument(
+        "--csv",
+        type=Path,
+        help="also write the tables here, as one CSV keyed by model, revision, pooling, "
+        "normalize and layer",
+    )
 
     return parser
 
@@ -145,6 +155,7 @@ def _common(args: argparse.Namespace) -> dict:
         device=args.device,
         dtype=args.dtype,
         max_length=args.max_length,
+        trust_remote_code=args.trust_remote_code,
     )
 
 
@@ -204,14 +215,17 @@ def cmd_table(args: argparse.Namespace) -> int:
     if long.empty:
         print(f"No layer results under {args.output}.", file=sys.stderr)
         return 1
-    for (model, revision, pooling, normalize), group in long.groupby(
-        ["model", "revision", "pooling", "normalize"]
-    ):
+    keys = ["model", "revision", "pooling", "normalize"]
+    tables = {}
+    for key, group in long.groupby(keys):
+        model, revision, pooling, normalize = key
         print(f"\n{model} @ {revision}  pooling={pooling} normalize={normalize}")
-        table = layer_table(group)
-        _print_table(table)
-        if args.csv:
-            table.to_csv(args.csv)
+        tables[key] = layer_table(group)
+        _print_table(tables[key])
+    if args.csv:
+        # Every configuration in one file, so none overwrites another.
+        pd.concat(tables, names=keys).to_csv(args.csv)
+        print(f"\nwrote {args.csv}")
     return 0
 
 

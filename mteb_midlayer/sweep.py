@@ -125,6 +125,7 @@ def sweep(
     device: str | None = None,
     dtype: str | None = None,
     max_length: int | None = None,
+    trust_remote_code: bool = False,
     shard_size: int | None = None,
     show_progress: bool = True,
     raise_error: bool = False,
@@ -145,6 +146,7 @@ def sweep(
         device=device,
         dtype=dtype,
         max_length=max_length,
+        trust_remote_code=trust_remote_code,
     )
     pooling = check_pooling(pooling or lm.default_pooling)
     normalize = lm.default_normalize if normalize is None else bool(normalize)

@@ -26,10 +26,38 @@ def test_sweep_then_table(shared_data, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "BIOSSES" in printed and "Encoded" in printed
+    # A second configuration of the same model: replayed from the store, its own table.
+    code = main(
+        ["sweep", "minilm", "--tasks", "BIOSSES", "--data-dir", str(shared_data),
+         "--layers", "6", "--output", str(out), "--device", "cpu", "--no-normalize"]
+    )  # fmt: skip
+    assert code == 0
     assert main(["table", str(out), "--csv", str(tmp_path / "t.csv")]) == 0
-    table = pd.read_csv(tmp_path / "t.csv", index_col=0)
-    assert list(table.index) == [3, 6]
-    assert abs(table.loc[6, "BIOSSES"] - 0.81254) < 1e-4
+    table = pd.read_csv(tmp_path / "t.csv")
+    assert list(table.columns[:5]) == ["model", "revision", "pooling", "normalize", "layer"]
+    normed = table[table["normalize"]].set_index("layer")
+    raw = table[~table["normalize"]].set_index("layer")
+    assert list(normed.index) == [3, 6] and list(raw.index) == [6]
+    # Spearman on cosine similarity: L2-normalising changes nothing at the last layer.
+    assert abs(normed.loc[6, "BIOSSES"] - 0.81254) < 1e-4
+    assert abs(raw.loc[6, "BIOSSES"] - 0.81254) < 1e-4
+
+
+def test_trust_remote_code_reaches_the_loader(monkeypatch, tmp_path):
+    from mteb_midlayer.model import LayerModel
+
+    seen = []
+
+    def fake_load(model, tokenizer=None, **kwargs):
+        seen.append(kwargs["trust_remote_code"])
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(LayerModel, "load", fake_load)
+    for verb in ("sweep", "metrics"):
+        for flag in ([], ["--trust-remote-code"]):
+            argv = [verb, "some/model", "--tasks", "BIOSSES", "--output", str(tmp_path)]
+            assert main(argv + flag) == 2
+    assert seen == [False, True, False, True]
 
 
 def test_metrics_verb(shared_data, tmp_path, capsys):

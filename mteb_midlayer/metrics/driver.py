@@ -260,6 +260,7 @@ def layer_metrics(
     device: str | None = None,
     dtype: str | None = None,
     max_length: int | None = None,
+    trust_remote_code: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
 ) -> pd.DataFrame:
@@ -281,6 +282,7 @@ def layer_metrics(
         device=device,
         dtype=dtype,
         max_length=max_length,
+        trust_remote_code=trust_remote_code,
     )
     pooling = check_pooling(pooling or lm.default_pooling)
     layer_list = resolve_layers(layers, lm.n_layers)
