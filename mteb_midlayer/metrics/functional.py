@@ -210,7 +210,7 @@ def prep(x: Tensor) -> Tensor:
     Centring removes the common offset that would otherwise dominate every Gram matrix; unit rows
     make the Gram a cosine-similarity kernel with trace = number of non-zero rows. A row that is
     (numerically) zero after centring stays zero, so N = 1 gives a zero row. Returns float64 of
-    shape (N, D).
+    shape (N, D). (The metrics, having validated their input once, call ``_prep_rows`` directly.)
     """
     return _prep_rows(_matrix(x, "x", min_rows=1), row_dim=0)
 
@@ -279,7 +279,7 @@ def matrix_entropy(x: Tensor, alpha: float = 1.0, normalize: bool = True) -> Ten
     """
     alpha = _check_alpha(alpha)
     x = _matrix(x, "x", min_rows=2)
-    h = renyi_entropy_from_spectrum(gram_spectrum(prep(x)), alpha)
+    h = renyi_entropy_from_spectrum(gram_spectrum(_prep_rows(x, row_dim=0)), alpha)
     if normalize:
         h = h / _normaliser(*x.shape, what="matrix entropy")
     return h
@@ -301,7 +301,7 @@ def effective_rank(x: Tensor) -> Tensor:
     it is 1 for a rank-1 matrix and k for k equal singular values. A collapsed matrix gives 0.
     """
     x = _matrix(x, "x", min_rows=2)
-    s = torch.linalg.svdvals(prep(x))
+    s = torch.linalg.svdvals(_prep_rows(x, row_dim=0))
     if float(s.sum()) <= 0:
         return torch.zeros((), dtype=_DTYPE, device=x.device)
     return torch.exp(renyi_entropy_from_spectrum(s, 1.0))
@@ -502,7 +502,7 @@ def infonce(a: Tensor, b: Tensor, tau: float = 0.1) -> Tensor:
     if not tau > 0:
         raise ValueError(f"tau must be > 0, got {tau}")
     a, b = _two_views(a, b, same_dim=True)
-    logits = prep(a) @ prep(b).T / tau
+    logits = _prep_rows(a, row_dim=0) @ _prep_rows(b, row_dim=0).T / tau
     target = torch.arange(a.shape[0], device=a.device)
     return torch.nn.functional.cross_entropy(logits, target)
 
@@ -573,8 +573,8 @@ def lidar(
 
 
 def _prep_kernel(x: Tensor) -> Tensor:
-    """The N x N kernel ``prep(x) prep(x)^T``."""
-    r = prep(x)
+    """The N x N kernel ``prep(x) prep(x)^T`` of an already validated float64 matrix."""
+    r = _prep_rows(x, row_dim=0)
     return r @ r.T
 
 
