@@ -1,0 +1,188 @@
+"""The two tidy frames everything after scoring reads: task scores and layer metrics.
+
+Data flows one way: mteb result files and metric parquet rows -> these frames -> `select/`,
+`leaderboard/` and `table`. This module owns both schemas (column constants plus a check) and
+the per-layer aggregation of task scores; it computes nothing from a model.
+
+- scores: one row per (configuration, layer, dim, task) with the task's main score (English
+  subsets per TASKS.md), read from mteb's own result files.
+- metrics: one row per (model, revision, dataset, layer, metric, variant) from
+  `OUTPUT/metrics/*.parquet`, as the metrics driver writes them.
+
+Missing results stay missing: `layer_scores` averages a layer only over the tasks it has and
+says how many it has and which it lacks, so no consumer averages over fewer tasks silently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import pandas as pd
+
+#: What tells one configuration of a model from another (besides layer and dim).
+CONFIG_COLUMNS = ["model", "revision", "pooling", "normalize", "final_norm"]
+#: The scores frame: one row per (configuration, layer, dim, task).
+SCORE_COLUMNS = [
+    *CONFIG_COLUMNS,
+    "layer",
+    "dim",
+    "task",
+    "task_type",
+    "score",
+    "mteb_version",
+]
+#: The metrics frame: one row per (model, revision, dataset, layer, metric, variant).
+METRIC_COLUMNS = [
+    "model",
+    "revision",
+    "dataset",
+    "layer",
+    "metric",
+    "variant",
+    "value",
+    "n",
+    "pooling",
+    "alpha",
+    "seed",
+]
+#: The per-layer aggregate of `layer_scores`.
+LAYER_SCORE_COLUMNS = [
+    *CONFIG_COLUMNS,
+    "dim",
+    "layer",
+    "task_type",
+    "score",
+    "n_tasks",
+    "n_expected",
+    "missing",
+]
+#: `task_type` of the aggregate over every task (the benchmark's average).
+ALL_TYPES = "all"
+#: `final_norm` of results written before the option existed (today's convention).
+DEFAULT_FINAL_NORM = "last"
+
+
+class FrameError(ValueError):
+    """A frame lacks columns its schema requires."""
+
+
+def check_frame(df: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
+    """`df` itself when it has every column of `columns`, else a `FrameError` naming them."""
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise FrameError(f"{what} frame lacks columns {missing}; it has {list(df.columns)}.")
+    return df
+
+
+def check_scores(df: pd.DataFrame) -> pd.DataFrame:
+    return check_frame(df, SCORE_COLUMNS, "scores")
+
+
+def check_metrics(df: pd.DataFrame) -> pd.DataFrame:
+    return check_frame(df, METRIC_COLUMNS, "metrics")
+
+
+def _roots(roots: Path | str | Iterable[Path | str]) -> list[Path]:
+    if isinstance(roots, (str, Path)):
+        return [Path(roots)]
+    return [Path(r) for r in roots]
+
+
+def scores_frame(
+    roots: Path | str | Iterable[Path | str],
+    *,
+    model: str | None = None,
+    tasks: Sequence[str] | None = None,
+) -> pd.DataFrame:
+    """The scores frame of one or several mteb result roots (`sweep --output` folders).
+
+    `final_norm` is filled with "last" for results that predate the option. `tasks` keeps only
+    those tasks. A root that does not exist is a `FileNotFoundError` (never created).
+    """
+    from .tables import layer_results
+
+    parts = []
+    for root in _roots(roots):
+        if not root.is_dir():
+            raise FileNotFoundError(f"No results folder at {root}.")
+        df = layer_results(root, model=model)
+        parts.append(df)
+    df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    if "final_norm" not in df.columns:
+        df["final_norm"] = DEFAULT_FINAL_NORM
+    df["final_norm"] = df["final_norm"].fillna(DEFAULT_FINAL_NORM)
+    for col in SCORE_COLUMNS:
+        if col not in df.columns:
+            df[col] = pd.Series(dtype=object)
+    if tasks is not None:
+        df = df[df["task"].isin(list(tasks))]
+    keys = [*CONFIG_COLUMNS, "layer", "dim", "task"]
+    df = df.drop_duplicates(subset=keys, keep="first")
+    return df[SCORE_COLUMNS].sort_values(keys, ignore_index=True)
+
+
+def metrics_frame(
+    roots: Path | str | Iterable[Path | str], *, model: str | None = None
+) -> pd.DataFrame:
+    """The metrics frame of every `ROOT/metrics/*.parquet` (empty when there are none)."""
+    parts = []
+    for root in _roots(roots):
+        folder = root / "metrics" if (root / "metrics").is_dir() else root
+        for path in sorted(folder.glob("*.parquet")):
+            parts.append(pd.read_parquet(path))
+    if not parts:
+        return pd.DataFrame(columns=METRIC_COLUMNS)
+    df = pd.concat(parts, ignore_index=True)
+    check_metrics(df)
+    if model is not None:
+        df = df[df["model"] == model]
+    return df.reset_index(drop=True)
+
+
+def layer_scores(
+    scores: pd.DataFrame,
+    *,
+    tasks: Sequence[str] | None = None,
+    by_type: bool = True,
+) -> pd.DataFrame:
+    """Per configuration, dim and layer: the mean main score over tasks, overall and per type.
+
+    The benchmark's aggregation (METRICS.md): `s(l)` = mean over tasks of each task's score.
+    The tasks expected of every layer are `tasks` if given, else every task the configuration
+    has at some layer. `score` is the mean over the tasks the layer has; `n_tasks` and
+    `n_expected` say how many of how many, and `missing` names the others (comma-separated),
+    so a consumer can refuse or mark incomplete layers. `task_type` is "all" for the overall
+    mean, else the mteb task type.
+    """
+    check_scores(scores)
+    out = []
+    for config, group in scores.groupby(CONFIG_COLUMNS, dropna=False, sort=True):
+        expected = list(dict.fromkeys(tasks if tasks is not None else group["task"]))
+        types = group.drop_duplicates("task").set_index("task")["task_type"].to_dict()
+        type_groups: dict[str, list[str]] = {ALL_TYPES: expected}
+        if by_type:
+            for task in expected:
+                type_groups.setdefault(str(types.get(task)), []).append(task)
+        for (dim, layer), cell in group.groupby(["dim", "layer"], sort=True):
+            have = cell.dropna(subset=["score"]).set_index("task")["score"]
+            for task_type, names in type_groups.items():
+                present = [t for t in names if t in have.index]
+                out.append(
+                    {
+                        **dict(zip(CONFIG_COLUMNS, config, strict=True)),
+                        "dim": int(dim),
+                        "layer": int(layer),
+                        "task_type": task_type,
+                        "score": float(have[present].mean()) if present else float("nan"),
+                        "n_tasks": len(present),
+                        "n_expected": len(names),
+                        "missing": ", ".join(t for t in names if t not in have.index),
+                    }
+                )
+    return pd.DataFrame(out, columns=LAYER_SCORE_COLUMNS)
+
+
+def complete(layer_scores_df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of a `layer_scores` frame whose layer has every expected task."""
+    return layer_scores_df[layer_scores_df["n_tasks"] == layer_scores_df["n_expected"]]
