@@ -4,6 +4,7 @@
     mteb-midlayer metrics MODEL    unsupervised layer metrics (entropy, curvature, LiDAR, ...)
     mteb-midlayer table DIR        print the layer x task table of a results folder
     mteb-midlayer mirror TASK...   write tasks' data into the offline layout (--data-dir)
+    mteb-midlayer leaderboard DIR... --to OUT   publish Markdown, CSV, HTML and plots
 
 MODEL is a Hub id, a local path, or `minilm` (the embedded all-MiniLM-L6-v2, no Hub needed).
 """
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
         "normalize and layer",
     )
 
+    _add_leaderboard_parser(sub)
     return parser
 
 
@@ -229,11 +231,81 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"sweep": cmd_sweep, "metrics": cmd_metrics, "table": cmd_table, "mirror": cmd_mirror}
+# ---- leaderboard: publish results folders as Markdown, CSV, one HTML page and plots
+
+
+def _add_leaderboard_parser(sub) -> None:
+    p = sub.add_parser(
+        "leaderboard", help="publish results folders as Markdown, CSV, an HTML page and plots"
+    )
+    p.add_argument("results", type=Path, nargs="+", help="results folders (sweep --output)")
+    p.add_argument("--to", type=Path, required=True, help="folder to write the leaderboard into")
+    p.add_argument(
+        "--benchmark",
+        default="leaderboard",
+        help="name of the page and its files (e.g. the benchmark or data name)",
+    )
+    p.add_argument("--title", help="page title (default: from --benchmark)")
+    p.add_argument("--model", help="only this model (default: all)")
+    p.add_argument("--tasks", help="comma-separated: only these tasks")
+    p.add_argument(
+        "--data",
+        default="not stated (pass --data)",
+        help="which copy of the task data was scored, for the provenance block",
+    )
+    p.add_argument(
+        "--command",
+        dest="producer",
+        help="the command that produced the results, for the provenance block "
+        "(default: this leaderboard command)",
+    )
+    p.add_argument("--no-plots", action="store_true", help="tables only (no matplotlib)")
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    import shlex
+
+    from .frames import metrics_frame, scores_frame
+    from .leaderboard import publish
+
+    scores = scores_frame(args.results, model=args.model, tasks=_split(args.tasks))
+    if scores.empty:
+        print(f"No layer results under {', '.join(map(str, args.results))}.", file=sys.stderr)
+        return 1
+    metrics = metrics_frame(args.results, model=args.model)
+    tasks = _split(args.tasks)
+    if tasks is not None:
+        metrics = metrics[metrics["dataset"].isin(tasks)]
+    command = "mteb-midlayer " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+    if args.producer:
+        command = f"{args.producer}; then {command}"
+    paths = publish(
+        scores,
+        metrics,
+        args.to,
+        benchmark=args.benchmark,
+        title=args.title,
+        data=args.data,
+        command=command,
+        with_plots=not args.no_plots,
+    )
+    for path in paths:
+        print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {
+    "sweep": cmd_sweep,
+    "metrics": cmd_metrics,
+    "table": cmd_table,
+    "mirror": cmd_mirror,
+    "leaderboard": cmd_leaderboard,
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = argv  # the exact command, for provenance (None: sys.argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

@@ -1,0 +1,83 @@
+"""One call that writes a whole leaderboard folder from the two frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from . import plots as P
+from . import render as R
+from . import tables as T
+
+
+def safe_name(name: str) -> str:
+    """A benchmark name as a file name."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "leaderboard"
+
+
+def publish(
+    scores: pd.DataFrame,
+    metrics: pd.DataFrame,
+    folder: Path | str,
+    *,
+    benchmark: str,
+    title: str | None = None,
+    data: str = "not stated",
+    command: str = "",
+    with_plots: bool = True,
+) -> list[Path]:
+    """Write BENCH.md, BENCH.csv, BENCH.html (+ BENCH-metrics.csv, plots/) and index.html.
+
+    `scores`/`metrics` are `frames.scores_frame`/`frames.metrics_frame` outputs; `data` says which
+    copy of the task data was scored and `command` what produced the results (provenance).
+    """
+    if scores.empty:
+        raise ValueError("No scores to publish: the results folders hold no layer results.")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = safe_name(benchmark)
+    title = title or f"{benchmark}: main score by layer"
+    prov = R.provenance(scores, data=data, command=command)
+    written = [R.to_csv(scores, folder / f"{name}.csv")]
+    if not metrics.empty:
+        written.append(R.metrics_to_csv(metrics, folder / f"{name}-metrics.csv"))
+    page_plots: list[Path] = []
+    dim_plots: dict[str, Path] = {}
+    if with_plots:
+        plot_dir = folder / "plots"
+        files = P.plot_depth(scores, plot_dir / f"{name}-depth")
+        page_plots.append(files[0])
+        written += files
+        if not metrics.empty:
+            for plot in (P.plot_metrics_depth, P.plot_score_vs_metric):
+                stem = plot_dir / f"{name}-{plot.__name__.removeprefix('plot_').replace('_', '-')}"
+                files = (
+                    plot(metrics, stem)
+                    if plot is P.plot_metrics_depth
+                    else plot(scores, metrics, stem)
+                )
+                page_plots.append(files[0])
+                written += files
+        for config in T.configs(scores):
+            if len(T.dims_of(scores, config)) > 1:
+                slug = T.config_slug(config)
+                files = P.plot_dim_heatmap(
+                    T.dim_table(scores, config),
+                    plot_dir / f"{name}-{slug}-dims",
+                    title=f"{T.config_label(config)}: average by layer and dim",
+                )
+                dim_plots[slug] = files[0]
+                written += files
+    written.append(R.to_md(scores, folder / f"{name}.md", title=title, prov=prov, plots=page_plots))
+    page = R.to_html(
+        scores,
+        folder / f"{name}.html",
+        title=title,
+        prov=prov,
+        plots=page_plots,
+        dim_plots=dim_plots,
+    )
+    written.append(page)
+    written.append(R.write_index(folder, benchmark, page, scores))
+    return written

@@ -1,0 +1,253 @@
+"""Display shapes of the scores frame: what a leaderboard shows, before any formatting.
+
+Pure functions of `frames.scores_frame` output (STYLE.md 4): the layer x task table of one
+configuration and width, the layer x dim table of averages, and the cross-model summary. Values
+stay raw (0..1, no rounding); renderers format them. Missing results stay NaN: an average over
+a layer that lacks a task is NaN here, with `tasks` ("2/3") and `missing` saying why, never an
+average over fewer tasks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from .. import frames
+
+#: Column of the overall average (the benchmark's aggregation: mean over tasks).
+AVERAGE = "average"
+#: Prefix of the per-type average columns, e.g. "avg STS".
+TYPE_PREFIX = "avg "
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """One configuration at one width: layers down, tasks and averages across.
+
+    `table` holds raw scores (NaN = missing); `best` maps every score column to the layer with
+    its highest value and `gain` to that value minus the last layer's (NaN when either is
+    missing); `types` maps each task column to its task type; `status` per layer says how many
+    tasks it has ("2/3") and which it lacks.
+    """
+
+    config: dict
+    dim: int
+    table: pd.DataFrame
+    best: pd.Series
+    gain: pd.Series
+    types: dict[str, str]
+    status: pd.DataFrame = field(repr=False)
+
+    @property
+    def last_layer(self) -> int:
+        return int(self.table.index.max())
+
+    @property
+    def task_columns(self) -> list[str]:
+        return list(self.types)
+
+    @property
+    def average_columns(self) -> list[str]:
+        return [c for c in self.table.columns if c not in self.types]
+
+
+def configs(scores: pd.DataFrame) -> list[dict]:
+    """Every configuration (model, revision, pooling, normalize, final_norm) in `scores`."""
+    frames.check_scores(scores)
+    keys = scores[frames.CONFIG_COLUMNS].drop_duplicates()
+    return [dict(zip(frames.CONFIG_COLUMNS, row, strict=True)) for row in keys.itertuples(False)]
+
+
+def select_config(scores: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """The rows of `scores` that belong to `config`."""
+    mask = pd.Series(True, index=scores.index)
+    for key in frames.CONFIG_COLUMNS:
+        mask &= scores[key] == config[key]
+    return scores[mask]
+
+
+def config_label(config: dict) -> str:
+    """A short human label: the model, then what tells its configurations apart."""
+    norm = "norm" if config["normalize"] else "raw"
+    return f"{config['model']} · {config['pooling']} · {norm} · final_norm={config['final_norm']}"
+
+
+def config_slug(config: dict) -> str:
+    """A file- and anchor-safe name of a configuration."""
+    raw = "-".join(
+        str(config[k]) for k in ("model", "revision", "pooling", "normalize", "final_norm")
+    )
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)
+
+
+def _ordered_tasks(scores: pd.DataFrame) -> dict[str, str]:
+    """Task -> type, grouped by type then name, so per-type blocks sit together."""
+    types = scores.drop_duplicates("task").set_index("task")["task_type"].fillna("unknown")
+    return {t: str(types[t]) for t in sorted(types.index, key=lambda t: (str(types[t]), t))}
+
+
+def layer_task_table(scores: pd.DataFrame, config: dict, dim: int) -> LayerTable:
+    """The layer x task table of one configuration at width `dim`, with averages and marks.
+
+    Columns: every task in `scores` (the page's task set, so configurations are compared on
+    the same tasks), then `avg <type>` per type and `average`. An average is NaN unless the layer
+    has every task it covers (mteb nulls incomplete rows the same way). `best` ignores NaN; `gain` is best minus the last layer.
+    """
+    own = select_config(scores, config)
+    types = _ordered_tasks(scores)
+    tasks = list(types)
+    at_dim = own[own["dim"] == dim]
+    if at_dim.empty:
+        raise ValueError(f"No scores at dim {dim} for {config_label(config)}.")
+    wide = at_dim.pivot_table(index="layer", columns="task", values="score", aggfunc="first")
+    wide = wide.reindex(columns=tasks)
+    wide.index = wide.index.astype(int)
+    wide.columns.name = None
+    scores_only = wide[tasks]
+    for task_type in dict.fromkeys(types.values()):
+        wide[f"{TYPE_PREFIX}{task_type}"] = _complete_mean(
+            scores_only[[t for t in tasks if types[t] == task_type]]
+        )
+    wide[AVERAGE] = _complete_mean(scores_only)
+    have = scores_only.notna()
+    status = pd.DataFrame(
+        {
+            "tasks": have.sum(axis=1).astype(str) + f"/{len(tasks)}",
+            "missing": have.apply(lambda r: ", ".join(t for t in tasks if not r[t]), axis=1),
+        }
+    )
+    best = pd.Series(
+        {c: wide[c].idxmax() if wide[c].notna().any() else float("nan") for c in wide.columns},
+        dtype=object,
+    )
+    last = wide.loc[wide.index.max()]
+    gain = wide.max(skipna=True) - last
+    return LayerTable(
+        config=config, dim=int(dim), table=wide, best=best, gain=gain, types=types, status=status
+    )
+
+
+def _complete_mean(block: pd.DataFrame) -> pd.Series:
+    """Row means over every column, NaN for a row missing any (never a mean over fewer)."""
+    return block.mean(axis=1, skipna=False)
+
+
+def dims_of(scores: pd.DataFrame, config: dict) -> list[int]:
+    """The widths a configuration was scored at, widest first."""
+    own = select_config(scores, config)
+    return sorted((int(d) for d in own["dim"].unique()), reverse=True)
+
+
+def dim_table(scores: pd.DataFrame, config: dict) -> pd.DataFrame:
+    """Layer x dim table of the overall average (the 2D-Matryoshka view); NaN if incomplete."""
+    cols = {d: layer_task_table(scores, config, d).table[AVERAGE] for d in dims_of(scores, config)}
+    out = pd.DataFrame(cols)
+    out.index.name = "layer"
+    out.columns.name = "dim"
+    return out
+
+
+SUMMARY_COLUMNS = [
+    *frames.CONFIG_COLUMNS,
+    "dim",
+    "last_layer",
+    "last_average",
+    "best_layer",
+    "best_depth",
+    "best_average",
+    "gain",
+    "tasks",
+]
+
+
+def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """One row per configuration at its widest dim, sorted by best average (best first).
+
+    The last layer is the deepest layer scored, so `best_depth` = best / last (0 = embeddings);
+    `tasks` is "have/expected" at the last layer.
+    """
+    rows = []
+    for config in configs(scores):
+        dim = dims_of(scores, config)[0]
+        lt = layer_task_table(scores, config, dim)
+        best = lt.best[AVERAGE]
+        last = lt.last_layer
+        rows.append(
+            {
+                **config,
+                "dim": dim,
+                "last_layer": last,
+                "last_average": lt.table.loc[last, AVERAGE],
+                "best_layer": best,
+                "best_depth": best / last if pd.notna(best) and last else float("nan"),
+                "best_average": lt.table[AVERAGE].max(skipna=True),
+                "gain": lt.gain[AVERAGE],
+                "tasks": lt.status.loc[last, "tasks"],
+            }
+        )
+    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    out["best_layer"] = out["best_layer"].astype("Int64")
+    return out.sort_values(
+        ["best_average", "model"], ascending=[False, True], na_position="last", ignore_index=True
+    )
+
+
+def depth_curves(scores: pd.DataFrame) -> pd.DataFrame:
+    """Per configuration at its widest dim: layer, relative depth and every average column.
+
+    Long rows (config columns, `layer`, `depth`, `column`, `score`) that plots draw as lines;
+    depth = layer / deepest layer scored (0 = embeddings, 1 = last layer).
+    """
+    parts = []
+    for config in configs(scores):
+        lt = layer_task_table(scores, config, dims_of(scores, config)[0])
+        long = lt.table[lt.average_columns].rename_axis("layer").reset_index()
+        long = long.melt(id_vars="layer", var_name="column", value_name="score")
+        long["depth"] = long["layer"] / lt.last_layer if lt.last_layer else float("nan")
+        parts.append(long.assign(**config))
+    return pd.concat(parts, ignore_index=True)
+
+
+def tidy_rows(scores: pd.DataFrame) -> pd.DataFrame:
+    """The CSV rows: one per (configuration, layer, dim, task), missing ones included as NaN.
+
+    Every task in `scores` is expected of each configuration at each (layer, dim) it was
+    scored at, so a missing result is an empty `main_score` rather than an absent row.
+    """
+    frames.check_scores(scores)
+    parts = []
+    tasks = scores.drop_duplicates("task")[["task", "task_type"]]
+    for config in configs(scores):
+        own = select_config(scores, config)
+        grid = own[["layer", "dim"]].drop_duplicates().merge(tasks, how="cross")
+        full = grid.merge(
+            own[["layer", "dim", "task", "score", "mteb_version"]],
+            on=["layer", "dim", "task"],
+            how="left",
+        )
+        for key, value in config.items():
+            full[key] = value
+        parts.append(full)
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CSV_COLUMNS)
+    out = out.rename(columns={"score": "main_score"})
+    return out[CSV_COLUMNS].sort_values(
+        [*frames.CONFIG_COLUMNS, "dim", "layer", "task"],
+        ascending=[True] * 5 + [False, True, True],
+        ignore_index=True,
+    )
+
+
+CSV_COLUMNS = [
+    "model",
+    "revision",
+    "pooling",
+    "normalize",
+    "final_norm",
+    "layer",
+    "dim",
+    "task",
+    "task_type",
+    "main_score",
+    "mteb_version",
+]
