@@ -276,7 +276,13 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     tasks = _split(args.tasks)
     if tasks is not None:
         metrics = metrics[metrics["dataset"].isin(tasks)]
-    command = "mteb-midlayer " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
+    argv = list(sys.argv[1:] if args.argv is None else args.argv)
+    if args.producer:  # said once, before this command, not again inside it
+        i = argv.index("--command") if "--command" in argv else None
+        if i is not None:
+            del argv[i : i + 2]
+        argv = [a for a in argv if not a.startswith("--command=")]
+    command = "mteb-midlayer " + shlex.join(argv)
     if args.producer:
         command = f"{args.producer}; then {command}"
     paths = publish(

@@ -74,11 +74,11 @@ def config_label(config: dict) -> str:
 
 
 def config_slug(config: dict) -> str:
-    """A file- and anchor-safe name of a configuration."""
+    """A file-, anchor- and CSS-safe name of a configuration (letters, digits, - and _)."""
     raw = "-".join(
         str(config[k]) for k in ("model", "revision", "pooling", "normalize", "final_norm")
     )
-    return "".join(c if c.isalnum() or c in "-_." else "-" for c in raw)
+    return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in raw)
 
 
 def _ordered_tasks(scores: pd.DataFrame) -> dict[str, str]:

@@ -77,3 +77,22 @@ def results_root(tmp_path_factory) -> Path:
 def result_files(root: Path) -> list[Path]:
     """Every TaskResult JSON under `root` (not model_meta.json)."""
     return sorted(p for p in (root / "results").rglob("*.json") if p.name != "model_meta.json")
+
+
+@pytest.fixture(scope="session")
+def frames_of(results_root):
+    """The scores and metrics frames of `results_root`."""
+    from mteb_midlayer import frames
+
+    return frames.scores_frame(results_root), frames.metrics_frame(results_root)
+
+
+@pytest.fixture(scope="session")
+def published(frames_of, tmp_path_factory) -> Path:
+    """A leaderboard folder written once (plots included) for every test that reads one."""
+    from mteb_midlayer.leaderboard import publish
+
+    scores, metrics = frames_of
+    out = tmp_path_factory.mktemp("published")
+    publish(scores, metrics, out, benchmark="tiny", data="tests/data copy", command="pytest")
+    return out
