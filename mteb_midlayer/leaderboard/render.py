@@ -171,7 +171,8 @@ def _md_summary(summary: pd.DataFrame) -> str:
             "tasks": summary["tasks"],
         }
     )
-    return view.to_markdown(index=False, disable_numparse=True)
+    align = ["left"] * 5 + ["right"] * (view.shape[1] - 5)
+    return view.to_markdown(index=False, disable_numparse=True, colalign=align)
 
 
 def _md_provenance(prov: Provenance) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import pandas as pd
 import pytest
@@ -13,6 +14,7 @@ from mteb_midlayer.leaderboard import publish, render, tables
 
 from .conftest import (
     CLASSIFICATION,
+    DATA,
     FAKE,
     MINILM,
     fake_classification_score,
@@ -171,3 +173,27 @@ def test_cli_leaderboard_writes_tables_with_its_command(results_root, tmp_path, 
     assert cli.main(["leaderboard", str(empty), "--to", str(out)]) == 1
     assert cli.main(["leaderboard", str(tmp_path / "nope"), "--to", str(out)]) == 2
     assert "No results folder" in capsys.readouterr().err
+
+
+GOLDEN = DATA / "golden"
+
+
+def _without_date(text: str) -> str:
+    return "\n".join(ln for ln in text.splitlines() if not ln.startswith("- **Date**"))
+
+
+def test_markdown_and_csv_of_the_committed_tree_match_the_golden_files(tmp_path):
+    """Regression: the committed MiniLM tree renders exactly as reviewed (date line aside).
+
+    After an intended change, rewrite the files with UPDATE_GOLDEN=1 and review the diff.
+    """
+    from mteb_midlayer import frames
+
+    scores, metrics = frames.scores_frame(DATA), frames.metrics_frame(DATA)
+    publish(scores, metrics, tmp_path, benchmark="golden", command="golden", with_plots=False)
+    for name in ("golden.md", "golden.csv"):
+        got = (tmp_path / name).read_text()
+        if os.environ.get("UPDATE_GOLDEN"):
+            GOLDEN.mkdir(exist_ok=True)
+            (GOLDEN / name).write_text(got)
+        assert _without_date(got) == _without_date((GOLDEN / name).read_text()), name
