@@ -63,7 +63,9 @@ def select_config(scores: pd.DataFrame, config: dict) -> pd.DataFrame:
     """The rows of `scores` that belong to `config`."""
     mask = pd.Series(True, index=scores.index)
     for key in frames.CONFIG_COLUMNS:
-        mask &= scores[key] == config[key]
+        value = config[key]
+        same = scores[key].isna() if pd.isna(value) else scores[key] == value  # None == None
+        mask &= same
     return scores[mask]
 
 

@@ -197,3 +197,21 @@ def test_markdown_and_csv_of_the_committed_tree_match_the_golden_files(tmp_path)
             GOLDEN.mkdir(exist_ok=True)
             (GOLDEN / name).write_text(got)
         assert _without_date(got) == _without_date((GOLDEN / name).read_text()), name
+
+
+def test_depth_curves_put_layers_on_relative_depth_with_incomplete_layers_missing(frames_of):
+    scores, _ = frames_of
+    curves = tables.depth_curves(scores)
+    minilm = curves[(curves["model"] == MINILM) & (curves["column"] == "average")]
+    assert minilm["depth"].tolist() == [0.0, 0.5, 1.0]
+    assert minilm["score"].isna().tolist() == [False, True, False]  # layer 3 lacks STS12
+    fake = curves[(curves["model"] == FAKE) & (curves["column"] == "avg STS")]
+    assert fake["score"].tolist() == pytest.approx([0.4, 0.9, 0.5])
+
+
+def test_a_configuration_without_pooling_recorded_is_still_one_configuration(frames_of):
+    scores, _ = frames_of
+    old = scores.assign(pooling=None)
+    (config, _other) = sorted(tables.configs(old), key=lambda c: c["model"])
+    assert config["pooling"] is None
+    assert len(tables.select_config(old, config)) == len(scores[scores["model"] == FAKE])
