@@ -168,6 +168,15 @@ def select(
     return select_frames(scores, metrics, tasks=tasks, budgets=budgets, prior=prior)
 
 
+def summary_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows on the datasets' mean where a metric has one, else on its single dataset."""
+    if df.empty:
+        return df
+    keys = [*frames.CONFIG_COLUMNS, "dim", "metric", "variant"]
+    has_mean = df.groupby(keys, dropna=False)["dataset"].transform(lambda d: (d == "mean").any())
+    return df[(df["dataset"] == "mean") | ~has_mean]
+
+
 def render(selection: Selection, *, top_rules: int | None = None) -> str:
     """The terminal view: best slices, Pareto front, stability, rules and correlations."""
     out: list[str] = []
@@ -200,10 +209,11 @@ def render(selection: Selection, *, top_rules: int | None = None) -> str:
             "last_layer_score",
             "gain",
         ]
-        rules = selection.rules.sort_values(["model", "dim", "regret"])
+        rules = summary_rows(selection.rules).sort_values(["model", "dim", "regret"])
         table("Label-free rules (scores on all tasks)", rules[cols].head(top_rules or len(rules)))
     if not selection.correlations.empty:
-        corr = selection.correlations[selection.correlations["task_type"] == frames.ALL_TYPES]
+        corr = summary_rows(selection.correlations)
+        corr = corr[corr["task_type"] == frames.ALL_TYPES]
         cols = [
             "model",
             "dim",
@@ -217,6 +227,10 @@ def render(selection: Selection, *, top_rules: int | None = None) -> str:
             "dcor",
         ]
         table("Metric-score correlations across layers (all tasks)", corr[cols])
+    if not selection.rules.empty:
+        out.append(
+            "\n(rules and correlations on the datasets' mean; every dataset and task type: --json)"
+        )
     for note in selection.notes:
         out.append(f"note: {note}")
     return "\n".join(out).lstrip("\n")
