@@ -336,6 +336,14 @@ def cmd_select(args: argparse.Namespace) -> int:
         from .export import export
         from .model import EMBEDDED_ALIAS, EMBEDDED_NAME
 
+        if chosen["final_norm"] != "last":
+            print(
+                f"The best slice uses final_norm={chosen['final_norm']!r}; export writes only "
+                "final_norm='last' slices (raw inner layers): nothing exported.",
+                file=sys.stderr,
+            )
+            return 1
+
         source = args.source or (
             EMBEDDED_ALIAS if chosen["model"] == EMBEDDED_NAME else chosen["model"]
         )
