@@ -180,9 +180,19 @@ def summary_rows(df: pd.DataFrame) -> pd.DataFrame:
 def render(selection: Selection, *, top_rules: int | None = None) -> str:
     """The terminal view: best slices, Pareto front, stability, rules and correlations."""
     out: list[str] = []
+    # Configuration columns with one value everywhere are printed once, not in every table.
+    constant = [
+        c
+        for c in frames.CONFIG_COLUMNS
+        if c in selection.scores.columns and selection.scores[c].nunique(dropna=False) == 1
+    ]
+    if constant and selection.has_scores:
+        first = selection.scores.iloc[0]
+        out.append("Configuration: " + "  ".join(f"{c}={first[c]}" for c in constant))
 
     def table(title: str, df: pd.DataFrame) -> None:
         out.append(f"\n== {title} ==")
+        df = df.drop(columns=[c for c in constant if c in df.columns])
         with pd.option_context(
             "display.max_columns", 50, "display.width", 200, "display.float_format", "{:.4f}".format
         ):
