@@ -258,8 +258,6 @@ def export(
         encoder = LayerEncoder(lm, layer=layer, dim=dim, pooling=pooling, normalize=normalize)
     except (ValueError, TypeError) as e:
         raise ExportError(str(e)) from None
-    if encoder.layer == 0:
-        raise ExportError("layer 0 (the embedding output) runs no block; export layer 1 or above.")
     expected = encoder.embed(list(probe_texts))
     n_layers, hidden = lm.n_layers, lm.hidden_size
     raw = encoder.layer < n_layers and final_norm(lm.model) is not None

@@ -71,17 +71,21 @@ def test_minilm_round_trip(minilm_path, tmp_path, layer, dim):
         ("gpt2", 2, "last", True),  # inner decoder layer: final norm skipped
         ("gpt2", 4, "mean", False),  # last layer: final norm applied, plain Transformer
         ("llama", 3, "mean", True),
+        ("llama", 0, "max", True),  # the embedding output: a backbone with no block
     ],
 )
 def test_tiny_models_round_trip(tmp_path, arch, layer, pooling, raw):
     src = _saved_tiny(arch, tmp_path / "src")
     out = tmp_path / "out"
-    result = export(src, out, layer=layer, dim=16, pooling=pooling, normalize=False)
+    # max_length 12 truncates the longer texts: the export truncates them the same way
+    kwargs = dict(dim=16, pooling=pooling, normalize=False, max_length=12)
+    result = export(src, out, layer=layer, **kwargs)
     assert result.needs_mteb_midlayer is raw
     st = SentenceTransformer(str(out), device="cpu", trust_remote_code=raw)
     got = st.encode(TEXTS)
-    want = _reference(src, layer=layer, dim=16, pooling=pooling, normalize=False)
+    want = _reference(src, layer=layer, **kwargs)
     np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert result.max_length == 12
     first = json.loads((out / "modules.json").read_text())[0]["type"]
     assert first.endswith("RawStreamTransformer" if raw else ".Transformer")
 
@@ -131,8 +135,6 @@ def test_bad_input_one_clear_line_and_nothing_left_behind(minilm_path, tmp_path)
         export(minilm_path, out, layer=7)
     with pytest.raises(ExportError, match="dim 500 is out of range"):
         export(minilm_path, out, layer=3, dim=500)
-    with pytest.raises(ExportError, match=r"layer 0 .* runs no block"):
-        export(minilm_path, out, layer=0)
     assert not out.exists()
     out.mkdir()
     (out / "keep.txt").write_text("mine")
@@ -168,3 +170,16 @@ def test_cli_export_and_errors(minilm_path, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "not empty; pass --overwrite" in err
+
+
+def test_cli_select_exports_the_best_slice_under_the_budget(minilm_path, tmp_path, capsys):
+    from .select.conftest import RESULTS
+
+    out = tmp_path / "chosen"
+    argv = ["select", str(RESULTS), "--max-layer", "4", "--export", str(out)]
+    assert main([*argv, "--source", minilm_path]) == 0
+    text = capsys.readouterr().out
+    # best with at most 4 blocks on the committed results: layer 4 at full width (0.5886)
+    assert "layer 4/6, dim 384/384" in text
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
+    assert "Mean over 2 tasks: 0.5886" in (out / "README.md").read_text()
