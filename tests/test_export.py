@@ -90,6 +90,7 @@ def test_tiny_models_round_trip(tmp_path, arch, layer, pooling, raw):
     assert first.endswith("RawStreamTransformer" if raw else ".Transformer")
 
 
+@pytest.mark.slow
 def test_bert_export_loads_in_a_fresh_process_with_sentence_transformers_only(tmp_path):
     src = _saved_tiny("bert", tmp_path / "src")
     out = tmp_path / "out"
@@ -112,6 +113,7 @@ def test_bert_export_loads_in_a_fresh_process_with_sentence_transformers_only(tm
     assert float(run.stdout.strip().splitlines()[-1]) <= 1e-5
 
 
+@pytest.mark.slow
 def test_mteb_evaluate_of_the_export_equals_the_layer_encoder_score(
     minilm_path, shared_data, tmp_path
 ):
@@ -172,6 +174,7 @@ def test_cli_export_and_errors(minilm_path, tmp_path, capsys):
     assert err.count("\n") == 1 and "not empty; pass --overwrite" in err
 
 
+@pytest.mark.slow
 def test_cli_select_exports_the_best_slice_under_the_budget(minilm_path, tmp_path, capsys):
     from .select.conftest import RESULTS
 
