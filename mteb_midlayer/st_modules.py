@@ -52,5 +52,6 @@ class RawStreamTransformer(Transformer):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        if not skip_final_norm(self.model):
-            raise ValueError(f"{type(self.model).__name__} has no final norm to skip.")
+        net = getattr(self, "auto_model", None) or self.model  # the name changed in ST 6
+        if not skip_final_norm(net):
+            raise ValueError(f"{type(net).__name__} has no final norm to skip.")
