@@ -5,6 +5,8 @@
     mteb-midlayer table DIR        print the layer x task table of a results folder
     mteb-midlayer mirror TASK...   write tasks' data into the offline layout (--data-dir)
     mteb-midlayer leaderboard DIR... --to OUT   publish Markdown, CSV, HTML and plots
+    mteb-midlayer select DIR       choose the layer (and dim): budgets, stability, label-free rules
+    mteb-midlayer export MODEL OUT one layer slice as a smaller sentence-transformers model
 
 MODEL is a Hub id, a local path, or `minilm` (the embedded all-MiniLM-L6-v2, no Hub needed).
 """
@@ -126,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_leaderboard_parser(sub)
+    _add_select_parser(sub)
+    _add_export_parser(sub)
     return parser
 
 
@@ -300,12 +304,164 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- select and export (issue 12)
+def _add_select_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "select", help="choose the layer (and dim): budgets, stability, label-free rules"
+    )
+    p.add_argument("results", type=Path, nargs="?", default=Path("results"))
+    p.add_argument("--model", help="model name (default: all)")
+    p.add_argument("--tasks", help="comma-separated mteb task names (default: all present)")
+    p.add_argument("--benchmark", help="the tasks of this benchmark, e.g. 'layer-by-layer-32'")
+    p.add_argument(
+        "--metrics-dir", type=Path, help="metric parquet rows (default: RESULTS/metrics)"
+    )
+    p.add_argument("--max-dim", type=int, help="budget: widest embedding (storage)")
+    p.add_argument("--max-layer", type=int, help="budget: deepest layer (blocks run)")
+    p.add_argument("--max-depth", type=float, help="budget: deepest layer as a fraction of L")
+    p.add_argument(
+        "--prior",
+        default="pythia-410m",
+        help="row of the prior direction table when no other model gives one "
+        "(pythia-410m, pythia-160m, llm2vec)",
+    )
+    p.add_argument("--json", type=Path, help="also write the full selection here (JSON)")
+    p.add_argument(
+        "--export", type=Path, help="export the best slice (under the budget) to this folder"
+    )
+    p.add_argument(
+        "--source",
+        help="model path or Hub id to export from (default: the model's name; 'minilm' works)",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --export folder")
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "export", help="one layer slice as a smaller sentence-transformers model folder"
+    )
+    p.add_argument("model", help="Hub id, local path, or 'minilm'")
+    p.add_argument("out", type=Path, help="folder to write (must be empty or absent)")
+    p.add_argument("--layer", type=int, required=True, help="1..L, or negative from the end")
+    p.add_argument("--dim", type=int, help="keep the first DIM coordinates (default: all)")
+    p.add_argument("--pooling", choices=["mean", "cls", "last", "max"])
+    p.add_argument(
+        "--normalize",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="L2-normalise (default: the model's own)",
+    )
+    p.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
+    p.add_argument("--revision", help="model revision (Hub commit) or a label for a local model")
+    p.add_argument("--results", type=Path, help="results folder: its scores go into the card")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
+    p.add_argument("--trust-remote-code", action="store_true")
+
+
+def _select_tasks(args: argparse.Namespace) -> list[str] | None:
+    if args.benchmark:
+        from .tasks.benchmark import get_benchmark
+
+        return [t.metadata.name for t in get_benchmark(args.benchmark).tasks]
+    return _split(args.tasks)
+
+
+def _print_export(result) -> None:
+    print(
+        f"wrote {result.path}: {result.model} layer {result.layer}/{result.n_layers}, "
+        f"dim {result.dim}/{result.hidden_size}, pooling={result.pooling}, "
+        f"normalize={result.normalize} (max |diff| vs LayerEncoder {result.max_abs_diff:.1e})"
+    )
+    if result.needs_mteb_midlayer:
+        print(
+            "note: this decoder slice skips the final norm through "
+            "mteb_midlayer.st_modules.RawStreamTransformer: load it with mteb_midlayer installed "
+            "and SentenceTransformer(path, trust_remote_code=True)"
+        )
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .select import Budget, render, select, to_json
+
+    budget = Budget(max_dim=args.max_dim, max_layer=args.max_layer, max_depth=args.max_depth)
+    tasks = _select_tasks(args)
+    selection = select(
+        args.results,
+        model=args.model,
+        tasks=tasks,
+        metrics_dir=args.metrics_dir,
+        budgets=[budget],
+        prior=args.prior,
+    )
+    if not selection.has_scores:
+        print(f"No sweep results under {args.results}: run `mteb-midlayer sweep` first.")
+        return 0
+    print(render(selection))
+    if args.json:
+        print(f"\nwrote {to_json(selection, args.json)}")
+    if args.export:
+        chosen = selection.chosen(budget.label)
+        if chosen is None:
+            print(f"No slice fits the budget {budget.label}: nothing exported.", file=sys.stderr)
+            return 1
+        from .export import export
+        from .model import EMBEDDED_ALIAS, EMBEDDED_NAME
+
+        if chosen["final_norm"] != "last":
+            print(
+                f"The best slice uses final_norm={chosen['final_norm']!r}; export writes only "
+                "final_norm='last' slices (raw inner layers): nothing exported.",
+                file=sys.stderr,
+            )
+            return 1
+
+        source = args.source or (
+            EMBEDDED_ALIAS if chosen["model"] == EMBEDDED_NAME else chosen["model"]
+        )
+        result = export(
+            source,
+            args.export,
+            layer=int(chosen["layer"]),
+            dim=int(chosen["dim"]),
+            pooling=chosen["pooling"],
+            normalize=bool(chosen["normalize"]),
+            overwrite=args.overwrite,
+            name=chosen["model"],
+            revision=chosen["revision"],
+            results=args.results,
+        )
+        _print_export(result)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    result = export(
+        args.model,
+        args.out,
+        layer=args.layer,
+        dim=args.dim,
+        pooling=args.pooling,
+        normalize=args.normalize,
+        max_length=args.max_length,
+        overwrite=args.overwrite,
+        revision=args.revision,
+        trust_remote_code=args.trust_remote_code,
+        results=args.results,
+    )
+    _print_export(result)
+    return 0
+
+
 COMMANDS = {
     "sweep": cmd_sweep,
     "metrics": cmd_metrics,
     "table": cmd_table,
     "mirror": cmd_mirror,
     "leaderboard": cmd_leaderboard,
+    "select": cmd_select,
+    "export": cmd_export,
 }
 
 

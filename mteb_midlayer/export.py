@@ -1,0 +1,307 @@
+"""Export one layer slice of a model as a smaller sentence-transformers model folder.
+
+The folder is assembled from sentence-transformers' own modules and written by
+`SentenceTransformer.save` (no hand-written configuration): the backbone cut to its first
+`layer` blocks, `Pooling`, an identity-slice `Dense` when `dim` is below the hidden size, and
+`Normalize` when set. `SentenceTransformer(OUT).encode(texts)` then equals
+`LayerEncoder(MODEL, layer=..., dim=..., pooling=..., normalize=...).embed(texts)`.
+
+Convention (`layers.py`): an inner layer is the raw block output. A cut backbone with a final
+norm (GPT-2, Llama, ...) would apply it, so such exports use `st_modules.RawStreamTransformer`,
+and loading them needs `mteb_midlayer` installed; post-norm encoders (BERT family) and the last
+layer load with sentence-transformers alone. Every export is checked against `LayerEncoder` on
+probe texts before it is moved into place; nothing half-written is left behind.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from .encoder import LayerEncoder
+from .frames import scores_frame
+from .layers import base_model, find_blocks
+from .model import LayerModel
+from .st_modules import RawStreamTransformer, final_norm
+
+#: Our pooling names -> sentence-transformers' `Pooling` modes.
+ST_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "last": "lasttoken"}
+#: Texts every export is checked on (short, long, punctuation, repeated words).
+PROBE_TEXTS = (
+    "A man is playing a guitar.",
+    "The quick brown fox jumps over the lazy dog, twice; then it sleeps.",
+    "Layer slices are cheaper to run than the whole model.",
+    "ok",
+)
+#: Largest absolute difference from `LayerEncoder` an export may show on the probes.
+CHECK_ATOL = 1e-4
+_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
+
+
+class ExportError(ValueError):
+    """An export that cannot be made as asked (bad layer/dim, existing folder, architecture)."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the slice went and what it is."""
+
+    path: Path
+    model: str
+    revision: str | None
+    layer: int
+    n_layers: int
+    dim: int
+    hidden_size: int
+    pooling: str
+    normalize: bool
+    max_length: int
+    needs_mteb_midlayer: bool
+    max_abs_diff: float
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an existing non-empty folder (or a file) unless `overwrite`."""
+    if out.exists() and not out.is_dir():
+        raise ExportError(f"{out} exists and is not a folder.")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise ExportError(f"{out} exists and is not empty; pass --overwrite to replace it.")
+
+
+def _block_path(model: nn.Module) -> tuple[nn.Module, str]:
+    """`(parent, attribute)` that holds the block list."""
+    blocks = find_blocks(model)
+    for name, module in model.named_modules():
+        if module is blocks:
+            parent_name, _, attr = name.rpartition(".")
+            return model.get_submodule(parent_name) if parent_name else model, attr
+    raise ExportError(
+        f"Cannot locate the block list of {type(model).__name__}."
+    )  # pragma: no cover
+
+
+def truncate(model: nn.Module, layer: int) -> nn.Module:
+    """Keep the first `layer` blocks, in place, with the config saying so (so it reloads cut)."""
+    model = base_model(model)
+    parent, attr = _block_path(model)
+    n = len(getattr(parent, attr))
+    setattr(parent, attr, nn.ModuleList(list(getattr(parent, attr))[:layer]))
+    config = model.config
+    for key in _COUNT_KEYS:
+        if isinstance(getattr(config, key, None), int):
+            setattr(config, key, layer)
+    for key, value in list(vars(config).items()):  # per-layer lists, e.g. Qwen2 layer_types
+        if isinstance(value, list) and len(value) == n and key != "architectures":
+            setattr(config, key, value[:layer])
+    return model
+
+
+def _save_backbone(lm: LayerModel, layer: int, folder: Path) -> None:
+    net = truncate(lm.model, layer)
+    net.save_pretrained(folder, safe_serialization=True)
+    tok = lm.tokenizer
+    # Our forward pass: right padding, no token_type_ids (GPT-2 would add wte[0] for them).
+    tok.padding_side = "right"
+    tok.model_input_names = ["input_ids", "attention_mask"]
+    tok.model_max_length = lm.max_length
+    tok.save_pretrained(folder)
+
+
+def build(
+    backbone: Path,
+    *,
+    raw: bool,
+    hidden: int,
+    dim: int,
+    pooling: str,
+    normalize: bool,
+    max_length: int,
+    prompts: dict[str, str] | None,
+) -> Any:
+    """The `SentenceTransformer` of a saved cut backbone, from sentence-transformers' modules."""
+    from sentence_transformers import SentenceTransformer
+
+    try:  # sentence-transformers >= 6
+        from sentence_transformers.sentence_transformer.modules import (
+            Dense,
+            Normalize,
+            Pooling,
+            Transformer,
+        )
+    except ImportError:  # pragma: no cover - older releases
+        from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+
+    cls = RawStreamTransformer if raw else Transformer
+    modules: list[nn.Module] = [cls(str(backbone), max_seq_length=max_length)]
+    modules.append(Pooling(hidden, pooling_mode=ST_POOLING[pooling], include_prompt=True))
+    if dim < hidden:
+        modules.append(
+            Dense(
+                hidden,
+                dim,
+                bias=False,
+                activation_function=nn.Identity(),
+                init_weight=torch.eye(dim, hidden),
+            )
+        )
+    if normalize:
+        modules.append(Normalize())
+    return SentenceTransformer(modules=modules, device="cpu", prompts=prompts or None)
+
+
+def slice_scores(results: str | Path | None, result: ExportResult) -> pd.DataFrame | None:
+    """The task rows of exactly this slice (model, layer, dim, pooling, normalize) in `results`."""
+    if results is None:
+        return None
+    df = scores_frame(results, model=result.model)
+    keep = (
+        (df["layer"] == result.layer)
+        & (df["dim"] == result.dim)
+        & (df["pooling"] == result.pooling)
+        & (df["normalize"] == result.normalize)
+    )
+    if result.revision is not None:
+        keep &= df["revision"] == result.revision
+    return df[keep]
+
+
+def model_card(result: ExportResult, scores: pd.DataFrame | None = None) -> str:
+    """README.md of the folder: where the slice comes from, how it is configured, its scores."""
+    lines = [
+        f"# {result.model}, layer {result.layer} of {result.n_layers}, dim {result.dim}",
+        "",
+        "A layer slice exported by mteb-midlayer (`mteb-midlayer export`): the source model cut "
+        f"to its first {result.layer} blocks.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| source model | `{result.model}` |",
+        f"| revision | `{result.revision}` |",
+        f"| layer | {result.layer} of {result.n_layers} (blocks run: {result.layer}) |",
+        f"| dim | {result.dim} of {result.hidden_size} |",
+        f"| pooling | {result.pooling} |",
+        f"| normalize | {result.normalize} |",
+        f"| max length | {result.max_length} tokens |",
+        f"| max abs difference from LayerEncoder (probe texts) | {result.max_abs_diff:.1e} |",
+        "",
+        "```python",
+        "from sentence_transformers import SentenceTransformer",
+        "model = SentenceTransformer('PATH'"
+        + (", trust_remote_code=True)" if result.needs_mteb_midlayer else ")"),
+        "embeddings = model.encode(['A sentence.'])",
+        "```",
+        "",
+    ]
+    if result.needs_mteb_midlayer:
+        lines += [
+            "Loading needs `pip install mteb-midlayer`: the first module is "
+            "`mteb_midlayer.st_modules.RawStreamTransformer`, which skips the backbone's final "
+            "norm so that an inner layer is the raw block output (mteb-midlayer's convention).",
+            "",
+        ]
+    if scores is not None and not scores.empty:
+        lines += [
+            "## Scores of this slice (from the sweep's results)",
+            "",
+            "| task | type | main score |",
+            "|---|---|---|",
+        ]
+        for row in scores.itertuples():
+            lines.append(f"| {row.task} | {row.task_type} | {row.score:.4f} |")
+        lines += ["", f"Mean over {len(scores)} tasks: {scores['score'].mean():.4f}", ""]
+    return "\n".join(lines)
+
+
+def export(
+    model: str | Path,
+    out: str | Path,
+    *,
+    layer: int,
+    dim: int | None = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    max_length: int | None = None,
+    overwrite: bool = False,
+    name: str | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    results: str | Path | None = None,
+    probe_texts: Sequence[str] = PROBE_TEXTS,
+) -> ExportResult:
+    """Write layer `layer` (first `dim` coordinates) of `model` to `out` as a sentence-transformers
+    folder, checked against `LayerEncoder` on `probe_texts` (fp32, CPU).
+
+    `results`: a results folder (`sweep --output`); the slice's task scores there go into the
+    model card.
+    """
+    out = Path(out)
+    check_out(out, overwrite)
+    lm = LayerModel.load(
+        model,
+        name=name,
+        revision=revision,
+        device="cpu",
+        dtype="float32",
+        max_length=max_length,
+        trust_remote_code=trust_remote_code,
+    )
+    try:
+        encoder = LayerEncoder(lm, layer=layer, dim=dim, pooling=pooling, normalize=normalize)
+    except (ValueError, TypeError) as e:
+        raise ExportError(str(e)) from None
+    expected = encoder.embed(list(probe_texts))
+    n_layers, hidden = lm.n_layers, lm.hidden_size
+    raw = encoder.layer < n_layers and final_norm(lm.model) is not None
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        _save_backbone(lm, encoder.layer, work / "backbone")
+        st = build(
+            work / "backbone",
+            raw=raw,
+            hidden=hidden,
+            dim=encoder.dim,
+            pooling=encoder.pooling,
+            normalize=encoder.normalize,
+            max_length=lm.max_length,
+            prompts=lm.prompts,
+        )
+        got = st.encode(list(probe_texts), convert_to_numpy=True, batch_size=len(probe_texts))
+        diff = float(np.max(np.abs(got - expected)))
+        if not diff <= CHECK_ATOL:
+            raise ExportError(
+                f"unsupported architecture {type(lm.model).__name__}: the exported slice differs "
+                f"from LayerEncoder by {diff:.2e} (> {CHECK_ATOL:g}) on probe texts."
+            )
+        result = ExportResult(
+            path=out,
+            model=lm.name,
+            revision=lm.revision,
+            layer=encoder.layer,
+            n_layers=n_layers,
+            dim=encoder.dim,
+            hidden_size=hidden,
+            pooling=encoder.pooling,
+            normalize=encoder.normalize,
+            max_length=lm.max_length,
+            needs_mteb_midlayer=raw,
+            max_abs_diff=diff,
+        )
+        final = work / "model"
+        st.save(str(final), create_model_card=False)
+        (final / "README.md").write_text(model_card(result, slice_scores(results, result)))
+        if out.exists():
+            shutil.rmtree(out)
+        final.rename(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return result

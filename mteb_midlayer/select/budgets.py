@@ -1,0 +1,199 @@
+"""The practitioner's choice: the best (layer, dim) overall and under budgets, the Pareto
+front of (score, layers run, dim), and how stable the choice is when a task is left out.
+
+Everything reads the per-layer aggregate of `frames.layer_scores` and only its complete layers
+(every expected task present); the best is taken over (layer, dim) within each configuration.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pandas as pd
+
+from .. import frames
+
+#: A configuration without its width: the best is taken over (layer, dim) inside one.
+GROUP = frames.CONFIG_COLUMNS
+BEST_COLUMNS = [*GROUP, "budget", "layer", "dim", "score", "n_layers"]
+PARETO_COLUMNS = [*GROUP, "layer", "dim", "score"]
+FOLD_COLUMNS = [*GROUP, "left_out", "layer", "dim", "score", "best_score", "regret"]
+
+
+class BudgetError(ValueError):
+    """A budget that no slice could meet by construction (zero or negative, depth > 1)."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Limits on the exported slice: width (storage), layer index or depth fraction (latency)."""
+
+    max_dim: int | None = None
+    max_layer: int | None = None
+    max_depth: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("max_dim", "max_layer"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or int(value) != value or value < 0):
+                raise BudgetError(f"{name} must be a non-negative integer, got {value!r}.")
+        if self.max_depth is not None and not 0 < self.max_depth <= 1:
+            raise BudgetError(
+                f"max_depth is a fraction of the layers in (0, 1], got {self.max_depth}."
+            )
+
+    @property
+    def is_none(self) -> bool:
+        return self.max_dim is None and self.max_layer is None and self.max_depth is None
+
+    @property
+    def label(self) -> str:
+        """ "none", or the limits, e.g. "dim<=128,layer<=3"."""
+        parts = []
+        if self.max_dim is not None:
+            parts.append(f"dim<={self.max_dim}")
+        if self.max_layer is not None:
+            parts.append(f"layer<={self.max_layer}")
+        if self.max_depth is not None:
+            parts.append(f"depth<={self.max_depth:g}")
+        return ",".join(parts) or "none"
+
+    def allows(self, layer: int, dim: int, n_layers: int) -> bool:
+        """Whether slice (layer, dim) of a model with `n_layers` blocks fits."""
+        if self.max_dim is not None and dim > self.max_dim:
+            return False
+        if self.max_layer is not None and layer > self.max_layer:
+            return False
+        return self.max_depth is None or layer <= self.max_depth * n_layers
+
+
+def _overall(layer_scores: pd.DataFrame) -> pd.DataFrame:
+    df = frames.complete(layer_scores)
+    return df[df["task_type"] == frames.ALL_TYPES].dropna(subset=["score"])
+
+
+def _pick(cell: pd.DataFrame) -> pd.Series:
+    """Highest score; ties go to fewer layers run, then the narrower slice."""
+    return cell.sort_values(["score", "layer", "dim"], ascending=[False, True, True]).iloc[0]
+
+
+def best_frame(layer_scores: pd.DataFrame, budgets: list[Budget] | None = None) -> pd.DataFrame:
+    """The best (layer, dim) per configuration, unconstrained ("none") and under each budget.
+
+    `n_layers` is the deepest layer swept for the configuration (the model's L when the sweep
+    covered every layer); `max_depth` is a fraction of it. A budget nothing meets gives no row.
+    """
+    budgets = [Budget(), *[b for b in budgets or [] if not b.is_none]]
+    rows = []
+    for key, cell in _overall(layer_scores).groupby(GROUP, dropna=False, sort=True):
+        n_layers = int(cell["layer"].max())
+        for budget in budgets:
+            ok = [budget.allows(int(r.layer), int(r.dim), n_layers) for r in cell.itertuples()]
+            fits = cell[ok]
+            if fits.empty:
+                continue
+            top = _pick(fits)
+            rows.append(
+                {
+                    **dict(zip(GROUP, key, strict=True)),
+                    "budget": budget.label,
+                    "layer": int(top["layer"]),
+                    "dim": int(top["dim"]),
+                    "score": float(top["score"]),
+                    "n_layers": n_layers,
+                }
+            )
+    return pd.DataFrame(rows, columns=BEST_COLUMNS)
+
+
+def pareto_frame(layer_scores: pd.DataFrame) -> pd.DataFrame:
+    """Slices no other slice beats on all of score (higher), layers run and dim (fewer).
+
+    Layers run = the layer index: the exported model runs blocks 1..layer.
+    """
+    rows = []
+    for key, cell in _overall(layer_scores).groupby(GROUP, dropna=False, sort=True):
+        points = cell[["layer", "dim", "score"]].to_numpy()
+        for layer, dim, score in points:
+            dominated = any(
+                s >= score and lay <= layer and d <= dim and (s, lay, d) != (score, layer, dim)
+                for lay, d, s in points
+            )
+            if not dominated:
+                rows.append(
+                    {
+                        **dict(zip(GROUP, key, strict=True)),
+                        "layer": int(layer),
+                        "dim": int(dim),
+                        "score": float(score),
+                    }
+                )
+    df = pd.DataFrame(rows, columns=PARETO_COLUMNS)
+    return df.drop_duplicates().sort_values([*GROUP, "layer", "dim"], ignore_index=True)
+
+
+def stability_folds(scores: pd.DataFrame, tasks: list[str] | None = None) -> pd.DataFrame:
+    """Leave-one-task-out: per configuration and left-out task, the (layer, dim) that is best
+    on the other tasks, and its regret on the left-out one (best score there minus its score).
+
+    Needs two tasks or more; a slice missing any of the other tasks is not a candidate.
+    """
+    frames.check_scores(scores)
+    rows = []
+    for key, cell in scores.groupby(GROUP, dropna=False, sort=True):
+        names = list(dict.fromkeys(tasks if tasks is not None else cell["task"]))
+        if len(names) < 2:
+            continue
+        wide = cell.pivot_table(index=["layer", "dim"], columns="task", values="score")
+        wide = wide.reindex(columns=names)
+        for task in names:
+            others = wide.drop(columns=task).dropna()
+            held = wide[task].dropna()
+            if others.empty or held.empty:
+                continue
+            mean = others.mean(axis=1).rename("score").reset_index()
+            pick = _pick(mean)
+            at = (int(pick["layer"]), int(pick["dim"]))
+            score = float(held.get(at, math.nan))
+            best = float(held.max())
+            rows.append(
+                {
+                    **dict(zip(GROUP, key, strict=True)),
+                    "left_out": task,
+                    "layer": at[0],
+                    "dim": at[1],
+                    "score": score,
+                    "best_score": best,
+                    "regret": best - score,
+                }
+            )
+    return pd.DataFrame(rows, columns=FOLD_COLUMNS)
+
+
+def stability_summary(folds: pd.DataFrame, best: pd.DataFrame) -> list[dict]:
+    """Per configuration: mean leave-one-task-out regret, and how often the fold's pick is the
+    pick made on every task (1.0 = the choice does not hinge on any single task)."""
+    out = []
+    unconstrained = best[best["budget"] == "none"]
+    for key, cell in folds.groupby(GROUP, dropna=False, sort=True):
+        config = dict(zip(GROUP, key, strict=True))
+        match = unconstrained
+        for col, value in config.items():
+            match = match[match[col] == value]
+        same = math.nan
+        if not match.empty:
+            top = match.iloc[0]
+            same = float(((cell["layer"] == top["layer"]) & (cell["dim"] == top["dim"])).mean())
+        out.append(
+            {
+                **config,
+                "n_tasks": len(cell),
+                "mean_regret": float(cell["regret"].mean()),
+                "same_as_best": same,
+                "folds": cell[
+                    ["left_out", "layer", "dim", "score", "best_score", "regret"]
+                ].to_dict("records"),
+            }
+        )
+    return out

@@ -1,0 +1,246 @@
+"""`select`: everything a practitioner needs to choose a layer, as frames plus notes.
+
+Reads a results folder (mteb result files from `sweep`, metric rows from `metrics`) and returns
+a `Selection`; `to_json` writes the contract other tools read (issue 12), `render` the terminal
+view. Computation lives in `links`, `rules` and `budgets`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from .. import frames
+from .budgets import Budget, best_frame, pareto_frame, stability_folds, stability_summary
+from .links import LINK_COLUMNS, link_frames
+from .priors import DEFAULT_PRIOR, check_prior
+from .rules import RULE_COLUMNS, losing_notes, rules_frame
+
+#: JSON keys of each section's rows (the contract; extra keys may follow).
+SCORE_KEYS = [*frames.CONFIG_COLUMNS, "dim", "layer", "task_type", "score", "n_tasks"]
+
+
+@dataclass
+class Selection:
+    """The frames of one `select` run, plus plain-language notes (what is missing, and why)."""
+
+    scores: pd.DataFrame
+    correlations: pd.DataFrame
+    rules: pd.DataFrame
+    best: pd.DataFrame
+    pareto: pd.DataFrame
+    stability: list[dict[str, Any]]
+    notes: list[str] = field(default_factory=list)
+    prior: str = DEFAULT_PRIOR
+
+    @property
+    def has_scores(self) -> bool:
+        return not self.scores.empty
+
+    def chosen(self, budget: str | None = None) -> dict[str, Any] | None:
+        """The single best slice over every configuration, under `budget`'s label (or "none")."""
+        rows = self.best[self.best["budget"] == (budget or "none")]
+        if rows.empty:
+            return None
+        return (
+            rows.sort_values(["score", "layer", "dim"], ascending=[False, True, True])
+            .iloc[0]
+            .to_dict()
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "scores": _records(self.scores, [*SCORE_KEYS, "n_expected", "missing"]),
+            "correlations": _records(self.correlations, LINK_COLUMNS),
+            "rules": _records(self.rules, RULE_COLUMNS),
+            "best": _records(self.best, list(self.best.columns)),
+            "pareto": _records(self.pareto, list(self.pareto.columns)),
+            "stability": _clean(self.stability),
+            "prior": self.prior,
+            "notes": list(self.notes),
+        }
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN -> null, numpy scalars -> Python."""
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
+def _records(df: pd.DataFrame, columns: list[str]) -> list[dict[str, Any]]:
+    return _clean(df[[c for c in columns if c in df.columns]].to_dict("records"))
+
+
+def to_json(selection: Selection, path: Path | str) -> Path:
+    """Write the selection's JSON (keys: scores, correlations, rules, best, stability, ...)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(selection.to_dict(), indent=2) + "\n")
+    return path
+
+
+def _incomplete_notes(layer_scores: pd.DataFrame) -> list[str]:
+    overall = layer_scores[layer_scores["task_type"] == frames.ALL_TYPES]
+    notes = []
+    for row in overall[overall["n_tasks"] < overall["n_expected"]].itertuples():
+        notes.append(
+            f"{row.model} layer {row.layer} dim {row.dim}: missing {row.missing} "
+            f"({row.n_tasks}/{row.n_expected} tasks); left out of every choice"
+        )
+    return notes
+
+
+def select_frames(
+    scores: pd.DataFrame,
+    metrics: pd.DataFrame,
+    *,
+    tasks: Sequence[str] | None = None,
+    budgets: Sequence[Budget] = (),
+    prior: str = DEFAULT_PRIOR,
+) -> Selection:
+    """`select` on frames (a scores frame and a metrics frame, either may be empty)."""
+    prior = check_prior(prior)
+    empty = Selection(
+        scores=pd.DataFrame(columns=frames.LAYER_SCORE_COLUMNS),
+        correlations=pd.DataFrame(columns=LINK_COLUMNS),
+        rules=pd.DataFrame(columns=RULE_COLUMNS),
+        best=best_frame(pd.DataFrame(columns=frames.LAYER_SCORE_COLUMNS)),
+        pareto=pareto_frame(pd.DataFrame(columns=frames.LAYER_SCORE_COLUMNS)),
+        stability=[],
+        prior=prior,
+    )
+    if scores.empty:
+        empty.notes.append("no sweep results (mteb result files of layer slices) found")
+        return empty
+    layer_scores = frames.layer_scores(scores, tasks=tasks)
+    best = best_frame(layer_scores, list(budgets))
+    selection = Selection(
+        scores=layer_scores,
+        correlations=empty.correlations,
+        rules=empty.rules,
+        best=best,
+        pareto=pareto_frame(layer_scores),
+        stability=stability_summary(stability_folds(scores, list(tasks) if tasks else None), best),
+        notes=_incomplete_notes(layer_scores),
+        prior=prior,
+    )
+    for budget in budgets:
+        if not budget.is_none and selection.chosen(budget.label) is None:
+            selection.notes.append(f"no swept slice fits the budget {budget.label}")
+    if metrics.empty:
+        selection.notes.append("no metric rows found: only the score-based choice is shown")
+        return selection
+    selection.correlations = link_frames(layer_scores, metrics)
+    if selection.correlations.empty:
+        selection.notes.append(
+            "no metric rows match a swept configuration (model, revision, pooling)"
+        )
+    selection.rules = rules_frame(layer_scores, metrics, selection.correlations, prior=prior)
+    selection.notes.extend(losing_notes(selection.rules))
+    return selection
+
+
+def select(
+    results_dir: Path | str,
+    *,
+    model: str | None = None,
+    tasks: Sequence[str] | None = None,
+    metrics_dir: Path | str | None = None,
+    budgets: Sequence[Budget] = (),
+    prior: str = DEFAULT_PRIOR,
+) -> Selection:
+    """Read `results_dir` (and `metrics_dir`, default `results_dir/metrics`) and choose."""
+    scores = frames.scores_frame(results_dir, model=model, tasks=tasks)
+    metrics = frames.metrics_frame(metrics_dir or results_dir, model=model)
+    return select_frames(scores, metrics, tasks=tasks, budgets=budgets, prior=prior)
+
+
+def summary_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows on the datasets' mean where a metric has one, else on its single dataset."""
+    if df.empty:
+        return df
+    keys = [*frames.CONFIG_COLUMNS, "dim", "metric", "variant"]
+    has_mean = df.groupby(keys, dropna=False)["dataset"].transform(lambda d: (d == "mean").any())
+    return df[(df["dataset"] == "mean") | ~has_mean]
+
+
+def render(selection: Selection, *, top_rules: int | None = None) -> str:
+    """The terminal view: best slices, Pareto front, stability, rules and correlations."""
+    out: list[str] = []
+    # Configuration columns with one value everywhere are printed once, not in every table.
+    constant = [
+        c
+        for c in frames.CONFIG_COLUMNS
+        if c in selection.scores.columns and selection.scores[c].nunique(dropna=False) == 1
+    ]
+    if constant and selection.has_scores:
+        first = selection.scores.iloc[0]
+        out.append("Configuration: " + "  ".join(f"{c}={first[c]}" for c in constant))
+
+    def table(title: str, df: pd.DataFrame) -> None:
+        out.append(f"\n== {title} ==")
+        df = df.drop(columns=[c for c in constant if c in df.columns])
+        with pd.option_context(
+            "display.max_columns", 50, "display.width", 200, "display.float_format", "{:.4f}".format
+        ):
+            out.append(df.to_string(index=False) if not df.empty else "(none)")
+
+    if selection.has_scores:
+        table("Best (layer, dim) per configuration and budget", selection.best)
+        table("Pareto front: score vs layers run vs dim", selection.pareto)
+        stab = pd.DataFrame(
+            [{k: v for k, v in s.items() if k != "folds"} for s in selection.stability]
+        )
+        table("Stability (leave one task out: mean regret of the pick)", stab)
+    if not selection.rules.empty:
+        cols = [
+            "model",
+            "dim",
+            "rule",
+            "direction_from",
+            "chosen_layer",
+            "chosen_score",
+            "oracle_layer",
+            "oracle_score",
+            "regret",
+            "last_layer_score",
+            "gain",
+        ]
+        rules = summary_rows(selection.rules).sort_values(["model", "dim", "regret"])
+        table("Label-free rules (scores on all tasks)", rules[cols].head(top_rules or len(rules)))
+    if not selection.correlations.empty:
+        corr = summary_rows(selection.correlations)
+        corr = corr[corr["task_type"] == frames.ALL_TYPES]
+        cols = [
+            "model",
+            "dim",
+            "metric",
+            "variant",
+            "dataset",
+            "n_layers",
+            "spearman",
+            "pearson",
+            "kendall",
+            "dcor",
+        ]
+        table("Metric-score correlations across layers (all tasks)", corr[cols])
+    if not selection.rules.empty:
+        out.append(
+            "\n(rules and correlations on the datasets' mean; every dataset and task type: --json)"
+        )
+    for note in selection.notes:
+        out.append(f"note: {note}")
+    return "\n".join(out).lstrip("\n")

@@ -1,0 +1,188 @@
+"""Export: a layer slice as a sentence-transformers folder equal to `LayerEncoder` (fp32, CPU)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import mteb
+import numpy as np
+import pytest
+from safetensors import safe_open
+from sentence_transformers import SentenceTransformer
+
+from mteb_midlayer import LayerEncoder
+from mteb_midlayer.cli import main
+from mteb_midlayer.export import ExportError, export
+from mteb_midlayer.tasks.local import local_task
+
+from .conftest import tiny_model, tiny_tokenizer
+
+TEXTS = [
+    "A man is playing a guitar.",
+    "Two dogs run through a field of tall grass, barking at a red kite.",
+    "short",
+    "The committee postponed the vote until next week because of the storm.",
+]
+
+
+def _reference(model, **kwargs) -> np.ndarray:
+    return LayerEncoder(model, device="cpu", dtype="float32", **kwargs).embed(TEXTS)
+
+
+def _saved_tiny(arch: str, folder):
+    model, tok = tiny_model(arch), tiny_tokenizer()
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.mark.parametrize(("layer", "dim"), [(3, 128), (6, None)])
+def test_minilm_round_trip(minilm_path, tmp_path, layer, dim):
+    out = tmp_path / "slice"
+    result = export(minilm_path, out, layer=layer, dim=dim)
+    assert (result.layer, result.dim, result.pooling, result.normalize) == (
+        layer,
+        dim or 384,
+        "mean",
+        True,
+    )
+    assert not result.needs_mteb_midlayer
+    got = SentenceTransformer(str(out), device="cpu").encode(TEXTS)
+    want = _reference(minilm_path, layer=layer, dim=dim)
+    assert got.shape == (len(TEXTS), dim or 384)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    config = json.loads((out / "config.json").read_text())
+    assert config["num_hidden_layers"] == layer  # only the first L blocks are kept
+    modules = [m["type"].rsplit(".", 1)[1] for m in json.loads((out / "modules.json").read_text())]
+    assert modules == ["Transformer", "Pooling", *(["Dense"] if dim else []), "Normalize"]
+    card = (out / "README.md").read_text()
+    assert f"layer | {layer} of 6" in card and "sentence-transformers/all-MiniLM-L6-v2" in card
+    with safe_open(out / "model.safetensors", "pt") as f:
+        blocks = {int(k.split("layer.")[1].split(".")[0]) for k in f.keys() if "layer." in k}  # noqa: SIM118
+    assert blocks == set(range(layer))
+
+
+@pytest.mark.parametrize(
+    ("arch", "layer", "pooling", "raw"),
+    [
+        ("bert", 2, "cls", False),
+        ("gpt2", 2, "last", True),  # inner decoder layer: final norm skipped
+        ("gpt2", 4, "mean", False),  # last layer: final norm applied, plain Transformer
+        ("llama", 3, "mean", True),
+        ("llama", 0, "max", True),  # the embedding output: a backbone with no block
+    ],
+)
+def test_tiny_models_round_trip(tmp_path, arch, layer, pooling, raw):
+    src = _saved_tiny(arch, tmp_path / "src")
+    out = tmp_path / "out"
+    # max_length 12 truncates the longer texts: the export truncates them the same way
+    kwargs = dict(dim=16, pooling=pooling, normalize=False, max_length=12)
+    result = export(src, out, layer=layer, **kwargs)
+    assert result.needs_mteb_midlayer is raw
+    st = SentenceTransformer(str(out), device="cpu", trust_remote_code=raw)
+    got = st.encode(TEXTS)
+    want = _reference(src, layer=layer, **kwargs)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert result.max_length == 12
+    first = json.loads((out / "modules.json").read_text())[0]["type"]
+    assert first.endswith("RawStreamTransformer" if raw else ".Transformer")
+
+
+@pytest.mark.slow
+def test_bert_export_loads_in_a_fresh_process_with_sentence_transformers_only(tmp_path):
+    src = _saved_tiny("bert", tmp_path / "src")
+    out = tmp_path / "out"
+    export(src, out, layer=3, dim=20, pooling="mean", normalize=True)
+    want = _reference(src, layer=3, dim=20, pooling="mean", normalize=True)
+    np.save(tmp_path / "want.npy", want)
+    code = (
+        "import sys, json, numpy as np\n"
+        "from sentence_transformers import SentenceTransformer\n"
+        f"texts = json.loads({json.dumps(json.dumps(TEXTS))})\n"
+        f"got = SentenceTransformer({str(out)!r}, device='cpu').encode(texts)\n"
+        f"want = np.load({str(tmp_path / 'want.npy')!r})\n"
+        "assert not any(m.startswith('mteb_midlayer') for m in sys.modules), 'imported us'\n"
+        "print(float(np.abs(got - want).max()))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert float(run.stdout.strip().splitlines()[-1]) <= 1e-5
+
+
+@pytest.mark.slow
+def test_mteb_evaluate_of_the_export_equals_the_layer_encoder_score(
+    minilm_path, shared_data, tmp_path
+):
+    out = tmp_path / "slice"
+    export(minilm_path, out, layer=3, dim=128)
+
+    def score(model) -> float:
+        task = local_task(mteb.get_task("BIOSSES"), shared_data / "BIOSSES")
+        res = mteb.evaluate(model, task, cache=None, co2_tracker=False, show_progress_bar=False)
+        return res.task_results[0].get_score()
+
+    exported = score(SentenceTransformer(str(out), device="cpu"))
+    direct = score(LayerEncoder(minilm_path, layer=3, dim=128, device="cpu"))
+    assert exported == pytest.approx(direct, abs=1e-6)
+    assert exported == pytest.approx(0.519630, abs=1e-5)  # the committed sweep's slice score
+
+
+def test_bad_input_one_clear_line_and_nothing_left_behind(minilm_path, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(ExportError, match=r"layer 7 is out of range .* 0\.\.6"):
+        export(minilm_path, out, layer=7)
+    with pytest.raises(ExportError, match="dim 500 is out of range"):
+        export(minilm_path, out, layer=3, dim=500)
+    assert not out.exists()
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="not empty; pass --overwrite"):
+        export(minilm_path, out, layer=3)
+    assert (out / "keep.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folders
+    export(minilm_path, out, layer=2, overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "modules.json").is_file()
+
+
+def test_unsupported_architecture_is_refused(tmp_path, monkeypatch):
+    # Pretend GPT-2 had no final norm we know of: the cut model would apply ln_f to block 2's
+    # output, the probe check sees it, and nothing is written.
+    import mteb_midlayer.export as ex
+
+    monkeypatch.setattr(ex, "final_norm", lambda model: None)
+    src = _saved_tiny("gpt2", tmp_path / "src")
+    with pytest.raises(ExportError, match="unsupported architecture GPT2Model"):
+        export(src, tmp_path / "out", layer=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_cli_export_and_errors(minilm_path, tmp_path, capsys):
+    from .select.conftest import RESULTS
+
+    out = tmp_path / "cli"
+    args = ["export", minilm_path, str(out), "--layer", "3", "--dim", "128"]
+    assert main([*args, "--results", str(RESULTS)]) == 0
+    assert "layer 3/6, dim 128/384" in capsys.readouterr().out
+    card = (out / "README.md").read_text()
+    assert "| BIOSSES | STS | 0.5196 |" in card  # the slice's own score from RESULTS
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not empty; pass --overwrite" in err
+
+
+@pytest.mark.slow
+def test_cli_select_exports_the_best_slice_under_the_budget(minilm_path, tmp_path, capsys):
+    from .select.conftest import RESULTS
+
+    out = tmp_path / "chosen"
+    argv = ["select", str(RESULTS), "--max-layer", "4", "--export", str(out)]
+    assert main([*argv, "--source", minilm_path]) == 0
+    text = capsys.readouterr().out
+    # best with at most 4 blocks on the committed results: layer 4 at full width (0.5886)
+    assert "layer 4/6, dim 384/384" in text
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
+    assert "Mean over 2 tasks: 0.5886" in (out / "README.md").read_text()
