@@ -38,12 +38,15 @@ METRICS = (
     "effective_rank",
     "prompt_entropy",
     "curvature",
+    "curvature_abs",
     "infonce",
     "lidar",
     "dime",
     "intrinsic_dimension",
 )
-TOKEN_METRICS = frozenset({"prompt_entropy", "curvature"})
+TOKEN_METRICS = frozenset({"prompt_entropy", "curvature", "curvature_abs"})
+#: Token-level metrics with one value per text, scored batch by batch in the forward pass.
+_PER_TEXT = {"curvature": F.curvature_per_text, "curvature_abs": F.curvature_abs_per_text}
 VIEW_METRICS = frozenset({"infonce", "lidar", "dime"})
 ROW_COLUMNS = [
     "model",
@@ -129,9 +132,9 @@ def encode_texts(
         if "prompt_entropy" in token_metrics:
             nan = torch.full((n,), float("nan"), dtype=torch.float64, device=lm.device)
             per_text[("prompt_entropy", layer)] = {"normalized": nan.clone(), "raw": nan.clone()}
-        if "curvature" in token_metrics:
+        for name in [m for m in _PER_TEXT if m in token_metrics]:
             nan = torch.full((n,), float("nan"), dtype=torch.float64, device=lm.device)
-            per_text[("curvature", layer)] = {"value": nan}
+            per_text[(name, layer)] = {"value": nan}
     batches = lm.iter_batches(
         texts,
         layers,
@@ -156,10 +159,10 @@ def encode_texts(
                     slot = per_text[("prompt_entropy", layer)]
                     slot["normalized"][index] = pe.normalized
                     slot["raw"][index] = pe.raw
-            if "curvature" in token_metrics:
-                with timer("curvature"):
-                    cv = F.curvature_per_text(tokens)
-                    per_text[("curvature", layer)]["value"][index] = cv.values
+            for name in [m for m in _PER_TEXT if m in token_metrics]:
+                with timer(name):
+                    cv = _PER_TEXT[name](tokens)
+                    per_text[(name, layer)]["value"][index] = cv.values
     return pooled, per_text
 
 
@@ -211,9 +214,10 @@ def compute_rows(
             for variant in ("normalized", "raw"):
                 value, n = _mean_valid(slot[variant])
                 add(layer, "prompt_entropy", variant, value, n)
-        if "curvature" in metrics:
-            value, n = _mean_valid(per_text[("curvature", layer)]["value"])
-            add(layer, "curvature", "radians", value, n)
+        for name in ("curvature", "curvature_abs"):
+            if name in metrics:
+                value, n = _mean_valid(per_text[(name, layer)]["value"])
+                add(layer, name, "radians", value, n)
         if views is None:
             continue
         a, b = views[i, :, 0], views[i, :, 1]
