@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_task_options(p)
     p.add_argument("--layers", default="all", help="'all' or comma-separated layers")
+    p.add_argument(
+        "--texts",
+        type=Path,
+        help="a corpus instead of tasks: plain text (one text a line) or JSON Lines with a 'text' "
+        "field; filed as dataset '<file stem>-<hash of its texts>'",
+    )
     p.add_argument("--n", type=int, default=1000, help="texts sampled per task")
     p.add_argument(
         "--metrics", default="all", help="'all' or comma-separated: " + ", ".join(METRICS)
@@ -190,6 +196,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     df = layer_metrics(
         args.model,
         **_common(args),
+        texts=args.texts,
         n=args.n,
         metrics=args.metrics,
         alpha=args.alpha,

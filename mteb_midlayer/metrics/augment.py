@@ -3,12 +3,19 @@
 Our own implementation of the reference chain in ``METRICS.md`` (nlpaug's SplitAug,
 RandomCharAug(action="substitute") and KeyboardAug with their defaults), applied in that order:
 
-1. **split**: each eligible word, with probability ``p``, is split in two at a random inner
-   position (``"layer" -> "la yer"``);
-2. **substitute**: each eligible word, with probability ``p``, gets ``max(1, int(len * char_p))``
-   (at most 10) of its letters/digits replaced by random ASCII letters/digits;
-3. **keyboard**: each eligible word, with probability ``p``, gets the same number of characters
-   replaced by a neighbouring key on a QWERTY keyboard (case kept).
+1. **split**: chosen words are split in two at a random inner position (``"layer" -> "la yer"``);
+2. **substitute**: chosen words get some of their letters/digits replaced by random ASCII
+   letters/digits;
+3. **keyboard**: chosen words get some characters replaced by a neighbouring key on a QWERTY
+   keyboard (case kept).
+
+How many, as nlpaug's defaults (its ``_generate_aug_cnt`` with ``aug_min=1``, ``aug_max=10``):
+each operation changes ``ceil(p * n)`` words, at least 1 and at most 10, ``n`` being the text's
+word count (whitespace-separated tokens, re-counted before each operation, so the halves of a
+split word count), drawn at random among the eligible words (all of them if fewer are eligible);
+inside a chosen word the character operations change ``ceil(char_p * len)`` characters, at least
+1 and at most 10. A fixed count, not a per-word coin: long texts are not perturbed more than the
+paper's were. ``p = 0`` changes nothing (nlpaug would still change one word).
 
 A word is eligible when its core (the token without leading/trailing punctuation) has at least
 ``min_chars`` (4) characters; this is re-evaluated before each step, so halves of a split word
@@ -25,12 +32,13 @@ stable hash, so a text's views do not depend on batch composition, order, or ``P
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import re
 import string
 from collections.abc import Sequence
 
-__all__ = ["KEYBOARD_NEIGHBOURS", "augment", "augment_views"]
+__all__ = ["KEYBOARD_NEIGHBOURS", "aug_count", "augment", "augment_views"]
 
 _QWERTY_ROWS = ("1234567890", "qwertyuiop", "asdfghjkl", "zxcvbnm")
 # Each lower row is offset about half a key to the right of the one above it.
@@ -57,7 +65,9 @@ KEYBOARD_NEIGHBOURS: dict[str, str] = _build_keyboard()
 """QWERTY neighbour map over lower-case letters and digits (upper case is mapped via lower)."""
 
 _SUBSTITUTE_CHARS = string.ascii_letters + string.digits
-_MAX_CHARS_PER_WORD = 10  # nlpaug's aug_char_max default
+# nlpaug's defaults: aug_word_min / aug_char_min = 1, aug_word_max / aug_char_max = 10
+_AUG_MIN = 1
+_AUG_MAX = 10
 _TOKEN = re.compile(r"(\s+)")
 _CORE = re.compile(r"^(\W*)(.*?)(\W*)$", re.DOTALL)
 
@@ -68,8 +78,15 @@ def _split_core(token: str) -> tuple[str, str, str]:
     return m.group(1), m.group(2), m.group(3)
 
 
-def _n_chars(length: int, char_p: float) -> int:
-    return max(1, min(_MAX_CHARS_PER_WORD, int(length * char_p)))
+def aug_count(size: int, p: float) -> int:
+    """How many of ``size`` items (words of a text, characters of a word) one operation changes.
+
+    nlpaug's ``_generate_aug_cnt`` with its defaults: ``ceil(p * size)`` clipped to ``[1, 10]``
+    (same float expression, so the same counts), except that ``p = 0`` gives 0.
+    """
+    if p <= 0:
+        return 0
+    return min(_AUG_MAX, max(_AUG_MIN, math.ceil(p * size)))
 
 
 def _op_split(core: str, rng: random.Random, char_p: float) -> str:
@@ -82,7 +99,7 @@ def _op_substitute(core: str, rng: random.Random, char_p: float) -> str:
     if not positions:
         return core
     chars = list(core)
-    for i in rng.sample(positions, min(len(positions), _n_chars(len(core), char_p))):
+    for i in rng.sample(positions, min(len(positions), aug_count(len(core), char_p))):
         options = _SUBSTITUTE_CHARS.replace(chars[i], "")
         chars[i] = rng.choice(options)
     return "".join(chars)
@@ -93,21 +110,21 @@ def _op_keyboard(core: str, rng: random.Random, char_p: float) -> str:
     if not positions:
         return core
     chars = list(core)
-    for i in rng.sample(positions, min(len(positions), _n_chars(len(core), char_p))):
+    for i in rng.sample(positions, min(len(positions), aug_count(len(core), char_p))):
         new = rng.choice(KEYBOARD_NEIGHBOURS[chars[i].lower()])
         chars[i] = new.upper() if chars[i].isupper() else new
     return "".join(chars)
 
 
 def _apply(text: str, op, rng: random.Random, p: float, char_p: float, min_chars: int) -> str:
+    """One operation: ``aug_count(n words, p)`` eligible words, drawn at random, get ``op``."""
     parts = _TOKEN.split(text)
-    for k, token in enumerate(parts):
-        if not token or token.isspace():
-            continue
-        lead, core, trail = _split_core(token)
-        # One Bernoulli draw per eligible word keeps the RNG stream aligned with eligibility only.
-        if len(core) >= min_chars and rng.random() < p:
-            parts[k] = lead + op(core, rng, char_p) + trail
+    words = [k for k, token in enumerate(parts) if token and not token.isspace()]
+    eligible = [k for k in words if len(_split_core(parts[k])[1]) >= min_chars]
+    count = min(len(eligible), aug_count(len(words), p))
+    for k in sorted(rng.sample(eligible, count)):
+        lead, core, trail = _split_core(parts[k])
+        parts[k] = lead + op(core, rng, char_p) + trail
     return "".join(parts)
 
 
@@ -120,8 +137,9 @@ def augment(
 ) -> str:
     """Return one augmented copy of ``text`` (split, then substitute, then keyboard typos).
 
-    ``p``: per-eligible-word probability of each operation; ``char_p``: fraction of a chosen
-    word's characters changed by the character operations; ``min_chars``: minimum word length
+    ``p``: fraction of the text's words each operation changes; ``char_p``: fraction of a chosen
+    word's characters changed by the character operations (both as nlpaug counts them, see
+    :func:`aug_count`); ``min_chars``: minimum word length
     (without surrounding punctuation) to be eligible. Empty or whitespace-only text is returned
     unchanged. Deterministic given the state of ``rng``.
     """

@@ -28,6 +28,7 @@ from ..model import LayerModel
 from ..pooling import check_pooling
 from . import functional as F
 from .augment import augment_views
+from .corpus import Corpus, read_corpus
 from .eigen import linalg_threads
 from .sampling import sample_texts, task_texts
 
@@ -38,12 +39,15 @@ METRICS = (
     "effective_rank",
     "prompt_entropy",
     "curvature",
+    "curvature_abs",
     "infonce",
     "lidar",
     "dime",
     "intrinsic_dimension",
 )
-TOKEN_METRICS = frozenset({"prompt_entropy", "curvature"})
+TOKEN_METRICS = frozenset({"prompt_entropy", "curvature", "curvature_abs"})
+#: Token-level metrics with one value per text, scored batch by batch in the forward pass.
+_PER_TEXT = {"curvature": F.curvature_per_text, "curvature_abs": F.curvature_abs_per_text}
 VIEW_METRICS = frozenset({"infonce", "lidar", "dime"})
 ROW_COLUMNS = [
     "model",
@@ -129,9 +133,9 @@ def encode_texts(
         if "prompt_entropy" in token_metrics:
             nan = torch.full((n,), float("nan"), dtype=torch.float64, device=lm.device)
             per_text[("prompt_entropy", layer)] = {"normalized": nan.clone(), "raw": nan.clone()}
-        if "curvature" in token_metrics:
+        for name in [m for m in _PER_TEXT if m in token_metrics]:
             nan = torch.full((n,), float("nan"), dtype=torch.float64, device=lm.device)
-            per_text[("curvature", layer)] = {"value": nan}
+            per_text[(name, layer)] = {"value": nan}
     batches = lm.iter_batches(
         texts,
         layers,
@@ -156,10 +160,10 @@ def encode_texts(
                     slot = per_text[("prompt_entropy", layer)]
                     slot["normalized"][index] = pe.normalized
                     slot["raw"][index] = pe.raw
-            if "curvature" in token_metrics:
-                with timer("curvature"):
-                    cv = F.curvature_per_text(tokens)
-                    per_text[("curvature", layer)]["value"][index] = cv.values
+            for name in [m for m in _PER_TEXT if m in token_metrics]:
+                with timer(name):
+                    cv = _PER_TEXT[name](tokens)
+                    per_text[(name, layer)]["value"][index] = cv.values
     return pooled, per_text
 
 
@@ -211,9 +215,10 @@ def compute_rows(
             for variant in ("normalized", "raw"):
                 value, n = _mean_valid(slot[variant])
                 add(layer, "prompt_entropy", variant, value, n)
-        if "curvature" in metrics:
-            value, n = _mean_valid(per_text[("curvature", layer)]["value"])
-            add(layer, "curvature", "radians", value, n)
+        for name in ("curvature", "curvature_abs"):
+            if name in metrics:
+                value, n = _mean_valid(per_text[(name, layer)]["value"])
+                add(layer, name, "radians", value, n)
         if views is None:
             continue
         a, b = views[i, :, 0], views[i, :, 1]
@@ -245,6 +250,7 @@ def layer_metrics(
     tasks: Sequence[Any] | None = None,
     benchmark: str | None = None,
     data_dir: Path | str | None = None,
+    texts: Path | str | Sequence[str] | None = None,
     output: Path | str = "results",
     n: int = 1000,
     metrics: Sequence[str] | str | None = "all",
@@ -266,6 +272,9 @@ def layer_metrics(
 ) -> pd.DataFrame:
     """Compute the layer metrics of `model` on each task; write and return tidy rows.
 
+    `texts`: a corpus file (plain text, one text a line, or JSON Lines with a `text` field) or a
+    list of texts, computed instead of the tasks (beside them if `tasks` or `benchmark` is also
+    given), sampled like a task and filed as dataset `"<file stem>-<hash of its texts>"`.
     A task whose file already exists with the same settings is read back, not recomputed.
     `df.attrs["timings"]` holds seconds per phase (encoding, each metric) of what was computed.
     """
@@ -274,6 +283,7 @@ def layer_metrics(
     chosen = parse_metrics(metrics)
     if n_views < 2 and VIEW_METRICS & set(chosen):
         raise ValueError("InfoNCE, DiME and LiDAR need n_views >= 2.")
+    corpus = read_corpus(texts) if texts is not None else None  # a bad file fails before loading
     lm = LayerModel.coerce(
         model,
         tokenizer,
@@ -286,7 +296,10 @@ def layer_metrics(
     )
     pooling = check_pooling(pooling or lm.default_pooling)
     layer_list = resolve_layers(layers, lm.n_layers)
-    task_objects = select_tasks(tasks, benchmark, data_dir)
+    # A corpus stands in for a task (`task_texts` reads it); tasks too only if asked for.
+    task_objects: list[Any] = [corpus] if corpus is not None else []
+    if corpus is None or tasks or benchmark:
+        task_objects += select_tasks(tasks, benchmark, data_dir)
     out_dir = Path(output) / "metrics"
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -306,7 +319,7 @@ def layer_metrics(
     timer = Timer(lm.device)
     frames = []
     for task in tqdm(task_objects, desc="Metrics", unit="task", disable=not show_progress):
-        task_name = task.metadata.name
+        task_name = task.dataset if isinstance(task, Corpus) else task.metadata.name
         safe_model = lm.name.replace("/", "__")
         path = out_dir / f"{safe_model}__{task_name}__{digest}.parquet"
         if path.exists() and not overwrite:

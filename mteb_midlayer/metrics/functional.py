@@ -41,6 +41,8 @@ __all__ = [
     "PerTextCurvature",
     "PerTextPromptEntropy",
     "curvature",
+    "curvature_abs",
+    "curvature_abs_per_text",
     "curvature_per_text",
     "dataset_entropy",
     "dime",
@@ -400,32 +402,47 @@ def prompt_entropy(
 class PerTextCurvature(NamedTuple):
     """Per-text mean curvature (radians), NaN exactly where ``valid`` is False.
 
-    A text is invalid when T < 3 or when every consecutive pair of token differences contains a
-    zero difference (repeated identical states), so it has no defined angle.
+    For ``curvature``, a text is invalid when T < 3 or when every consecutive pair of token
+    differences contains a zero difference (repeated identical states), so it has no defined
+    angle. For ``curvature_abs`` every text is valid (such texts count 0, as the authors did).
     """
 
     values: Tensor
     valid: Tensor
 
 
-def curvature_per_text(
-    token_states: Sequence[Tensor] | Tensor, mask: Tensor | None = None
-) -> PerTextCurvature:
-    """Per-text curvature of raw token trajectories (Hosseini & Fedorenko 2023).
+def _segment_prep(x: Tensor, local: Tensor, counts: Tensor) -> Tensor:
+    """``prep`` of each text's rows of the concatenated (sum T_i, D) ``x``; ``local[r]`` = text.
 
-    ``v_k = x_{k+1} - x_k``; angle between consecutive differences in ``[0, pi]`` (no folding by
-    the absolute cosine), computed as ``2 atan2(|u - w|, |u + w|)`` for the unit vectors u, w,
-    which stays accurate near 0 and pi where ``arccos`` loses half the digits. Pairs where either
-    difference is exactly zero are skipped. Texts are concatenated in chunks and processed with
-    tensor ops (no per-text loop for the maths).
+    The concatenated twin of :func:`_prep_rows` (same zero-row rule, per text): segment means
+    and max-abs scales by ``index_add_`` / ``scatter_reduce_``, no per-text loop.
     """
-    zs = _token_list(token_states, mask)
+    k, d = counts.shape[0], x.shape[1]
+    mean = torch.zeros(k, d, dtype=x.dtype, device=x.device).index_add_(0, local, x)
+    r = x - (mean / counts.unsqueeze(1).to(x.dtype))[local]
+    norms = torch.linalg.vector_norm(r, dim=-1, keepdim=True)
+    row_max = x.abs().amax(dim=-1)
+    scale = torch.zeros(k, dtype=x.dtype, device=x.device)
+    scale = scale.scatter_reduce_(0, local, row_max, reduce="amax", include_self=False)
+    zero = norms <= _zero_row_rtol(x.dtype) * math.sqrt(d) * scale[local].unsqueeze(1)
+    return r.div_(norms.masked_fill_(zero, 1.0)).masked_fill_(zero, 0.0)
+
+
+def _turning_angles(zs: list[Tensor], *, folded: bool) -> tuple[Tensor, Tensor]:
+    """Per text: sum of turning angles over pairs of non-zero steps, and how many such pairs.
+
+    ``folded=False``: raw token states, angle in ``[0, pi]``. ``folded=True`` (the research
+    code's variant): each text's tokens are ``prep`` 'd first (centred over the text, unit
+    rows) and the angle is ``arccos(|cos|)`` in ``[0, pi/2]``. Angles are computed as
+    ``2 atan2(|u - w|, |u + w|)`` for the unit steps u, w, accurate near 0 and pi where
+    ``arccos`` loses half the digits (folding: ``min(a, pi - a)``). Texts are concatenated in
+    chunks and processed with tensor ops (no per-text loop for the maths).
+    """
     device = zs[0].device
     d = zs[0].shape[1]
     n = len(zs)
     sums = torch.zeros(n, dtype=_DTYPE, device=device)
-    counts = torch.zeros(n, dtype=_DTYPE, device=device)
-    candidates = [i for i in range(n) if zs[i].shape[0] >= 3]
+    pairs = torch.zeros(n, dtype=_DTYPE, device=device)
     chunk: list[int] = []
     tokens = 0
 
@@ -434,7 +451,10 @@ def curvature_per_text(
             return
         x = torch.cat([zs[i] for i in ids], dim=0)
         lens = torch.tensor([zs[i].shape[0] for i in ids], device=device)
-        owner = torch.repeat_interleave(torch.tensor(ids, device=device), lens)
+        local = torch.repeat_interleave(torch.arange(len(ids), device=device), lens)
+        if folded:
+            x = _segment_prep(x, local, lens)
+        owner = torch.tensor(ids, device=device)[local]
         v = x[1:] - x[:-1]
         same = owner[1:] == owner[:-1]
         norms = torch.linalg.vector_norm(v, dim=-1)
@@ -445,11 +465,13 @@ def curvature_per_text(
         ang = 2.0 * torch.atan2(
             torch.linalg.vector_norm(a - b, dim=-1), torch.linalg.vector_norm(a + b, dim=-1)
         )
+        if folded:
+            ang = torch.minimum(ang, math.pi - ang)
         who = owner[:-2][pair_ok]
         sums.index_add_(0, who, ang)
-        counts.index_add_(0, who, torch.ones_like(ang))
+        pairs.index_add_(0, who, torch.ones_like(ang))
 
-    for i in candidates:
+    for i in (i for i in range(n) if zs[i].shape[0] >= 3):
         t = zs[i].shape[0]
         if chunk and (tokens + t) * d > _CHUNK_ELEMENTS:
             flush(chunk)
@@ -457,8 +479,21 @@ def curvature_per_text(
         chunk.append(i)
         tokens += t
     flush(chunk)
-    valid = counts > 0
-    values = torch.where(valid, sums / counts.clamp_min(1.0), math.nan)
+    return sums, pairs
+
+
+def curvature_per_text(
+    token_states: Sequence[Tensor] | Tensor, mask: Tensor | None = None
+) -> PerTextCurvature:
+    """Per-text curvature of raw token trajectories (Hosseini & Fedorenko 2023).
+
+    ``v_k = x_{k+1} - x_k``; angle between consecutive differences in ``[0, pi]`` (no folding by
+    the absolute cosine). Pairs where either difference is exactly zero are skipped; a text
+    with no pair left (or T < 3) is invalid.
+    """
+    sums, pairs = _turning_angles(_token_list(token_states, mask), folded=False)
+    valid = pairs > 0
+    values = torch.where(valid, sums / pairs.clamp_min(1.0), math.nan)
     return PerTextCurvature(values=values, valid=valid)
 
 
@@ -474,6 +509,32 @@ def curvature(token_states: Sequence[Tensor] | Tensor, mask: Tensor | None = Non
             "curvature is undefined: no text has 3+ tokens with two consecutive non-zero steps"
         )
     return per.values[per.valid].mean()
+
+
+def curvature_abs_per_text(
+    token_states: Sequence[Tensor] | Tensor, mask: Tensor | None = None
+) -> PerTextCurvature:
+    """Per-text curvature as the research code computed it (``curvature_abs``, METRICS.md).
+
+    Each text's token states are ``prep`` 'd first (centred over the text, unit rows); then
+    ``c_k = arccos(|cos(v_k, v_{k+1})|)`` in ``[0, pi/2]``; a pair with a zero-length step counts
+    as angle 0, and the text's value is the mean over all ``T - 2`` pairs. A text with T < 3 has
+    value 0. Every text counts (``valid`` is all True), as in the authors' layer average.
+    Reported so the paper's signs can be checked: it runs roughly as ``pi - curvature``.
+    """
+    zs = _token_list(token_states, mask)
+    sums, _ = _turning_angles(zs, folded=True)
+    steps = torch.tensor([max(z.shape[0] - 2, 0) for z in zs], dtype=_DTYPE, device=sums.device)
+    values = torch.where(steps > 0, sums / steps.clamp_min(1.0), 0.0)
+    return PerTextCurvature(values=values, valid=torch.ones_like(values, dtype=torch.bool))
+
+
+def curvature_abs(token_states: Sequence[Tensor] | Tensor, mask: Tensor | None = None) -> Tensor:
+    """Layer ``curvature_abs`` (0-dim tensor, radians in ``[0, pi/2]``): mean over all texts.
+
+    See :func:`curvature_abs_per_text`; never undefined (short texts count 0).
+    """
+    return curvature_abs_per_text(token_states, mask=mask).values.mean()
 
 
 # --------------------------------------------------------------------------------------------

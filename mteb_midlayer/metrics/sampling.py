@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..tasks.benchmark import english_task_subsets
+from .corpus import Corpus
 
 #: Columns that hold model inputs in mteb 2 datasets (ids, labels and scores are skipped).
 TEXT_COLUMNS = ("text", "sentence1", "sentence2", "sentences")
@@ -45,7 +46,12 @@ def _texts_of(part: Any) -> Iterator[str]:
 
 
 def task_texts(task: Any, split: str | None = None) -> list[str]:
-    """Every input text of the task's evaluation split, flattened, in dataset order."""
+    """Every input text of the task's evaluation split, flattened, in dataset order.
+
+    A :class:`~.corpus.Corpus` stands in for a task: its texts, in file order.
+    """
+    if isinstance(task, Corpus):
+        return list(task.texts)
     if not getattr(task, "data_loaded", False):
         task.load_data()
     split = split or (

@@ -89,6 +89,9 @@ def test_layer_metrics_end_to_end(minilm, shared_data, tmp_path):
         assert value[(layer, "curvature", "radians")] == pytest.approx(
             float(F.curvature(tokens)), abs=1e-4
         )
+        assert value[(layer, "curvature_abs", "radians")] == pytest.approx(
+            float(F.curvature_abs(tokens)), abs=1e-4
+        )
         views = augment_views(texts, 4, seed=42)
         enc = LayerEncoder(minilm, layer=layer, normalize=False)
         stacked = torch.stack([torch.from_numpy(enc.embed(v)) for v in views], dim=1)

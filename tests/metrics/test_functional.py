@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -382,6 +383,95 @@ def test_curvature_padded_mask_input():
 
 
 # ------------------------------------------------------------------------------------------------
+# curvature_abs (the research code's variant)
+
+
+def _polygon(n: int, k: int, phase: float = 0.0) -> torch.Tensor:
+    """Points at angles phase + j * 2 pi k / n on the unit circle: centred, unit rows already, so
+    prep leaves them as they are; every turn between consecutive chords is 2 pi k / n."""
+    ang = phase + 2 * math.pi * k / n * torch.arange(n, dtype=torch.float64)
+    return torch.stack([torch.cos(ang), torch.sin(ang)], dim=1)
+
+
+def _embed(z: torch.Tensor, d: int = 6, seed: int = 0) -> torch.Tensor:
+    """Place 2-D points in R^D by an isometry, then scale and shift: prep undoes both."""
+    q = _orthogonal(d, seed=seed)[:2]
+    return 3.0 * z @ q + torch.linspace(-1.0, 2.0, d, dtype=torch.float64)
+
+
+def test_curvature_abs_closed_forms():
+    # triangle: every turn is 120 degrees; folded by |cos| to 60
+    tri = _embed(_polygon(3, 1))
+    assert float(F.curvature([tri])) == pytest.approx(2 * math.pi / 3, abs=1e-12)
+    assert float(F.curvature_abs([tri])) == pytest.approx(math.pi / 3, abs=1e-12)
+    # back and forth: raw pi, folded 0
+    a, b = [1.0, 0.0], [-1.0, 0.0]
+    reverse = _embed(torch.tensor([a, b, a, b], dtype=torch.float64))
+    assert float(F.curvature([reverse])) == pytest.approx(math.pi, abs=1e-12)
+    assert float(F.curvature_abs([reverse])) == pytest.approx(0.0, abs=1e-12)
+    # zero-length steps count as angle 0 (raw curvature skips them): p1 p2 p3 p3 p1 p2 (mean 0)
+    # has pairs (s1, s2) -> pi/3, (s2, 0) -> 0, (0, s3) -> 0, (s3, s1) -> pi/3, over T - 2 = 4
+    p = _polygon(3, 1)
+    repeated = _embed(p[[0, 1, 2, 2, 0, 1]])
+    assert float(F.curvature_abs([repeated])) == pytest.approx(math.pi / 6, abs=1e-12)
+    assert float(F.curvature([repeated])) == pytest.approx(2 * math.pi / 3, abs=1e-12)
+    # short texts count 0 in the layer mean; raw curvature skips them
+    short = [torch.ones(1, 6, dtype=torch.float64), _randn(2, 6)]
+    per = F.curvature_abs_per_text([tri, *short])
+    assert per.values.tolist() == pytest.approx([math.pi / 3, 0.0, 0.0], abs=1e-12)
+    assert per.valid.all()
+    assert float(F.curvature_abs([tri, *short])) == pytest.approx(math.pi / 9, abs=1e-12)
+    assert float(F.curvature([tri, *short])) == pytest.approx(2 * math.pi / 3, abs=1e-12)
+    # all steps zero (constant text): 0, where raw curvature is undefined
+    assert float(F.curvature_abs([torch.ones(5, 6)])) == 0.0
+
+
+def test_curvature_and_curvature_abs_run_in_opposite_directions_across_layers():
+    # "Layer" l holds texts whose turns are 120, 144, then 154 degrees (triangle, pentagram
+    # {5/2}, heptagram {7/3}): raw curvature rises while curvature_abs = pi - curvature falls.
+    layers = [(3, 1), (5, 2), (7, 3)]
+    raw, folded = [], []
+    for n, k in layers:
+        texts = [_embed(_polygon(n, k, phase), seed=s) for s, phase in enumerate([0.0, 0.4, 1.1])]
+        raw.append(float(F.curvature(texts)))
+        folded.append(float(F.curvature_abs(texts)))
+        assert raw[-1] == pytest.approx(2 * math.pi * k / n, abs=1e-12)
+        assert folded[-1] == pytest.approx(math.pi - raw[-1], abs=1e-12)
+    assert raw == sorted(raw) and folded == sorted(folded, reverse=True)
+
+
+def test_curvature_abs_matches_arccos_loop_with_per_text_prep(monkeypatch):
+    texts = _token_texts([3, 5, 8, 2, 13, 1], 7, seed=4)
+    texts[2][3] = texts[2][4]  # one zero-length step
+    expected = []
+    for z in texts:
+        if z.shape[0] < 3:
+            expected.append(0.0)
+            continue
+        r = F.prep(z)
+        v = r[1:] - r[:-1]
+        angles = []
+        for s, t in itertools.pairwise(v):
+            if s.norm() == 0 or t.norm() == 0:
+                angles.append(0.0)
+            else:
+                cos = abs(float(s @ t / (s.norm() * t.norm())))
+                angles.append(math.acos(min(cos, 1.0)))
+        expected.append(float(np.mean(angles)))
+    per = F.curvature_abs_per_text(texts)
+    assert per.values.tolist() == pytest.approx(expected, abs=1e-9)
+    res = F.curvature_abs(texts)
+    assert float(res) == pytest.approx(np.mean(expected), abs=1e-9)
+    monkeypatch.setattr(F, "_CHUNK_ELEMENTS", 1)  # one text per chunk
+    assert float(F.curvature_abs(texts)) == pytest.approx(float(res), abs=1e-12)
+    padded = torch.nn.utils.rnn.pad_sequence(texts, batch_first=True)
+    mask = torch.zeros(padded.shape[:2], dtype=torch.bool)
+    for i, z in enumerate(texts):
+        mask[i, : z.shape[0]] = True
+    assert float(F.curvature_abs(padded, mask=mask)) == pytest.approx(float(res), abs=1e-12)
+
+
+# ------------------------------------------------------------------------------------------------
 # InfoNCE
 
 
@@ -597,6 +687,7 @@ def test_non_finite_inputs_raise_a_clear_error_everywhere(bad, dtype):
         lambda: F.lidar(views, scatter_dtype=torch.float32),
         lambda: F.prompt_entropy([_randn(3, 4), x]),
         lambda: F.curvature([x]),
+        lambda: F.curvature_abs([x]),
     ]
     for call in calls:
         with pytest.raises(ValueError, match="NaN or inf"):
