@@ -35,7 +35,70 @@ from mteb_midlayer.tasks.local import (
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["mirror_task", "mirror_tasks", "write_task_data"]
+__all__ = ["HubUnreachableError", "mirror_task", "mirror_tasks", "write_task_data"]
+
+#: Exception class names (anywhere in an exception's chain) that mean "no way to the Hub":
+#: builtin, requests/urllib3, httpx and huggingface_hub spellings, matched by name so that
+#: none of those libraries has to be imported here.
+_NO_HUB = {
+    "ConnectionError",
+    "ConnectError",
+    "ConnectTimeout",
+    "NameResolutionError",
+    "MaxRetryError",
+    "OfflineModeIsEnabled",
+    "LocalEntryNotFoundError",
+    "Timeout",
+    "TimeoutException",
+}
+
+
+class HubUnreachableError(ConnectionError):
+    """A task's data had to come from the Hugging Face Hub, and the Hub cannot be reached."""
+
+    def __init__(self, task: str, source: str, reason: str):
+        self.task, self.source, self.reason = task, source, reason
+        super().__init__(
+            f"cannot load {task} ({source}): the Hugging Face Hub is unreachable ({reason}); "
+            "run `mirror` on a machine with Hub access, then copy the folder"
+        )
+
+
+def _hub_failure(exc: BaseException) -> str | None:
+    """A one-line reason when ``exc`` (or one it came from) says the Hub is out of reach."""
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if any(k.__name__ in _NO_HUB for k in type(cur).__mro__):
+            text = " ".join(str(cur).split()) or type(cur).__name__
+            return text if len(text) <= 160 else text[:157] + "..."
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
+def _load(task: AbsTask) -> None:
+    """``task.load_data()``, with a lost connection to the Hub said in one line."""
+    try:
+        task.load_data()
+    except Exception as exc:
+        reason = _hub_failure(exc)
+        if reason is None:
+            raise
+        source = str(task.metadata.dataset.get("path", "?"))
+        raise HubUnreachableError(task.metadata.name, source, reason) from exc
+
+
+def _choose_splits(task: AbsTask, all_splits: bool) -> None:
+    """Narrow a task to its ``test`` split (what the tables score) unless ``all_splits``.
+
+    With ``all_splits`` every eval split mteb defines for the task is written, also for a
+    benchmark's task whose splits the benchmark narrowed.
+    """
+    if all_splits:
+        task.filter_eval_splits(list(task.metadata.eval_splits))
+    elif "test" in task.eval_splits and list(task.eval_splits) != ["test"]:
+        task.filter_eval_splits(["test"])
 
 
 def _plain(value: Any) -> Any:
@@ -220,6 +283,7 @@ def mirror_task(task: AbsTask, to: Path, *, overwrite: bool = False) -> Path:
 
     Raises:
         FileExistsError: the task folder exists and ``overwrite`` is false.
+        HubUnreachableError: the data must come from the Hub, which cannot be reached.
     """
     to = Path(to)
     target = to / task.metadata.name
@@ -227,7 +291,7 @@ def mirror_task(task: AbsTask, to: Path, *, overwrite: bool = False) -> Path:
         raise FileExistsError(f"{target} exists (use overwrite=True / --overwrite to replace it)")
     loaded_here = not task.data_loaded
     if loaded_here:
-        task.load_data()
+        _load(task)
     to.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{task.metadata.name}.", dir=to))
     try:
@@ -248,23 +312,30 @@ def mirror_tasks(
     *,
     benchmark: str | None = None,
     overwrite: bool = False,
+    all_splits: bool = False,
 ) -> list[Path]:
     """``mteb-midlayer mirror TASK... --to DIR``: load tasks (from the Hub) and write them.
 
     Give task names (each with mteb's default subsets and eval splits, as ``--tasks`` runs
     them) or a benchmark name (its tasks with the benchmark's subsets and splits, e.g.
     ``layer-by-layer-32``: test splits, English subsets only), exactly as
-    :func:`~mteb_midlayer.tasks.benchmark.resolve_tasks` takes them. Tasks are written one at
-    a time, each unloaded after writing.
+    :func:`~mteb_midlayer.tasks.benchmark.resolve_tasks` takes them. Only the ``test`` split
+    is written (plus a classification task's train split), as the tables score it; with
+    ``all_splits`` every eval split mteb defines for the task. A task without a ``test``
+    split keeps its eval splits. Tasks are written one at a time, each unloaded after writing.
 
     Raises:
         ValueError: unknown names, or neither or both of ``tasks`` / ``benchmark``.
         FileExistsError: a task folder exists and ``overwrite`` is false (checked for all
             tasks before anything is downloaded).
+        HubUnreachableError: the Hub cannot be reached (the first task stops the run: every
+            other would fail the same way).
     """
     from mteb_midlayer.tasks.benchmark import resolve_tasks
 
     selected = resolve_tasks(tasks=tasks, benchmark=benchmark)
+    for task in selected:
+        _choose_splits(task, all_splits)
     to = Path(to)
     if not overwrite:
         exist = [t.metadata.name for t in selected if (to / t.metadata.name).exists()]
