@@ -84,7 +84,10 @@ def select_tasks(
             names = local_task_names(data_dir)
             if not names:
                 raise ValueError(f"{data_dir} holds no folder named after an mteb task.")
-            return [local_task(english_only(mteb.get_task(n)), data_dir / n) for n in names]
+            return [
+                local_task(english_only(mteb.get_task(n)), data_dir / n, defer_errors=True)
+                for n in names
+            ]
         else:
             benchmark = LAYER_BY_LAYER_32
     resolved = (

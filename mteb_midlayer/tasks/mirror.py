@@ -1,6 +1,7 @@
 """Write a task's evaluation data into the local layout (``mteb-midlayer mirror TASK... --to DIR``).
 
-The writer is the inverse of :mod:`mteb_midlayer.tasks.local`: it writes ``task.dataset``
+The writer is the inverse of :mod:`mteb_midlayer.tasks.local` (each kind's writer sits next to
+its reader in :mod:`mteb_midlayer.tasks.kinds`): it writes ``task.dataset``
 after mteb's ``load_data`` (so after the task's ``dataset_transform``: the data as mteb
 evaluates it) for the task's subsets and eval splits, plus the train split of a
 classification task. Reading the folder back gives the same datasets.
@@ -11,27 +12,16 @@ a failure never leaves a partial task folder that ``--data-dir`` would then read
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from datasets import Dataset
 from mteb.abstasks import AbsTask
 
-from mteb_midlayer.tasks.local import (
-    CLASSIFICATION,
-    CLUSTERING,
-    CLUSTERING_LEGACY,
-    PAIR_CLASSIFICATION,
-    QRELS_HEADER,
-    RETRIEVAL,
-    STS,
-    task_kind,
-)
+from mteb_midlayer.tasks.kinds import CLASSIFICATION, RETRIEVAL, SPLIT_KINDS, split_file, task_kind
+from mteb_midlayer.tasks.kinds import retrieval as _retrieval
 
 logger = logging.getLogger(__name__)
 
@@ -101,124 +91,6 @@ def _choose_splits(task: AbsTask, all_splits: bool) -> None:
         task.filter_eval_splits(["test"])
 
 
-def _plain(value: Any) -> Any:
-    """numpy scalars and the like to JSON-able Python values."""
-    if hasattr(value, "item") and not isinstance(value, list | dict | str):
-        return value.item()
-    return value
-
-
-def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> int:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    n = 0
-    with path.open("w", encoding="utf-8", newline="\n") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            n += 1
-    if n == 0:
-        raise ValueError(f"refusing to write an empty split: {path}")
-    return n
-
-
-def _columns(ds: Dataset, names: Sequence[str], path: Path) -> list[list[Any]]:
-    missing = [n for n in names if n not in ds.column_names]
-    if missing:
-        raise ValueError(
-            f"cannot write {path}: the dataset has no column(s) {missing} (it has {ds.column_names})"
-        )
-    return [ds[n] for n in names]
-
-
-def _pairs_dataset(ds: Dataset) -> Dataset:
-    # mteb's older pair-classification data hold the whole split in one row of lists
-    if len(ds) == 1 and all(isinstance(v, list) for v in ds[0].values()):
-        return Dataset.from_dict(ds[0])
-    return ds
-
-
-def _write_split(task: AbsTask, kind: str, ds: Dataset, path: Path) -> int:
-    if kind == STS:
-        c1, c2 = task.column_names
-        s1, s2, score = _columns(ds, [c1, c2, "score"], path)
-        rows = (
-            {"sentence1": a, "sentence2": b, "score": float(_plain(s))}
-            for a, b, s in zip(s1, s2, score, strict=True)
-        )
-    elif kind == CLASSIFICATION:
-        text, label = _columns(ds, [task.input_column_name, task.label_column_name], path)
-        rows = ({"text": t, "label": _plain(lab)} for t, lab in zip(text, label, strict=True))
-    elif kind == PAIR_CLASSIFICATION:
-        ds = _pairs_dataset(ds)
-        s1, s2, label = _columns(
-            ds, [task.input1_column_name, task.input2_column_name, task.label_column_name], path
-        )
-        rows = (
-            {"sentence1": a, "sentence2": b, "label": int(_plain(lab))}
-            for a, b, lab in zip(s1, s2, label, strict=True)
-        )
-    elif kind in (CLUSTERING_LEGACY, CLUSTERING):
-        sent, label = _columns(ds, [task.input_column_name, task.label_column_name], path)
-        rows = (
-            {
-                "sentences": s,
-                "labels": [_plain(x) for x in lab] if isinstance(lab, list) else _plain(lab),
-            }
-            for s, lab in zip(sent, label, strict=True)
-        )
-    else:  # pragma: no cover - task_kind only returns the kinds above
-        raise ValueError(kind)
-    return _write_jsonl(path, rows)
-
-
-def _write_retrieval_subset(task: AbsTask, splits: dict[str, Any], out: Path) -> None:
-    corpus: dict[str, dict[str, Any]] = {}
-    queries: dict[str, dict[str, Any]] = {}
-    top_ranked: dict[str, list[str]] = {}
-    for split, data in splits.items():
-        has_title = "title" in data["corpus"].column_names
-        for row in data["corpus"]:
-            doc = {"_id": str(row["id"])}
-            if has_title:
-                doc["title"] = row["title"] or ""
-            doc["text"] = row["text"]
-            if corpus.setdefault(doc["_id"], doc) != doc:
-                raise ValueError(
-                    f"{task.metadata.name}: document {doc['_id']!r} differs between splits; "
-                    "the layout has one corpus.jsonl"
-                )
-        for row in data["queries"]:
-            q = {"_id": str(row["id"]), "text": row["text"]}
-            if queries.setdefault(q["_id"], q) != q:
-                raise ValueError(
-                    f"{task.metadata.name}: query {q['_id']!r} differs between splits; "
-                    "the layout has one queries.jsonl"
-                )
-        qrels_path = out / "qrels" / f"{split}.tsv"
-        qrels_path.parent.mkdir(parents=True, exist_ok=True)
-        n = 0
-        with qrels_path.open("w", encoding="utf-8", newline="\n") as f:
-            f.write("\t".join(QRELS_HEADER) + "\n")
-            for qid, docs in data["relevant_docs"].items():
-                for did, score in docs.items():
-                    f.write(f"{qid}\t{did}\t{int(score)}\n")
-                    n += 1
-        if n == 0:
-            raise ValueError(f"refusing to write an empty split: {qrels_path}")
-        for qid, ids in (data.get("top_ranked") or {}).items():
-            ids = [str(x) for x in ids]
-            if top_ranked.setdefault(str(qid), ids) != ids:
-                raise ValueError(
-                    f"{task.metadata.name}: candidates of query {qid!r} differ between splits"
-                )
-    _write_jsonl(out / "corpus.jsonl", corpus.values())
-    _write_jsonl(out / "queries.jsonl", queries.values())
-    if top_ranked:
-        _write_jsonl(
-            out / "top_ranked.jsonl",
-            ({"query-id": q, "corpus-ids": ids} for q, ids in top_ranked.items()),
-        )
-
-
 def write_task_data(task: AbsTask, folder: Path) -> Path:
     """Write a loaded task's ``task.dataset`` into ``folder`` (created; must not exist).
 
@@ -250,7 +122,7 @@ def write_task_data(task: AbsTask, folder: Path) -> Path:
                 f"{list(task.eval_splits)} (it has {list(data)})"
             )
         if kind == RETRIEVAL:
-            _write_retrieval_subset(task, {s: data[s] for s in splits}, out)
+            _retrieval.write_subset(task, {s: data[s] for s in splits}, out)
         else:
             if kind == CLASSIFICATION and task.train_split not in splits:
                 if task.train_split not in data:
@@ -259,8 +131,9 @@ def write_task_data(task: AbsTask, folder: Path) -> Path:
                         f"{task.train_split!r} split to train on"
                     )
                 splits = [task.train_split, *splits]
+            write = SPLIT_KINDS[kind].write
             for split in splits:
-                _write_split(task, kind, data[split], out / f"{split}.jsonl")
+                write(task, data[split], split_file(kind, out, split))
         written.append(f"{subset}: {', '.join(splits)}")
     logger.info("%s written to %s (%s)", task.metadata.name, folder, "; ".join(written))
     return folder
