@@ -731,18 +731,26 @@ def test_a_bit_flipped_shard_is_recomputed_in_a_sweep_with_a_message(
     assert len(list((out / "store").rglob("quarantine/**/*.npy"))) == 1
 
 
-@pytest.mark.parametrize("how", ["patched", "tmpfs"])
+@pytest.mark.parametrize("how", ["patched", "tmpfs", "result"])
 def test_disk_full_stops_the_sweep_with_one_message(
     how, minilm_path, shared_data, tmp_path, monkeypatch, capsys, request
 ):
     import errno
 
+    import mteb
+
     from mteb_midlayer.cli import main
 
+    out = tmp_path / "out"
     if how == "tmpfs":
         out = request.getfixturevalue("tiny_tmpfs") / "out"
+    elif how == "result":  # the store has room, mteb's result file does not
+
+        def no_room(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", str(out / "BIOSSES.json"))
+
+        monkeypatch.setattr(mteb.ResultCache, "save_to_cache", no_room)
     else:
-        out = tmp_path / "out"
 
         def full(fh, arr, **kwargs):
             raise OSError(errno.ENOSPC, "No space left on device")
@@ -759,3 +767,6 @@ def test_disk_full_stops_the_sweep_with_one_message(
     assert "run the same command again to resume" in lines[0]
     assert (out / "store").is_dir()  # what was written (the store config) is kept
     assert not list(out.rglob("STS12.json"))  # stopped: the next task was not tried
+    if how == "result":
+        assert "BIOSSES.json" in lines[0]
+        assert list((out / "store").rglob("*.npy"))  # the embeddings were kept for the rerun
