@@ -116,11 +116,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="recompute tasks already done")
 
     p = sub.add_parser("mirror", help="write tasks' data (from the Hub) into the --data-dir layout")
-    p.add_argument("tasks", nargs="+", help="mteb task names")
-    p.add_argument("--to", type=Path, required=True, help="data directory to write into")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("tasks", nargs="*", help="mteb task names (or give --benchmark)")
     p.add_argument(
-        "--all-splits", action="store_true", help="all of mteb's eval splits, not only test"
+        "--benchmark", help="mirror a benchmark's tasks, e.g. 'layer-by-layer-32' (its subsets)"
+    )
+    p.add_argument("--to", type=Path, required=True, help="data directory to write into")
+    p.add_argument("--overwrite", action="store_true", help="replace existing task folders")
+    p.add_argument(
+        "--all-splits",
+        action="store_true",
+        help="all of mteb's eval splits, not only test (classification always adds train)",
     )
 
     p = sub.add_parser("table", help="print the layer x task table of a results folder")
@@ -214,10 +219,16 @@ def cmd_mirror(args: argparse.Namespace) -> int:
     from .tasks.mirror import mirror_tasks
 
     paths = mirror_tasks(
-        args.tasks or None, args.to, benchmark=args.benchmark, overwrite=args.overwrite
+        args.tasks or None,
+        args.to,
+        benchmark=args.benchmark,
+        overwrite=args.overwrite,
+        all_splits=args.all_splits,
     )
     for path in paths:
-        print(f"wrote {path}")
+        files = sorted(str(f.relative_to(path)) for f in path.rglob("*") if f.is_file())
+        print(f"wrote {path}: {', '.join(files)}")
+    print(f"Use it offline: mteb-midlayer sweep MODEL --data-dir {args.to}")
     return 0
 
 

@@ -4,13 +4,25 @@ On-disk layout (one directory per configuration)::
 
     <root>/<key.digest()>/config.json                 # the StoreKey, human-readable
     <root>/<key.digest()>/shards/<namespace...>/<id>.npy   # float32 (n_layers, n, D)
-    <root>/<key.digest()>/shards/<namespace...>/<id>.json  # commit marker: layers, text hashes
+    <root>/<key.digest()>/shards/<namespace...>/<id>.json  # commit marker: layers, text hashes, sha256
+    <root>/<key.digest()>/quarantine/...                # shards that failed their check, moved aside
 
 A shard is visible only once its ``.json`` marker exists; the marker is written last, and every
 file is written to a dot-prefixed temp file in the same directory, fsynced and ``os.replace``d
 into place. A SIGKILL at any moment therefore leaves either a complete shard or debris that
 readers ignore (temp files, an ``.npy`` without its marker), which :meth:`EmbeddingStore.cleanup`
 removes once it is safe to do so.
+
+Damage no atomic write produces (bytes overwritten or zeroed later, a bad ``.npy`` header, a
+marker that does not parse) is caught before any row of a shard is served: the marker carries
+the sha256 of the data file, checked once per shard and process at its first use (by
+:meth:`EmbeddingStore.missing` or :meth:`EmbeddingStore.read`). A shard that fails is moved to
+``<store>/quarantine/`` with a warning naming it and why, and its texts count as missing, so a
+sweep encodes them again. Shards of format 1 (before checksums) are still served after their
+header is checked and every value is found finite; bytes overwritten with other finite values
+cannot be detected in them (delete the store to re-encode them under format 2).
+
+A full disk raises :class:`StoreFullError` (an ``OSError``) naming the file and the free space.
 
 Lookups are by configuration + sha256 of the exact model input across *all* namespaces of that
 configuration: a text shared by two tasks is encoded once, and a different configuration (other
@@ -21,11 +33,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import json
 import operator
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
@@ -37,9 +51,15 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["EmbeddingStore", "StoreKey", "text_hash"]
+__all__ = ["EmbeddingStore", "StoreFullError", "StoreKey", "raise_if_disk_full", "text_hash"]
 
+#: Version of ``config.json`` (unchanged since the first store).
 FORMAT_VERSION = 1
+#: Version of the shard markers written now: 2 adds the data file's sha256.
+SHARD_FORMAT = 2
+_READABLE_SHARD_FORMATS = (1, 2)
+_QUARANTINE = "quarantine"
+_HASH_CHUNK = 1 << 20
 _TMP_PREFIX = ".tmp-"
 _ROW_BITS = 32
 _ROW_MASK = (1 << _ROW_BITS) - 1
@@ -150,8 +170,81 @@ def _host() -> str:
     return _SAFE.sub("_", socket.gethostname())[:40] or "host"
 
 
+class StoreFullError(OSError):
+    """The disk (or quota) is full: nothing more can be written until space is freed.
+
+    Raised instead of the bare ``ENOSPC`` ``OSError`` so that a sweep stops at once with one
+    message, keeping everything already written, instead of failing every remaining task.
+    """
+
+    def __init__(self, path: Path | str, free_bytes: int | None = None):
+        self.path = Path(path)
+        self.free_bytes = free_bytes
+        free = "unknown" if free_bytes is None else _human_bytes(free_bytes)
+        super().__init__(
+            errno.ENOSPC,
+            f"disk full while writing {self.path} ({free} free there); everything written "
+            "before is kept: free some space and run the same command again to resume",
+        )
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"  # pragma: no cover
+
+
+def _free_bytes(path: Path) -> int | None:
+    for candidate in (path, *path.parents):
+        with contextlib.suppress(OSError):
+            return shutil.disk_usage(candidate).free
+    return None
+
+
+def _is_disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` or an exception it was raised from/with is an ENOSPC / EDQUOT OSError."""
+    return any(
+        isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in _chain(exc)
+    )
+
+
+def raise_if_disk_full(exc: BaseException, path: Path | str) -> None:
+    """Re-raise a disk-full error (ours, or any ENOSPC in ``exc``'s chain) as `StoreFullError`.
+
+    For callers that otherwise record a failure and go on (the sweep's per-task loop): a full
+    disk fails every later task too, so it must stop the run instead.
+    """
+    if isinstance(exc, StoreFullError):
+        raise exc
+    if _is_disk_full(exc):
+        filename = next(
+            (e.filename for e in _chain(exc) if isinstance(e, OSError) and e.filename), None
+        )
+        where = Path(filename) if filename else Path(path)
+        raise StoreFullError(where, _free_bytes(where)) from exc
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        yield cur
+        cur = cur.__cause__ or cur.__context__
+
+
 def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temp file in the same directory, fsync, then os.replace into ``path``."""
+    """Write via a temp file in the same directory, fsync, then os.replace into ``path``.
+
+    Raises:
+        StoreFullError: the disk is full (the temp file is removed; ``path`` is untouched).
+    """
     tmp = path.with_name(f"{_TMP_PREFIX}{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
     try:
         with open(tmp, "wb") as fh:
@@ -159,10 +252,35 @@ def _atomic_write(path: Path, write: Any) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if not isinstance(exc, StoreFullError) and _is_disk_full(exc):
+            raise StoreFullError(path, _free_bytes(path.parent)) from exc
         raise
+
+
+class _HashingWriter:
+    """A write-only file object that hashes what passes through (numpy then writes in chunks)."""
+
+    def __init__(self, fh: Any):
+        self._fh = fh
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self._fh.write(data)
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+def _file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def _pid_alive(pid: int) -> bool:
@@ -184,6 +302,32 @@ class _Shard:
     layer_pos: dict[int, int]
     n: int
     hidden_size: int
+    sha256: str | None = None  # of the data file; None for format-1 shards
+
+
+def _shard_fault(shard: _Shard) -> str | None:
+    """Why a shard's data file must not be served, or None when it is sound.
+
+    Format 2: the file's sha256 must match the marker's (catches any changed byte). Format 1
+    (no checksum): the header must say float32 of the marker's shape, and every value must be
+    finite; overwritten finite values are not detectable there.
+    """
+    if shard.sha256 is not None:
+        actual = _file_sha256(shard.data)
+        if actual != shard.sha256:
+            return f"sha256 {actual[:12]}... differs from the marker's {shard.sha256[:12]}..."
+        return None
+    try:
+        mm = np.load(shard.data, mmap_mode="r", allow_pickle=False)
+    except ValueError as exc:
+        return f"bad .npy header ({exc})"
+    expected = (len(shard.layers), shard.n, shard.hidden_size)
+    if mm.shape != expected or mm.dtype != np.float32:
+        return f"holds {mm.dtype}{mm.shape}, marker says float32{expected}"
+    for j in range(expected[0]):  # one layer at a time bounds the memory
+        if not np.isfinite(mm[j]).all():
+            return f"NaN/inf values at layer {shard.layers[j]}"
+    return None
 
 
 class EmbeddingStore:
@@ -208,6 +352,8 @@ class EmbeddingStore:
         self._loc: dict[bytes, int | tuple[int, ...]] = {}
         self._hidden_size: int | None = None
         self._scanned = False
+        self._checked: set[int] = set()  # shards verified (or written) by this process
+        self._bad: set[int] = set()  # shards quarantined by this process
 
     # ------------------------------------------------------------------ config
     def _check_config(self) -> None:
@@ -249,20 +395,37 @@ class EmbeddingStore:
             self.cleanup()
 
     def _load_marker(self, marker: Path) -> tuple[_Shard, list[bytes]] | None:
+        data: Path | None = None
         try:
             meta = json.loads(marker.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise ValueError("the marker is not a JSON object")
+            fmt = meta.get("format")
+            if isinstance(fmt, int) and fmt > max(_READABLE_SHARD_FORMATS):
+                # Written by a newer mteb-midlayer: not ours to judge or move.
+                warnings.warn(
+                    f"skipping store shard {marker}: format {fmt} is newer than this version "
+                    f"reads ({max(_READABLE_SHARD_FORMATS)}); upgrade mteb-midlayer",
+                    stacklevel=3,
+                )
+                return None
+            if fmt not in _READABLE_SHARD_FORMATS:
+                raise ValueError(f"unknown format {fmt!r}")
             data = marker.with_name(meta["data"])
             layers = _check_layers(meta["layers"])
             n, hidden = int(meta["n"]), int(meta["hidden_size"])
             hashes = [bytes.fromhex(h) for h in meta["text_hashes"]]
+            sha = meta.get("sha256") if fmt >= 2 else None
+            if fmt >= 2 and not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+                raise ValueError(f"no valid sha256 in a format-{fmt} marker")
             size = data.stat().st_size
-            if meta.get("format") != FORMAT_VERSION or size != int(meta["nbytes"]):
-                raise ValueError(f"format/size mismatch ({size} bytes on disk)")
+            if size != int(meta["nbytes"]):
+                raise ValueError(f"{size} bytes on disk, marker says {meta['nbytes']}")
             if len(hashes) != n or any(len(h) != 32 for h in hashes):
                 raise ValueError(f"{len(hashes)} text hashes for {n} rows")
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            # Cannot come from our atomic writes; skip rather than serve garbage.
-            warnings.warn(f"ignoring unreadable shard {marker}: {exc}", stacklevel=3)
+            # Cannot come from our atomic writes: move it aside rather than serve garbage.
+            self._quarantine(marker, data, str(exc))
             return None
         shard = _Shard(
             data=data,
@@ -272,8 +435,66 @@ class EmbeddingStore:
             layer_pos={layer: i for i, layer in enumerate(layers)},
             n=n,
             hidden_size=hidden,
+            sha256=sha,
         )
         return shard, hashes
+
+    # ------------------------------------------------------------------ integrity
+    def _quarantine(self, marker: Path, data: Path | None, reason: str) -> None:
+        """Move a bad shard to ``<store>/quarantine/`` (same sub-path) and say so."""
+        try:
+            rel = marker.parent.relative_to(self.shards_dir)
+        except ValueError:
+            rel = Path()
+        dest = self.path / _QUARANTINE / rel
+        moved = True
+        try:
+            dest.mkdir(parents=True, exist_ok=True)
+            # Marker first: once it is gone no reader (in any process) indexes the shard.
+            for f in (marker, data):
+                if f is not None:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.replace(f, dest / f.name)
+        except OSError:
+            moved = False
+        where = f"moved to {dest}" if moved else "could not be moved aside; ignored"
+        warnings.warn(
+            f"store shard {data or marker} failed its check ({reason}); {where}; its texts "
+            "count as missing and are encoded again",
+            stacklevel=4,
+        )
+
+    def _verify(self, s: int) -> bool:
+        """Check shard ``s`` once per process before serving it; quarantine it if bad."""
+        if s in self._checked:
+            return True
+        if s in self._bad:
+            return False
+        shard = self._shards[s]
+        try:
+            fault = _shard_fault(shard)
+        except OSError as exc:
+            fault = f"unreadable ({exc})"
+        if fault is None:
+            self._checked.add(s)
+            return True
+        self._bad.add(s)
+        self._quarantine(shard.marker, shard.data, fault)
+        self._forget(s)
+        return False
+
+    def _forget(self, s: int) -> None:
+        """Drop shard ``s`` from the text index (its texts then count as missing)."""
+        loc = self._loc
+        for h, prev in list(loc.items()):
+            packed = (prev,) if isinstance(prev, int) else prev
+            keep = tuple(p for p in packed if p >> _ROW_BITS != s)
+            if len(keep) == len(packed):
+                continue
+            if not keep:
+                del loc[h]
+            else:
+                loc[h] = keep[0] if len(keep) == 1 else keep
 
     def _add(self, shard: _Shard, hashes: list[bytes]) -> None:
         if self._hidden_size is None:
@@ -309,17 +530,20 @@ class EmbeddingStore:
             return None
         for packed in (prev,) if isinstance(prev, int) else prev:
             s = packed >> _ROW_BITS
-            if layer in self._shards[s].layer_pos:
+            if layer in self._shards[s].layer_pos and s not in self._bad:
                 return s, packed & _ROW_MASK
         return None
 
     def _stored_layers(self, h: bytes) -> set[int]:
+        """Layers of ``h`` in shards that pass their check (verified here at first use)."""
         prev = self._loc.get(h)
         if prev is None:
             return set()
         out: set[int] = set()
         for packed in (prev,) if isinstance(prev, int) else prev:
-            out.update(self._shards[packed >> _ROW_BITS].layers)
+            s = packed >> _ROW_BITS
+            if self._verify(s):
+                out.update(self._shards[s].layers)
         return out
 
     # ------------------------------------------------------------------ public API
@@ -332,7 +556,9 @@ class EmbeddingStore:
     def layers(self) -> list[int]:
         """Every layer held by at least one shard (not necessarily for every text)."""
         self._ensure()
-        return sorted({layer for s in self._shards for layer in s.layers})
+        return sorted(
+            {layer for i, s in enumerate(self._shards) if i not in self._bad for layer in s.layers}
+        )
 
     def __len__(self) -> int:
         """Distinct texts stored (for at least one layer)."""
@@ -343,7 +569,8 @@ class EmbeddingStore:
         """Indices of texts lacking any of ``layers``: what a (re)run still has to encode.
 
         Dedupe-aware: only the first occurrence of a repeated text is listed, so encoding
-        ``[texts[i] for i in missing(...)]`` encodes each distinct text once.
+        ``[texts[i] for i in missing(...)]`` encodes each distinct text once. Shards holding
+        these texts are checked here (once per process); texts of a shard that fails are listed.
         """
         wanted = set(_check_layers(layers))
         self.refresh()
@@ -412,14 +639,21 @@ class EmbeddingStore:
         data = directory / f"{shard_id}.npy"
         marker = directory / f"{shard_id}.json"
 
-        _atomic_write(data, lambda fh: np.lib.format.write_array(fh, arr, allow_pickle=False))
+        hashing: list[_HashingWriter] = []
+
+        def write_data(fh: Any) -> None:
+            hashing.append(_HashingWriter(fh))
+            np.lib.format.write_array(hashing[-1], arr, allow_pickle=False)
+
+        _atomic_write(data, write_data)
         hashes = [_text_digest(t) for t in texts]
         meta = {
-            "format": FORMAT_VERSION,
+            "format": SHARD_FORMAT,
             "shard": shard_id,
             "namespace": list(parts),
             "data": data.name,
             "nbytes": data.stat().st_size,
+            "sha256": hashing[-1].sha256.hexdigest(),
             "dtype": "float32",
             "layers": list(layer_t),
             "n": len(texts),
@@ -443,9 +677,11 @@ class EmbeddingStore:
                 layer_pos={layer: i for i, layer in enumerate(layer_t)},
                 n=len(texts),
                 hidden_size=hidden,
+                sha256=meta["sha256"],
             ),
             hashes,
         )
+        self._checked.add(len(self._shards) - 1)  # just written from memory
         return data
 
     def read(self, texts: Sequence[str], layer: int, dim: int | None = None) -> np.ndarray:
@@ -465,6 +701,13 @@ class EmbeddingStore:
         if any(loc is None for loc in locs):
             self.refresh()
             locs = [loc or self._locate(h, layer) for loc, h in zip(locs, hashes, strict=True)]
+        used = {loc[0] for loc in locs if loc is not None}
+        bad = {s for s in used if not self._verify(s)}
+        if bad:  # quarantined just now: another shard may hold some of these texts
+            locs = [
+                self._locate(h, layer) if loc is None or loc[0] in bad else loc
+                for loc, h in zip(locs, hashes, strict=True)
+            ]
         absent = [i for i, loc in enumerate(locs) if loc is None]
         if absent:
             example = texts[absent[0]]
@@ -515,8 +758,11 @@ class EmbeddingStore:
         now = time.time()
         host = _host()
         removed = []
+        quarantine = self.path / _QUARANTINE
         for d, name in list(self._iter_files(self.path)):
             path = d / name
+            if d == quarantine or quarantine in d.parents:
+                continue  # kept for the user to inspect
             try:
                 age = now - path.stat().st_mtime
             except OSError:

@@ -27,6 +27,7 @@ from .layers import resolve_layers
 from .model import LayerModel
 from .pooling import check_pooling
 from .replay import EmbeddingSource, StoreEncoder
+from .store import raise_if_disk_full
 from .tables import layer_results, layer_table
 
 logger = logging.getLogger(__name__)
@@ -83,7 +84,10 @@ def select_tasks(
             names = local_task_names(data_dir)
             if not names:
                 raise ValueError(f"{data_dir} holds no folder named after an mteb task.")
-            return [local_task(english_only(mteb.get_task(n)), data_dir / n) for n in names]
+            return [
+                local_task(english_only(mteb.get_task(n)), data_dir / n, defer_errors=True)
+                for n in names
+            ]
         else:
             benchmark = LAYER_BY_LAYER_32
     resolved = (
@@ -221,6 +225,7 @@ def run_plan(
                 try:
                     task.load_data()
                 except Exception as exc:
+                    raise_if_disk_full(exc, output)  # stops the run: every later task would fail
                     if raise_error:
                         raise
                     plan.failures[task_name] = f"{type(exc).__name__}: {exc}"
@@ -246,6 +251,7 @@ def run_plan(
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:
+                    raise_if_disk_full(exc, output)  # stops the run: every later task would fail
                     if raise_error:
                         raise
                     reason = f"{type(exc).__name__}: {exc}"

