@@ -15,6 +15,7 @@ from mteb.models.model_meta import ScoringFunction
 from .layers import resolve_layer
 from .model import LayerModel, check_texts, dtype_name
 from .pooling import check_pooling
+from .spec import ModelSpec, prompts_hash
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -43,15 +44,40 @@ def slice_and_normalize(x: torch.Tensor | np.ndarray, dim: int, normalize: bool)
     return arr
 
 
-def experiment_kwargs(layer: int, dim: int, pooling: str, normalize: bool) -> dict[str, Any]:
-    """What tells one slice of a model from another in mteb's result folders."""
-    return {"layer": layer, "dim": dim, "pooling": pooling, "normalize": normalize}
+def experiment_kwargs(
+    layer: int,
+    dim: int,
+    pooling: str,
+    normalize: bool,
+    max_length: int | None = None,
+    dtype: str | None = None,
+    prompts: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What tells one slice of a model from another in mteb's result folders.
+
+    Short values only (mteb hashes folder names over 200 characters): the prompts go in as an
+    8-hex hash; the model's weights are in the revision folder above; the task data's
+    fingerprint is in the run identity beside each result (`results.py`).
+    """
+    out: dict[str, Any] = {"layer": layer, "dim": dim, "pooling": pooling, "normalize": normalize}
+    if max_length is not None:
+        out |= {"max_length": max_length, "dtype": dtype, "prompts": prompts_hash(prompts)}
+    return out
 
 
 def slice_meta(
-    lm: LayerModel, layer: int, dim: int, pooling: str, normalize: bool, loader: Any = None
+    lm: LayerModel,
+    layer: int,
+    dim: int,
+    pooling: str,
+    normalize: bool,
+    loader: Any = None,
+    prompts: dict[str, str] | None = None,
 ) -> ModelMeta:
     """`ModelMeta` of the underlying model, with the slice in `experiment_kwargs`."""
+    kwargs = experiment_kwargs(
+        layer, dim, pooling, normalize, lm.max_length, dtype_name(lm.dtype), prompts
+    )
     return ModelMeta.create_empty(
         overwrites=dict(
             name=lm.name,
@@ -64,7 +90,7 @@ def slice_meta(
             framework=["PyTorch"],
             use_instructions=bool(lm.prompts),
             open_weights=True,
-            experiment_kwargs=experiment_kwargs(layer, dim, pooling, normalize),
+            experiment_kwargs=kwargs,
         )
     )
 
@@ -90,6 +116,9 @@ def prompted_texts(
 class LayerEncoder(AbsEncoder):
     """Embed texts with the hidden state of one layer of `model`.
 
+    Model options come as a `ModelSpec` (`spec=`) or as the keywords below, never both
+    contradicting (`SpecConflictError`); an already loaded `LayerModel` is shared as is.
+
     `layer`: 0 = embedding output, L = last block, negatives count from the end.
     `dim`: keep the first `dim` coordinates (2D Matryoshka).
     `pooling`: mean | cls | last | max; `None` takes the model's own (sentence-transformers
@@ -101,8 +130,9 @@ class LayerEncoder(AbsEncoder):
 
     def __init__(
         self,
-        model: str | Path | Any,
+        model: str | Path | Any = None,
         *,
+        spec: ModelSpec | None = None,
         layer: int = -1,
         dim: int | None = None,
         pooling: str | None = None,
@@ -123,6 +153,7 @@ class LayerEncoder(AbsEncoder):
         lm = LayerModel.coerce(
             model,
             tokenizer,
+            spec=spec,
             name=name,
             revision=revision,
             device=device,
@@ -134,12 +165,14 @@ class LayerEncoder(AbsEncoder):
         self.model = lm.model
         self.layer = resolve_layer(layer, lm.n_layers)
         self.dim = resolve_dim(dim, lm.hidden_size)
-        self.pooling = pooling or lm.default_pooling
+        self.pooling = pooling or (spec and spec.pooling) or lm.default_pooling
         self.normalize = lm.default_normalize if normalize is None else bool(normalize)
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.model_prompts = self.validate_task_to_prompt_name(model_prompts or lm.prompts)
-        self.mteb_model_meta = slice_meta(lm, self.layer, self.dim, self.pooling, self.normalize)
+        self.mteb_model_meta = slice_meta(
+            lm, self.layer, self.dim, self.pooling, self.normalize, prompts=self.model_prompts
+        )
 
     @property
     def store_config(self) -> dict[str, Any]:
