@@ -63,17 +63,21 @@ def parse_dims(dims: Sequence[int] | str | None, hidden_size: int) -> list[int]:
 
 
 def select_tasks(
-    tasks: Sequence[Any] | None, benchmark: str | None, data_dir: Path | str | None
+    tasks: Sequence[Any] | None,
+    benchmark: str | None,
+    data_dir: Path | str | None,
+    failures: dict[str, str] | None = None,
 ) -> list[Any]:
     """mteb task objects from names, task objects, or a benchmark; local data swapped in.
 
     With neither tasks nor benchmark: every task that has a folder in `data_dir`, restricted to
     its English subsets as in the paper's benchmark (the tables average nothing else), else the
-    paper's `layer-by-layer-32`. Local folders are checked when each task loads, so one bad
-    folder fails its task (with file and line), not the whole run.
+    paper's `layer-by-layer-32`. Given `failures`, a task whose folder does not fit it (e.g. its
+    split file is missing) is recorded there (name -> reason, naming the file) and left out, so
+    the other tasks still run; without it, the `LocalDataError` is raised.
     """
     from .tasks.benchmark import LAYER_BY_LAYER_32, english_only, resolve_tasks
-    from .tasks.local import local_task
+    from .tasks.local import LocalDataError
 
     data_dir = Path(data_dir) if data_dir else None
     if isinstance(tasks, str):
@@ -85,15 +89,39 @@ def select_tasks(
             names = local_task_names(data_dir)
             if not names:
                 raise ValueError(f"{data_dir} holds no folder named after an mteb task.")
-            return [local_task(english_only(mteb.get_task(n)), data_dir / n) for n in names]
+            found = [english_only(mteb.get_task(n)) for n in names]
+            return _localize(found, data_dir, failures)
         else:
             benchmark = LAYER_BY_LAYER_32
-    resolved = (
-        resolve_tasks(names or None, benchmark, data_dir, validate=False)
-        if names or benchmark
-        else []
-    )
+    if not names and not benchmark:
+        return objects
+    try:
+        resolved = resolve_tasks(names or None, benchmark, data_dir, validate=False)
+    except LocalDataError:
+        if failures is None or data_dir is None:
+            raise
+        resolved = _localize(resolve_tasks(names or None, benchmark, None), data_dir, failures)
     return objects + resolved
+
+
+def _localize(tasks: Sequence[Any], data_dir: Path, failures: dict[str, str] | None) -> list[Any]:
+    """Each task with a folder in `data_dir` reads it; one that does not fit fails alone."""
+    from .tasks.local import LocalDataError, local_task
+
+    out = []
+    for task in tasks:
+        folder = data_dir / task.metadata.name
+        if not folder.is_dir():
+            out.append(task)
+            continue
+        try:
+            out.append(local_task(task, folder))
+        except LocalDataError as exc:
+            if failures is None:
+                raise
+            failures[task.metadata.name] = f"{type(exc).__name__}: {exc}"
+            logger.error("Task %s cannot run: %s", task.metadata.name, exc)
+    return out
 
 
 def local_task_names(data_dir: Path) -> list[str]:
@@ -162,13 +190,15 @@ def sweep(
     )
     pooling = check_pooling(pooling or (spec and spec.pooling) or lm.default_pooling)
     normalize = lm.default_normalize if normalize is None else bool(normalize)
-    task_objects = select_tasks(tasks, benchmark, data_dir)
+    failures: dict[str, str] = {}
+    task_objects = select_tasks(tasks, benchmark, data_dir, failures)
     plan = SweepPlan(
         layers=resolve_layers(layers, lm.n_layers),
         dims=parse_dims(dims, lm.hidden_size),
         pooling=pooling,
         normalize=normalize,
         tasks=list(task_objects),
+        failures=failures,
     )
     output = Path(output)
     if output.exists() and not output.is_dir():
