@@ -2,7 +2,7 @@
 
 mteb writes each slice's `TaskResult` to `<model>/<revision>/experiments/<slice>/<Task>.json`.
 Here: `AtomicResultCache` makes that write a temp file + rename (a kill never leaves a torn or
-0-byte result), and writes beside it a *run identity* (`identity/<Task>.json`): what the folder
+0-byte result), and writes beside it a *run identity* (`identity/<Task>.identity.json`): what the folder
 path does not already say (the task data's fingerprint, the prompts, the model's full spec).
 `unfinished_reason` says why an existing result must be recomputed (unreadable, wrong task,
 missing split or subset, a NaN score, another identity), or `None` when it stands.
@@ -43,7 +43,7 @@ def write_atomic(path: Path, text: str) -> None:
 def identity_path(result_path: Path) -> Path:
     """Where the run identity of a result file lives (not `*.json` of the slice folder, so
     mteb's own reader never takes it for a result)."""
-    return result_path.parent / IDENTITY_FOLDER / result_path.name
+    return result_path.parent / IDENTITY_FOLDER / f"{result_path.stem}.identity.json"
 
 
 def task_fingerprint(task: Any) -> str:
