@@ -36,7 +36,7 @@ def test_bad_fields_fail_at_construction(kwargs, message):
 
 
 def test_from_dict_names_unknown_fields():
-    with pytest.raises(ValueError, match="Unknown ModelSpec field.*final_layer"):
+    with pytest.raises(ValueError, match=r"Unknown ModelSpec field.*final_layer"):
         ModelSpec.from_dict({"source": "minilm", "final_layer": 3})
 
 
@@ -44,7 +44,7 @@ def test_keywords_merge_into_a_spec_and_conflicts_are_named():
     spec = ModelSpec(source="minilm", max_length=128)
     assert merge_spec(spec, dtype="fp32").dtype == "float32"
     assert merge_spec(spec, max_length=128) == spec
-    with pytest.raises(SpecConflictError, match="max_length=64 conflicts with .*max_length=128"):
+    with pytest.raises(SpecConflictError, match=r"max_length=64 conflicts with .*max_length=128"):
         merge_spec(spec, max_length=64)
 
 
