@@ -13,7 +13,7 @@ from mteb.models.abs_encoder import AbsEncoder, get_prompt
 from mteb.models.model_meta import ScoringFunction
 
 from .layers import resolve_layer
-from .model import LayerModel, check_texts, dtype_name
+from .model import LayerModel, check_texts, dtype_name, warn_constant_pooling
 from .pooling import check_pooling
 from .spec import ModelSpec, prompts_hash
 
@@ -167,6 +167,7 @@ class LayerEncoder(AbsEncoder):
         self.dim = resolve_dim(dim, lm.hidden_size)
         self.pooling = pooling or (spec and spec.pooling) or lm.default_pooling
         self.normalize = lm.default_normalize if normalize is None else bool(normalize)
+        warn_constant_pooling(lm, self.pooling)
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.model_prompts = self.validate_task_to_prompt_name(model_prompts or lm.prompts)

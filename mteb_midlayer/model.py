@@ -427,6 +427,19 @@ class LayerModel:
 
 
 # ---------------------------------------------------------------------- helpers
+def warn_constant_pooling(lm: LayerModel, pooling: str) -> None:
+    """`cls` on a causal decoder pools the first token, which sees nothing after it: every text
+    gets the same vector (BOS) at every layer. Allowed, but said."""
+    model_type = getattr(getattr(lm.model, "config", None), "model_type", "")
+    if pooling == "cls" and model_type not in ENCODER_TYPES:
+        logger.warning(
+            "cls pooling on the decoder %s (%s) pools the first token, which attends to no "
+            "other token: every text gets the same vector; use mean or last.",
+            lm.name,
+            model_type,
+        )
+
+
 def _forward_params(model: nn.Module) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
 

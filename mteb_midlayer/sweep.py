@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from .encoder import resolve_dim
 from .layers import resolve_layers
-from .model import LayerModel, dtype_name
+from .model import LayerModel, dtype_name, warn_constant_pooling
 from .pooling import check_pooling
 from .replay import EmbeddingSource, StoreEncoder
 from .results import AtomicResultCache, task_fingerprint, unfinished_reason
@@ -189,6 +189,7 @@ def sweep(
         trust_remote_code=trust_remote_code,
     )
     pooling = check_pooling(pooling or (spec and spec.pooling) or lm.default_pooling)
+    warn_constant_pooling(lm, pooling)
     normalize = lm.default_normalize if normalize is None else bool(normalize)
     failures: dict[str, str] = {}
     task_objects = select_tasks(tasks, benchmark, data_dir, failures)

@@ -76,3 +76,14 @@ def test_layer_encoder_takes_a_spec(minilm_path):
         "max_length": 32, "dtype": "float32", "prompts": "none",
     }  # fmt: skip
     assert len(enc.mteb_model_meta.experiment_name) < 120  # readable, never hashed by mteb
+
+
+def test_cls_pooling_on_a_decoder_is_warned(caplog):
+    lm = LayerModel.load(tiny_model("gpt2", 2), tiny_tokenizer(), device="cpu")
+    with caplog.at_level("WARNING", logger="mteb_midlayer.model"):
+        LayerEncoder(lm, pooling="cls")
+    assert "pools the first token" in caplog.text and "gpt2" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="mteb_midlayer.model"):
+        LayerEncoder(lm, pooling="mean")
+    assert not caplog.text

@@ -24,7 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..layers import resolve_layers
-from ..model import LayerModel
+from ..model import LayerModel, warn_constant_pooling
 from ..pooling import check_pooling
 from ..results import task_fingerprint
 from ..spec import ModelSpec
@@ -295,6 +295,7 @@ def layer_metrics(
         trust_remote_code=trust_remote_code,
     )
     pooling = check_pooling(pooling or (spec and spec.pooling) or lm.default_pooling)
+    warn_constant_pooling(lm, pooling)
     layer_list = resolve_layers(layers, lm.n_layers)
     failures: dict[str, str] = {}
     task_objects = select_tasks(tasks, benchmark, data_dir, failures)
