@@ -74,17 +74,16 @@ def slice_meta(
     loader: Any = None,
     prompts: dict[str, str] | None = None,
 ) -> ModelMeta:
-    """`ModelMeta` of the underlying model, with the slice in `experiment_kwargs`."""
-    kwargs = experiment_kwargs(
-        layer, dim, pooling, normalize, lm.max_length, dtype_name(lm.dtype), prompts
-    )
+    """`ModelMeta` of the model's resolved spec, with the slice in `experiment_kwargs`."""
+    spec = lm.current_spec()
+    kwargs = experiment_kwargs(layer, dim, pooling, normalize, spec.max_length, spec.dtype, prompts)
     return ModelMeta.create_empty(
         overwrites=dict(
-            name=lm.name,
-            revision=lm.revision or "no_revision_available",
+            name=spec.name,
+            revision=spec.revision or "no_revision_available",
             loader=loader,
             n_parameters=lm.n_parameters,
-            max_tokens=lm.max_length,
+            max_tokens=spec.max_length,
             embed_dim=dim,
             similarity_fn_name=ScoringFunction.COSINE,
             framework=["PyTorch"],

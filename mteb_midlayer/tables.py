@@ -69,6 +69,8 @@ def scan_results(
     from .tasks.benchmark import task_main_score
 
     root = Path(output)
+    if root.is_file():
+        raise ResultsFolderError(f"{root} is a file; name the results folder (sweep --output).")
     if not root.is_dir():
         raise ResultsFolderError(f"No results folder at {root}.")
     rows, problems = [], []

@@ -150,3 +150,29 @@ def test_a_task_missing_its_split_file_fails_alone(shared_data, tmp_path):
     assert set(table.attrs["failures"]) == {"STS12"}
     assert "test.jsonl" in table.attrs["failures"]["STS12"]
     assert math.isfinite(table.loc[2, "BIOSSES"])
+
+
+def test_a_kill_while_mteb_writes_leaves_no_result_that_counts(biosses, tmp_path, monkeypatch):
+    """mteb's own write is cut half-way (as by kill -9): no `BIOSSES.json` appears, and the
+    next sweep and table run as if the slice had never been scored."""
+    from mteb.results import TaskResult
+
+    from mteb_midlayer.tables import scan_results
+
+    folder = save_tiny(tmp_path / "model", seed=1)
+    out = tmp_path / "out"
+    real = TaskResult.to_disk
+
+    def torn(self, path):
+        path.write_text('{"dataset_revision": "abc", "task_na')
+        raise OSError("killed mid-write")
+
+    monkeypatch.setattr(TaskResult, "to_disk", torn)
+    failed = run(str(folder), out, biosses)
+    assert "killed mid-write" in failed.attrs["failures"]["BIOSSES"]
+    assert result_files(out) == []
+    assert scan_results(out).problems == []
+    monkeypatch.setattr(TaskResult, "to_disk", real)
+    again = run(str(folder), out, biosses)
+    assert again.attrs["failures"] == {} and again.attrs["n_encoded"] == 0
+    assert len(result_files(out)) == 1 and math.isfinite(again.loc[2, "BIOSSES"])
