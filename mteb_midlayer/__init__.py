@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from .encoder import LayerEncoder
 from .metrics.driver import layer_metrics
 from .model import LayerModel
+from .spec import ModelSpec
 from .sweep import sweep
 from .tables import layer_results, layer_table
 from .tasks.benchmark import get_benchmark
@@ -19,6 +20,7 @@ from .tasks.benchmark import get_benchmark
 __all__ = [
     "LayerEncoder",
     "LayerModel",
+    "ModelSpec",
     "get_benchmark",
     "layer_metrics",
     "layer_results",

@@ -22,12 +22,33 @@ import pandas as pd
 
 from .metrics.driver import METRICS
 from .model import EMBEDDED_ALIAS
+from .pooling import POOLINGS
+from .spec import ModelSpec
 
 
 def _split(value: str | None) -> list[str] | None:
     if value is None:
         return None
     return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def _positive_int(value: str) -> int:
+    """argparse type: an int >= 1 (refused at parse time, not deep inside mteb)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def _output_folder(value: str) -> Path:
+    """argparse type: a folder to write into; an existing file is refused."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a file; name a folder for the results")
+    return path
 
 
 def _add_model_options(p: argparse.ArgumentParser) -> None:
@@ -38,15 +59,15 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="model revision (Hub commit) or a label for a local model")
     p.add_argument(
         "--pooling",
-        choices=["mean", "cls", "last", "max"],
+        choices=list(POOLINGS),
         help="default: the model's own, else mean",
     )
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--device", help="cuda, cuda:1, cpu... (default: cuda when present)")
     p.add_argument(
         "--dtype", help="float32, bfloat16, float16 (default: bf16 on capable GPUs, else fp32)"
     )
-    p.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
+    p.add_argument("--max-length", type=_positive_int, help="truncate texts to this many tokens")
     p.add_argument(
         "--trust-remote-code",
         action="store_true",
@@ -60,7 +81,7 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", type=Path, help="offline task data: DIR/<TaskName>/ (see README)")
     p.add_argument(
         "--output",
-        type=Path,
+        type=_output_folder,
         default=Path("results"),
         help="results folder (an mteb ResultCache root)",
     )
@@ -135,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--csv",
         type=Path,
         help="also write the tables here, as one CSV keyed by model, revision, pooling, "
-        "normalize and layer",
+        "normalize, max_length, dtype, prompts and layer",
     )
 
     _add_leaderboard_parser(sub)
@@ -157,18 +178,13 @@ def _print_table(table: pd.DataFrame) -> None:
             print(f"incomplete: {line}")
 
 
-def _common(args: argparse.Namespace) -> dict:
-    """The model and task options that `sweep` and `metrics` share."""
-    return dict(
-        tasks=_split(args.tasks),
-        benchmark=args.benchmark,
-        data_dir=args.data_dir,
-        output=args.output,
-        layers=args.layers,
-        pooling=args.pooling,
+def model_spec(args: argparse.Namespace) -> ModelSpec:
+    """The one model spec of a command line, built (and validated) once."""
+    return ModelSpec(
+        source=args.model,
         name=args.name,
         revision=args.revision,
-        batch_size=args.batch_size,
+        pooling=args.pooling,
         device=args.device,
         dtype=args.dtype,
         max_length=args.max_length,
@@ -176,11 +192,30 @@ def _common(args: argparse.Namespace) -> dict:
     )
 
 
+def _common(args: argparse.Namespace) -> dict:
+    """The model and task options that `sweep` and `metrics` share."""
+    return dict(
+        spec=model_spec(args),
+        tasks=_split(args.tasks),
+        benchmark=args.benchmark,
+        data_dir=args.data_dir,
+        output=args.output,
+        layers=args.layers,
+        batch_size=args.batch_size,
+    )
+
+
+def _print_failures(failures: dict[str, str]) -> int:
+    """One line per failed task on stderr; the exit code (1 if any failed)."""
+    for task, reason in failures.items():
+        print(f"FAILED {task}: {reason}", file=sys.stderr)
+    return 1 if failures else 0
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .sweep import sweep
 
     table = sweep(
-        args.model,
         **_common(args),
         dims=args.dims,
         normalize=args.normalize,
@@ -189,17 +224,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     _print_table(table)
     print(f"\nEncoded {table.attrs.get('n_encoded', 0)} new texts; the rest came from the store.")
     print(f"Results: {args.output} (mteb.ResultCache({str(args.output)!r}) reads them)")
-    failures = table.attrs.get("failures") or {}
-    for task, reason in failures.items():
-        print(f"FAILED {task}: {reason}", file=sys.stderr)
-    return 1 if failures else 0
+    return _print_failures(table.attrs.get("failures") or {})
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from .metrics.driver import layer_metrics
 
     df = layer_metrics(
-        args.model,
         **_common(args),
         texts=args.texts,
         n=args.n,
@@ -212,7 +243,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     wide = df.pivot_table(index=["dataset", "metric", "variant"], columns="layer", values="value")
     _print_table(wide)
     print(f"\nRows: {args.output / 'metrics'} (pd.read_parquet reads the folder)")
-    return 0
+    return _print_failures(df.attrs.get("failures") or {})
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:
@@ -233,17 +264,24 @@ def cmd_mirror(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from .tables import layer_results, layer_table
+    from .tables import layer_table, scan_results
 
-    long = layer_results(args.output, model=args.model)
+    scan = scan_results(args.output, model=args.model)
+    for line in scan.problems:
+        print(f"warning: {line}", file=sys.stderr)
+    long = scan.frame
     if long.empty:
         print(f"No layer results under {args.output}.", file=sys.stderr)
         return 1
-    keys = ["model", "revision", "pooling", "normalize"]
+    keys = ["model", "revision", "pooling", "normalize", "max_length", "dtype", "prompts"]
+    long = long.fillna({"max_length": 0, "dtype": "", "prompts": ""})
     tables = {}
     for key, group in long.groupby(keys):
-        model, revision, pooling, normalize = key
-        print(f"\n{model} @ {revision}  pooling={pooling} normalize={normalize}")
+        model, revision, pooling, normalize, max_length, dtype, prompts = key
+        print(
+            f"\n{model} @ {revision}  pooling={pooling} normalize={normalize} "
+            f"max_length={max_length} dtype={dtype} prompts={prompts}"
+        )
         tables[key] = layer_table(group)
         _print_table(tables[key])
     if args.csv:

@@ -13,8 +13,9 @@ from mteb.models.abs_encoder import AbsEncoder, get_prompt
 from mteb.models.model_meta import ScoringFunction
 
 from .layers import resolve_layer
-from .model import LayerModel, check_texts, dtype_name
+from .model import LayerModel, check_texts, dtype_name, warn_constant_pooling
 from .pooling import check_pooling
+from .spec import ModelSpec, prompts_hash
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -43,28 +44,52 @@ def slice_and_normalize(x: torch.Tensor | np.ndarray, dim: int, normalize: bool)
     return arr
 
 
-def experiment_kwargs(layer: int, dim: int, pooling: str, normalize: bool) -> dict[str, Any]:
-    """What tells one slice of a model from another in mteb's result folders."""
-    return {"layer": layer, "dim": dim, "pooling": pooling, "normalize": normalize}
+def experiment_kwargs(
+    layer: int,
+    dim: int,
+    pooling: str,
+    normalize: bool,
+    max_length: int | None = None,
+    dtype: str | None = None,
+    prompts: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """What tells one slice of a model from another in mteb's result folders.
+
+    Short values only (mteb hashes folder names over 200 characters): the prompts go in as an
+    8-hex hash; the model's weights are in the revision folder above; the task data's
+    fingerprint is in the run identity beside each result (`results.py`).
+    """
+    out: dict[str, Any] = {"layer": layer, "dim": dim, "pooling": pooling, "normalize": normalize}
+    if max_length is not None:
+        out |= {"max_length": max_length, "dtype": dtype, "prompts": prompts_hash(prompts)}
+    return out
 
 
 def slice_meta(
-    lm: LayerModel, layer: int, dim: int, pooling: str, normalize: bool, loader: Any = None
+    lm: LayerModel,
+    layer: int,
+    dim: int,
+    pooling: str,
+    normalize: bool,
+    loader: Any = None,
+    prompts: dict[str, str] | None = None,
 ) -> ModelMeta:
-    """`ModelMeta` of the underlying model, with the slice in `experiment_kwargs`."""
+    """`ModelMeta` of the model's resolved spec, with the slice in `experiment_kwargs`."""
+    spec = lm.current_spec()
+    kwargs = experiment_kwargs(layer, dim, pooling, normalize, spec.max_length, spec.dtype, prompts)
     return ModelMeta.create_empty(
         overwrites=dict(
-            name=lm.name,
-            revision=lm.revision or "no_revision_available",
+            name=spec.name,
+            revision=spec.revision or "no_revision_available",
             loader=loader,
             n_parameters=lm.n_parameters,
-            max_tokens=lm.max_length,
+            max_tokens=spec.max_length,
             embed_dim=dim,
             similarity_fn_name=ScoringFunction.COSINE,
             framework=["PyTorch"],
             use_instructions=bool(lm.prompts),
             open_weights=True,
-            experiment_kwargs=experiment_kwargs(layer, dim, pooling, normalize),
+            experiment_kwargs=kwargs,
         )
     )
 
@@ -90,6 +115,9 @@ def prompted_texts(
 class LayerEncoder(AbsEncoder):
     """Embed texts with the hidden state of one layer of `model`.
 
+    Model options come as a `ModelSpec` (`spec=`) or as the keywords below, never both
+    contradicting (`SpecConflictError`); an already loaded `LayerModel` is shared as is.
+
     `layer`: 0 = embedding output, L = last block, negatives count from the end.
     `dim`: keep the first `dim` coordinates (2D Matryoshka).
     `pooling`: mean | cls | last | max; `None` takes the model's own (sentence-transformers
@@ -101,8 +129,9 @@ class LayerEncoder(AbsEncoder):
 
     def __init__(
         self,
-        model: str | Path | Any,
+        model: str | Path | Any = None,
         *,
+        spec: ModelSpec | None = None,
         layer: int = -1,
         dim: int | None = None,
         pooling: str | None = None,
@@ -123,6 +152,7 @@ class LayerEncoder(AbsEncoder):
         lm = LayerModel.coerce(
             model,
             tokenizer,
+            spec=spec,
             name=name,
             revision=revision,
             device=device,
@@ -134,12 +164,15 @@ class LayerEncoder(AbsEncoder):
         self.model = lm.model
         self.layer = resolve_layer(layer, lm.n_layers)
         self.dim = resolve_dim(dim, lm.hidden_size)
-        self.pooling = pooling or lm.default_pooling
+        self.pooling = pooling or (spec and spec.pooling) or lm.default_pooling
         self.normalize = lm.default_normalize if normalize is None else bool(normalize)
+        warn_constant_pooling(lm, self.pooling)
         self.batch_size = batch_size
         self.show_progress = show_progress
         self.model_prompts = self.validate_task_to_prompt_name(model_prompts or lm.prompts)
-        self.mteb_model_meta = slice_meta(lm, self.layer, self.dim, self.pooling, self.normalize)
+        self.mteb_model_meta = slice_meta(
+            lm, self.layer, self.dim, self.pooling, self.normalize, prompts=self.model_prompts
+        )
 
     @property
     def store_config(self) -> dict[str, Any]:

@@ -4,7 +4,9 @@ Convention (see ../shared/design/METRICS.md, final-norm note): `hidden_states[0]
 embedding output, `hidden_states[l]` for `0 < l < L` is the raw output of block `l` (the
 residual stream, no final norm), and `hidden_states[L]` is the model's own last hidden state
 (final norm applied where the architecture has one). This is exactly what a
-`transformers` model returns with `output_hidden_states=True`.
+`transformers` model returns with `output_hidden_states=True`, except Mamba: transformers' Mamba
+tuple omits the embedding output and lists the last block twice (raw, then normed); we number
+Mamba like every other family (0 = embeddings, L = normed last block).
 
 How: the input of block `l` *is* `hidden_states[l]`. A forward pre-hook on block `l` catches
 it and stops the forward pass by raising, so only blocks `0..l-1` run. Layer `L` needs the

@@ -8,6 +8,8 @@ layer on the device. Everything above it (single-layer encoder, sweep, metrics) 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import inspect
 import logging
 from collections.abc import Iterator, Sequence
@@ -20,7 +22,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .layers import base_model, find_blocks, run_layers
-from .pooling import check_pooling, pool
+from .pooling import ST_POOLING, check_pooling, pool
+from .spec import ModelSpec, SpecConflictError, merge_spec
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,6 @@ ENCODER_TYPES = frozenset(
         "ernie",
     }
 )
-_ST_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "lasttoken": "last"}
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -147,52 +149,86 @@ class LayerModel:
     default_normalize: bool = False
     prompts: dict[str, str] | None = None
     n_parameters: int | None = None
+    #: The resolved spec this model was loaded from (see `current_spec`).
+    spec: ModelSpec | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
     def load(
         cls,
-        model: str | Path | nn.Module | Any,
+        model: str | Path | nn.Module | Any = None,
         tokenizer: Any = None,
         *,
+        spec: ModelSpec | None = None,
         name: str | None = None,
         revision: str | None = None,
         device: str | None = None,
         dtype: str | torch.dtype | None = None,
         max_length: int | None = None,
         trust_remote_code: bool = False,
+        prompts: dict[str, str] | None = None,
+        pooling: str | None = None,
     ) -> LayerModel:
-        """Load from a Hub id / local path, a `transformers` model, or a `SentenceTransformer`."""
-        device = device or default_device()
-        torch_dtype = resolve_dtype(dtype, device)
+        """Load from a Hub id / local path, a `transformers` model, or a `SentenceTransformer`.
+
+        Options come as a `ModelSpec` or as keywords (a keyword that contradicts the spec is a
+        `SpecConflictError`). The loaded model keeps the resolved spec in `.spec`.
+        """
+        if model is None and spec is not None and spec.source is not None:
+            model = spec.source
+        source = str(model) if isinstance(model, (str, Path)) else None
+        if spec is not None and None not in (spec.source, source) and spec.source != source:
+            raise SpecConflictError("source", source, spec.source)
+        spec = merge_spec(
+            spec,
+            source=source,
+            name=name,
+            revision=revision,
+            device=device,
+            dtype=dtype_name(dtype) if isinstance(dtype, torch.dtype) else dtype,
+            max_length=max_length,
+            trust_remote_code=trust_remote_code,
+            prompts=prompts,
+            pooling=pooling,
+        )
+        device = spec.device or default_device()
+        torch_dtype = resolve_dtype(spec.dtype, device)
+        name, revision = spec.name, spec.revision
         st_defaults: dict[str, Any] = {}
-        if isinstance(model, (str, Path)):
-            source, default_revision = resolve_source(model)
+        if spec.source is not None:
+            path, default_revision = resolve_source(spec.source)
+            check_source(path)
+            local = Path(path).exists()
             # A revision selects a Hub commit; for a local folder it is only a label.
-            hub_revision = None if Path(source).exists() else revision
-            if _is_sentence_transformer(source, hub_revision):
+            hub_revision = None if local else revision
+            trust = spec.trust_remote_code
+            if _is_sentence_transformer(path, hub_revision):
                 from sentence_transformers import SentenceTransformer
 
                 st = SentenceTransformer(
-                    source, device="cpu", revision=hub_revision, trust_remote_code=trust_remote_code
+                    path, device="cpu", revision=hub_revision, trust_remote_code=trust
                 )
-                net, tok, st_defaults = _unpack_sentence_transformer(st)
+                net, tok, st_defaults = _unpack_sentence_transformer(st, spec.pooling)
             else:
                 from transformers import AutoModel, AutoTokenizer
 
-                net = AutoModel.from_pretrained(
-                    source,
-                    revision=hub_revision,
-                    dtype=torch_dtype,
-                    trust_remote_code=trust_remote_code,
-                )
-                tok = tokenizer or AutoTokenizer.from_pretrained(
-                    source, revision=hub_revision, trust_remote_code=trust_remote_code
-                )
-            name = name or _name_from_source(source, net)
-            revision = revision or default_revision
+                with _hub_errors(path):
+                    net = AutoModel.from_pretrained(
+                        path, revision=hub_revision, dtype=torch_dtype, trust_remote_code=trust
+                    )
+                    tok = tokenizer or AutoTokenizer.from_pretrained(
+                        path, revision=hub_revision, trust_remote_code=trust
+                    )
+            name = name or _name_from_source(path, net)
+            if default_revision is not None:
+                revision = revision or default_revision
+            elif local:
+                # Same-named folders (runA/checkpoint-100, runB/checkpoint-100) and a folder
+                # changed in place get different revisions, so never share results.
+                fingerprint = f"local-{folder_fingerprint(path)}"
+                revision = f"{revision}-{fingerprint}" if revision else fingerprint
         elif _looks_like_sentence_transformer(model):
-            net, tok, st_defaults = _unpack_sentence_transformer(model)
+            net, tok, st_defaults = _unpack_sentence_transformer(model, spec.pooling)
             name = name or _name_from_config(net) or "local/sentence-transformer"
         elif isinstance(model, nn.Module):
             if tokenizer is None:
@@ -215,30 +251,87 @@ class LayerModel:
             name = f"local/{name}"
         if revision is None:
             revision = getattr(net.config, "_commit_hash", None)
+        if revision is None:  # an in-memory model: its weights are its identity
+            revision = f"weights-{module_fingerprint(net)}"
         _prepare_tokenizer(tok)
         limit = _model_max_length(net, tok)
-        if max_length is None:
-            max_length = st_defaults.get("max_length") or limit
-        elif max_length <= 0:
-            raise ValueError(f"max_length must be positive, got {max_length}.")
+        resolved_max = spec.max_length or st_defaults.get("max_length") or limit
+        resolved_prompts = spec.prompts or st_defaults.get("prompts") or None
+        resolved = spec.replace(
+            name=name,
+            revision=revision,
+            device=str(torch.device(device)),
+            dtype=dtype_name(torch_dtype),
+            max_length=int(resolved_max),
+            prompts=resolved_prompts,
+            pooling=spec.pooling or st_defaults.get("pooling", "mean"),
+        )
         return cls(
             model=net,
             tokenizer=tok,
             name=name,
             revision=revision,
-            max_length=int(max_length),
+            max_length=int(resolved_max),
             device=torch.device(device),
             dtype=torch_dtype,
-            default_pooling=st_defaults.get("pooling", "mean"),
+            default_pooling=resolved.pooling,
             default_normalize=st_defaults.get("normalize", False),
-            prompts=st_defaults.get("prompts") or None,
+            prompts=dict(resolved_prompts) if resolved_prompts else None,
             n_parameters=sum(p.numel() for p in net.parameters()),
+            spec=resolved,
         )
 
     @classmethod
-    def coerce(cls, model: Any, tokenizer: Any = None, **load_kwargs: Any) -> LayerModel:
-        """`model` itself if already loaded (so several slices share one network), else `load`."""
-        return model if isinstance(model, cls) else cls.load(model, tokenizer, **load_kwargs)
+    def coerce(
+        cls, model: Any, tokenizer: Any = None, *, spec: ModelSpec | None = None, **options: Any
+    ) -> LayerModel:
+        """`model` itself if already loaded (so several slices share one network), else `load`.
+
+        An option (keyword or spec field) that contradicts the loaded model is a
+        `SpecConflictError` naming it, never silently ignored.
+        """
+        if not isinstance(model, cls):
+            return cls.load(model, tokenizer, spec=spec, **options)
+        wanted = merge_spec(spec, **options) if (spec or options) else ModelSpec()
+        model.check_compatible(wanted)
+        return model
+
+    def check_compatible(self, wanted: ModelSpec) -> None:
+        """Raise `SpecConflictError` for the first set field of `wanted` this model does not have."""
+        have = self.current_spec()
+        if wanted.source is not None and have.source is not None and wanted.source != have.source:
+            raise SpecConflictError("source", wanted.source, have.source)
+        for key in ("name", "max_length", "prompts"):
+            value = getattr(wanted, key)
+            if value is not None and value != getattr(have, key):
+                raise SpecConflictError(key, value, getattr(have, key))
+        if wanted.revision not in (None, self.revision) and not str(self.revision).startswith(
+            f"{wanted.revision}-local-"
+        ):
+            raise SpecConflictError("revision", wanted.revision, self.revision)
+        if wanted.dtype not in (None, "auto") and resolve_dtype(wanted.dtype, "cpu") != self.dtype:
+            raise SpecConflictError("dtype", wanted.dtype, dtype_name(self.dtype))
+        if wanted.device is not None:
+            asked = torch.device(wanted.device)
+            if asked.type != self.device.type or (
+                asked.index is not None and asked.index != (self.device.index or 0)
+            ):
+                raise SpecConflictError("device", wanted.device, str(self.device))
+        if wanted.trust_remote_code and not have.trust_remote_code:
+            raise SpecConflictError("trust_remote_code", True, False)
+
+    def current_spec(self) -> ModelSpec:
+        """The resolved spec, with the fields a caller may have set on the object since."""
+        base = self.spec or ModelSpec()
+        return base.replace(
+            name=self.name,
+            revision=self.revision,
+            max_length=int(self.max_length),
+            dtype=dtype_name(self.dtype),
+            device=str(self.device),
+            prompts=self.prompts or None,
+            pooling=self.default_pooling,
+        )
 
     # ------------------------------------------------------------------ shape
     @property
@@ -334,6 +427,19 @@ class LayerModel:
 
 
 # ---------------------------------------------------------------------- helpers
+def warn_constant_pooling(lm: LayerModel, pooling: str) -> None:
+    """`cls` on a causal decoder pools the first token, which sees nothing after it: every text
+    gets the same vector (BOS) at every layer. Allowed, but said."""
+    model_type = getattr(getattr(lm.model, "config", None), "model_type", "")
+    if pooling == "cls" and model_type not in ENCODER_TYPES:
+        logger.warning(
+            "cls pooling on the decoder %s (%s) pools the first token, which attends to no "
+            "other token: every text gets the same vector; use mean or last.",
+            lm.name,
+            model_type,
+        )
+
+
 def _forward_params(model: nn.Module) -> set[str]:
     return set(inspect.signature(model.forward).parameters)
 
@@ -373,15 +479,51 @@ def _model_max_length(model: nn.Module, tokenizer: Any) -> int:
     return min([cap, *limits])
 
 
+class ModelNotFoundError(ValueError):
+    """A model source that is neither a local folder nor a reachable Hub id."""
+
+
+def check_source(source: str) -> None:
+    """A path-like source that does not exist is an error here, not a malformed Hub id later."""
+    if Path(source).exists():
+        return
+    path_like = (
+        source.startswith((".", "/", "~"))
+        or "\\" in source
+        or source.count("/") > 1
+        or source.endswith("/")
+    )
+    if path_like:
+        raise ModelNotFoundError(f"No such folder: {source}")
+
+
+@contextlib.contextmanager
+def _hub_errors(source: str) -> Iterator[None]:
+    """Turn transformers' Hub errors into one line that says what to check."""
+    try:
+        yield
+    except OSError as exc:
+        if Path(source).exists():
+            raise
+        raise ModelNotFoundError(
+            f"{source!r} is not a local folder, and the Hugging Face Hub is unreachable or has "
+            "no model with that id (offline: pass a local folder or 'minilm')."
+        ) from exc
+
+
 def _is_sentence_transformer(source: str, revision: str | None) -> bool:
+    """Whether `source` is a sentence-transformers model; only "it is not one" means False."""
     if Path(source).is_dir():
         return (Path(source) / "modules.json").is_file()
-    try:
-        from sentence_transformers.util import is_sentence_transformer_model
+    from sentence_transformers.util import is_sentence_transformer_model
 
-        return bool(is_sentence_transformer_model(source, revision=revision))
-    except Exception:  # offline or no such repo: treat as a plain transformers model
-        return False
+    with _hub_errors(source):
+        try:
+            return bool(is_sentence_transformer_model(source, revision=revision))
+        except OSError:
+            raise
+        except Exception as exc:  # network, auth, rate limit: say so instead of guessing
+            raise OSError(str(exc)) from exc
 
 
 def _looks_like_sentence_transformer(model: Any) -> bool:
@@ -392,34 +534,104 @@ def _looks_like_sentence_transformer(model: Any) -> bool:
     return isinstance(model, SentenceTransformer)
 
 
-def _unpack_sentence_transformer(st: Any) -> tuple[nn.Module, Any, dict[str, Any]]:
-    """The transformer module's network and tokenizer, plus the pooling/normalize it implies."""
+#: Modules after the transformer that we apply ourselves (Pooling via `pool`, Normalize via
+#: the slice's `normalize`); any other module is reported, not applied.
+_APPLIED_ST_MODULES = frozenset({"Pooling", "Normalize"})
+
+
+def _unpack_sentence_transformer(
+    st: Any, pooling: str | None = None
+) -> tuple[nn.Module, Any, dict[str, Any]]:
+    """The transformer module's network and tokenizer, plus the pooling/normalize it implies.
+
+    The pooling is read from the model's own `Pooling` module (`pooling_mode`), so every mode
+    sentence-transformers has maps to the same maths in `pooling.pool`.
+    """
     first = st[0]
     net = getattr(first, "auto_model", None) or getattr(first, "model", None)
     tok = getattr(first, "tokenizer", None) or getattr(first, "processor", None)
     if net is None or tok is None:
         raise ValueError("This SentenceTransformer's first module is not a transformers model.")
     defaults: dict[str, Any] = {"max_length": getattr(st, "max_seq_length", None)}
-    for module in list(st)[1:]:
-        kind = type(module).__name__
-        if kind == "Pooling":
-            mode = module.get_config_dict().get("pooling_mode")
-            if mode is None:  # older sentence-transformers: one boolean per mode
-                config = module.get_config_dict()
-                mode = next(
-                    (m for m in _ST_POOLING if config.get(f"pooling_mode_{m}_token")), "mean"
-                )
-                if config.get("pooling_mode_mean_tokens"):
-                    mode = "mean"
-            if mode in _ST_POOLING:
-                defaults["pooling"] = _ST_POOLING[mode]
-            else:
-                logger.warning("Pooling %r of this model is not offered; using mean.", mode)
-        elif kind == "Normalize":
-            defaults["normalize"] = True
     prompts = {k: v for k, v in (getattr(st, "prompts", None) or {}).items() if v}
     defaults["prompts"] = prompts or None
+    skipped = []
+    for key, module in list(st._modules.items())[1:]:
+        kind = type(module).__name__
+        if kind == "Pooling":
+            mode = module.pooling_mode
+            if isinstance(mode, (list, tuple)) and len(mode) == 1:
+                mode = mode[0]
+            if mode in ST_POOLING:
+                defaults["pooling"] = ST_POOLING[mode]
+            elif pooling is None:
+                raise ValueError(
+                    f"This model concatenates pooling modes {mode}; we pool one mode per "
+                    "vector: choose one with pooling=... (--pooling)."
+                )
+            if not getattr(module, "include_prompt", True) and prompts:
+                logger.warning(
+                    "This model's Pooling excludes prompt tokens (include_prompt=False); we pool "
+                    "them, so prompted texts differ from SentenceTransformer.encode."
+                )
+        elif kind == "Normalize":
+            defaults["normalize"] = True
+        else:
+            skipped.append(f"{key}_{kind}")
+    if skipped:
+        logger.warning(
+            "Modules %s of this sentence-transformers model are not applied: every layer "
+            "(the last included) is the pooled hidden state, so the last layer differs from "
+            "SentenceTransformer.encode.",
+            ", ".join(skipped),
+        )
     return net, tok, defaults
+
+
+# ---------------------------------------------------------------------- fingerprints
+#: Files that do not change a vector: documentation and VCS metadata.
+_IGNORED_FILES = frozenset({"README.md", ".gitattributes", "LICENSE", "LICENSE.txt"})
+_HASH_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def _file_digest(path: Path) -> str:
+    """sha256 of a file's content, cached per (path, size, mtime) within the process."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _HASH_CACHE:
+        digest = hashlib.sha256()
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        _HASH_CACHE[key] = digest.hexdigest()
+    return _HASH_CACHE[key]
+
+
+def folder_fingerprint(folder: str | Path) -> str:
+    """12 hex chars over every file of a model folder (relative name, size, content sha256).
+
+    Weights, config and tokenizer all change vectors; hashing content (not mtimes) makes the
+    same files give the same id wherever they are copied.
+    """
+    root = Path(folder)
+    files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        rel = path.relative_to(root).as_posix() if path != root else path.name
+        if path.name in _IGNORED_FILES or any(part.startswith(".") for part in Path(rel).parts):
+            continue
+        digest.update(f"{rel}\0{path.stat().st_size}\0{_file_digest(path)}\n".encode())
+    return digest.hexdigest()[:12]
+
+
+def module_fingerprint(net: nn.Module) -> str:
+    """12 hex chars over a model's parameters and buffers (name, dtype, shape, bytes)."""
+    digest = hashlib.sha256()
+    for key, tensor in sorted(net.state_dict().items()):
+        t = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{key}\0{t.dtype}\0{tuple(tensor.shape)}\n".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def _name_from_config(net: nn.Module) -> str | None:

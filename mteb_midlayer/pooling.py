@@ -8,7 +8,17 @@ from __future__ import annotations
 
 import torch
 
-POOLINGS = ("mean", "cls", "last", "max")
+POOLINGS = ("mean", "cls", "last", "max", "weightedmean", "mean_sqrt_len")
+
+#: sentence-transformers `Pooling.pooling_mode` -> our name (same maths, see `pool`).
+ST_POOLING = {
+    "mean": "mean",
+    "cls": "cls",
+    "max": "max",
+    "lasttoken": "last",
+    "weightedmean": "weightedmean",
+    "mean_sqrt_len_tokens": "mean_sqrt_len",
+}
 
 
 def check_pooling(pooling: str) -> str:
@@ -36,15 +46,23 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     """Pool `hidden` (B, T, D) with `attention_mask` (B, T) into (B, D), in float32.
 
     `cls` is the first *real* token, so left-padded batches pool the same token as
-    right-padded ones.
+    right-padded ones. `weightedmean` weighs the i-th real token by i (SGPT's position-weighted
+    mean, as sentence-transformers); `mean_sqrt_len` divides the sum by sqrt(length).
     """
     check_pooling(pooling)
     hidden = hidden.float()
     mask = attention_mask.to(hidden.device)
     rows = torch.arange(hidden.shape[0], device=hidden.device)
-    if pooling == "mean":
+    if pooling in ("mean", "mean_sqrt_len"):
         m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        count = m.sum(dim=1).clamp(min=1.0)
+        return (hidden * m).sum(dim=1) / (count if pooling == "mean" else count.sqrt())
+    if pooling == "weightedmean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        positions = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)
+        offset = first_token_index(mask).to(hidden.dtype).view(-1, 1, 1)
+        weights = m * (positions.view(1, -1, 1) - offset)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
     if pooling == "max":
         filled = hidden.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
         out = filled.max(dim=1).values

@@ -18,7 +18,7 @@ import torch
 from mteb.models.abs_encoder import AbsEncoder
 
 from .encoder import prompted_texts, slice_and_normalize, slice_meta
-from .model import LayerModel, dtype_name
+from .model import LayerModel
 from .store import EmbeddingStore, StoreKey
 
 if TYPE_CHECKING:
@@ -53,13 +53,16 @@ def shard_texts(
 
 
 def store_key(lm: LayerModel, pooling: str, prompt_type: str | None) -> StoreKey:
+    """The store configuration, from the model's resolved spec (its revision fingerprints a
+    local folder's files). Prompts need no field: each text is hashed with its prompt."""
+    spec = lm.current_spec()
     return StoreKey(
-        model=lm.name,
-        revision=lm.revision or "no_revision_available",
+        model=spec.name,
+        revision=spec.revision or "no_revision_available",
         pooling=pooling,
         prompt_type=prompt_type,
-        max_length=lm.max_length,
-        dtype=dtype_name(lm.dtype),
+        max_length=spec.max_length,
+        dtype=spec.dtype,
     )
 
 
@@ -144,7 +147,9 @@ class StoreEncoder(AbsEncoder):
         self.dim = dim
         self.normalize = normalize
         self.model_prompts = model_prompts if model_prompts is not None else source.lm.prompts
-        self.mteb_model_meta = slice_meta(source.lm, layer, dim, source.pooling, normalize)
+        self.mteb_model_meta = slice_meta(
+            source.lm, layer, dim, source.pooling, normalize, prompts=self.model_prompts
+        )
 
     def encode(
         self,

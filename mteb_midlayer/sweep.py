@@ -24,9 +24,11 @@ from tqdm.auto import tqdm
 
 from .encoder import resolve_dim
 from .layers import resolve_layers
-from .model import LayerModel
+from .model import LayerModel, dtype_name, warn_constant_pooling
 from .pooling import check_pooling
 from .replay import EmbeddingSource, StoreEncoder
+from .results import AtomicResultCache, task_fingerprint, unfinished_reason
+from .spec import ModelSpec, prompts_hash
 from .store import raise_if_disk_full
 from .tables import layer_results, layer_table
 
@@ -62,17 +64,21 @@ def parse_dims(dims: Sequence[int] | str | None, hidden_size: int) -> list[int]:
 
 
 def select_tasks(
-    tasks: Sequence[Any] | None, benchmark: str | None, data_dir: Path | str | None
+    tasks: Sequence[Any] | None,
+    benchmark: str | None,
+    data_dir: Path | str | None,
+    failures: dict[str, str] | None = None,
 ) -> list[Any]:
     """mteb task objects from names, task objects, or a benchmark; local data swapped in.
 
     With neither tasks nor benchmark: every task that has a folder in `data_dir`, restricted to
     its English subsets as in the paper's benchmark (the tables average nothing else), else the
-    paper's `layer-by-layer-32`. Local folders are checked when each task loads, so one bad
-    folder fails its task (with file and line), not the whole run.
+    paper's `layer-by-layer-32`. Given `failures`, a task whose folder does not fit it (e.g. its
+    split file is missing) is recorded there (name -> reason, naming the file) and left out, so
+    the other tasks still run; without it, the `LocalDataError` is raised.
     """
     from .tasks.benchmark import LAYER_BY_LAYER_32, english_only, resolve_tasks
-    from .tasks.local import local_task
+    from .tasks.local import LocalDataError
 
     data_dir = Path(data_dir) if data_dir else None
     if isinstance(tasks, str):
@@ -84,18 +90,39 @@ def select_tasks(
             names = local_task_names(data_dir)
             if not names:
                 raise ValueError(f"{data_dir} holds no folder named after an mteb task.")
-            return [
-                local_task(english_only(mteb.get_task(n)), data_dir / n, defer_errors=True)
-                for n in names
-            ]
+            found = [english_only(mteb.get_task(n)) for n in names]
+            return _localize(found, data_dir, failures)
         else:
             benchmark = LAYER_BY_LAYER_32
-    resolved = (
-        resolve_tasks(names or None, benchmark, data_dir, validate=False)
-        if names or benchmark
-        else []
-    )
+    if not names and not benchmark:
+        return objects
+    try:
+        resolved = resolve_tasks(names or None, benchmark, data_dir, validate=False)
+    except LocalDataError:
+        if failures is None or data_dir is None:
+            raise
+        resolved = _localize(resolve_tasks(names or None, benchmark, None), data_dir, failures)
     return objects + resolved
+
+
+def _localize(tasks: Sequence[Any], data_dir: Path, failures: dict[str, str] | None) -> list[Any]:
+    """Each task with a folder in `data_dir` reads it; one that does not fit fails alone."""
+    from .tasks.local import LocalDataError, local_task
+
+    out = []
+    for task in tasks:
+        folder = data_dir / task.metadata.name
+        if not folder.is_dir():
+            out.append(task)
+            continue
+        try:
+            out.append(local_task(task, folder))
+        except LocalDataError as exc:
+            if failures is None:
+                raise
+            failures[task.metadata.name] = f"{type(exc).__name__}: {exc}"
+            logger.error("Task %s cannot run: %s", task.metadata.name, exc)
+    return out
 
 
 def local_task_names(data_dir: Path) -> list[str]:
@@ -112,8 +139,9 @@ def local_task_names(data_dir: Path) -> list[str]:
 
 
 def sweep(
-    model: Any,
+    model: Any = None,
     *,
+    spec: ModelSpec | None = None,
     tasks: Sequence[Any] | None = None,
     benchmark: str | None = None,
     layers: Sequence[int] | str | None = "all",
@@ -130,6 +158,7 @@ def sweep(
     dtype: str | None = None,
     max_length: int | None = None,
     trust_remote_code: bool = False,
+    prompts: dict[str, str] | None = None,
     shard_size: int | None = None,
     show_progress: bool = True,
     raise_error: bool = False,
@@ -138,13 +167,21 @@ def sweep(
 
     `pooling` and `normalize` default to the model's own (a sentence-transformers model's
     Pooling and Normalize modules), so the last layer scores exactly as the published model.
+    Model options come as a `ModelSpec` or as keywords (a keyword contradicting the spec or an
+    already loaded `LayerModel` is a `SpecConflictError`).
     Returns the wide layer x task table of main scores (rows: layer, dim), with `mean`,
     `n_tasks` and `missing` columns; tasks that failed are listed in `df.attrs["failures"]`
-    (task name -> reason) and did not stop the others.
+    (task name -> reason) and did not stop the others. An existing result is reused only if it
+    is complete and was computed from the same model files, settings and task data
+    (`results.unfinished_reason`); otherwise it is recomputed with a warning saying why.
     """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     lm = LayerModel.coerce(
         model,
         tokenizer,
+        spec=spec,
+        prompts=prompts,
         name=name,
         revision=revision,
         device=device,
@@ -152,17 +189,22 @@ def sweep(
         max_length=max_length,
         trust_remote_code=trust_remote_code,
     )
-    pooling = check_pooling(pooling or lm.default_pooling)
+    pooling = check_pooling(pooling or (spec and spec.pooling) or lm.default_pooling)
+    warn_constant_pooling(lm, pooling)
     normalize = lm.default_normalize if normalize is None else bool(normalize)
-    task_objects = select_tasks(tasks, benchmark, data_dir)
+    failures: dict[str, str] = {}
+    task_objects = select_tasks(tasks, benchmark, data_dir, failures)
     plan = SweepPlan(
         layers=resolve_layers(layers, lm.n_layers),
         dims=parse_dims(dims, lm.hidden_size),
         pooling=pooling,
         normalize=normalize,
         tasks=list(task_objects),
+        failures=failures,
     )
     output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"--output {output} is a file; name a folder for the results.")
     output.mkdir(parents=True, exist_ok=True)
     source = EmbeddingSource(
         lm,
@@ -178,10 +220,54 @@ def sweep(
     long = long[long["task"].isin([t.metadata.name for t in plan.tasks])]
     long = long[long["layer"].isin(plan.layers) & long["dim"].isin(plan.dims)]
     long = long[long["normalize"] == normalize]
+    long = long[
+        (long["max_length"] == lm.max_length)
+        & (long["dtype"] == dtype_name(lm.dtype))
+        & (long["prompts"] == prompts_hash(lm.prompts))
+    ]
     table = layer_table(long, tasks=[t.metadata.name for t in plan.tasks])
     table.attrs["failures"] = dict(plan.failures)
     table.attrs["n_encoded"] = source.n_encoded
     return table
+
+
+def slice_identity(encoder: StoreEncoder, data: str) -> dict[str, Any]:
+    """Everything a slice's score depends on, recorded beside its result and compared on
+    resume (`results.unfinished_reason`)."""
+    spec = encoder.source.lm.current_spec()
+    return {
+        "model": spec.name,
+        "revision": spec.revision,
+        "max_length": spec.max_length,
+        "dtype": spec.dtype,
+        "prompts": dict(encoder.model_prompts) if encoder.model_prompts else None,
+        "pooling": encoder.source.pooling,
+        "normalize": encoder.normalize,
+        "layer": encoder.layer,
+        "dim": encoder.dim,
+        "data": data,
+    }
+
+
+def pending_slices(
+    task: Any, encoders: Sequence[StoreEncoder], cache: AtomicResultCache
+) -> list[StoreEncoder]:
+    """The slices of `task` to (re)compute; a stale or broken result is removed, with a
+    warning naming the file and why."""
+    data = task_fingerprint(task)
+    pending = []
+    for encoder in encoders:
+        path = cache.get_task_result_path(task.metadata.name, encoder.mteb_model_meta)
+        identity = slice_identity(encoder, data)
+        cache.expect(path, identity)
+        reason = unfinished_reason(path, task, identity)
+        if reason is None:
+            continue
+        if reason != "missing":
+            logger.warning("Recomputing %s: %s.", path, reason)
+            path.unlink()
+        pending.append(encoder)
+    return pending
 
 
 def run_plan(
@@ -193,7 +279,7 @@ def run_plan(
     show_progress: bool = True,
 ) -> None:
     """Evaluate every slice on every task; a failing task is recorded and skipped."""
-    cache = mteb.ResultCache(output)
+    cache = AtomicResultCache(output)
     encoders = [
         StoreEncoder(source, layer=layer, dim=dim, normalize=plan.normalize)
         for layer, dim in plan.slices
@@ -207,13 +293,22 @@ def run_plan(
     try:
         for task in plan.tasks:
             task_name = task.metadata.name
-            # Load once for all slices (mteb.evaluate leaves preloaded data alone), unless
-            # every slice already has its result file.
-            pending = [
-                e
-                for e in encoders
-                if not cache.get_task_result_path(task_name, e.mteb_model_meta).exists()
-            ]
+            try:
+                pending = pending_slices(task, encoders, cache)
+                # Load once for all slices (mteb.evaluate leaves preloaded data alone).
+                if pending and not task.data_loaded:
+                    task.load_data()
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                raise_if_disk_full(exc, output)  # stops the run: every later task would fail
+                if raise_error:
+                    raise
+                plan.failures[task_name] = f"{type(exc).__name__}: {exc}"
+                logger.error("Task %s failed to load: %s", task_name, exc)
+                bar.update(len(encoders))
+                continue
+            bar.update(len(encoders) - len(pending))
             if pending and task.superseded_by:
                 logger.warning(
                     "%s is superseded by %s in mteb; scoring %s as named.",
@@ -221,18 +316,7 @@ def run_plan(
                     task.superseded_by,
                     task_name,
                 )
-            if pending and not task.data_loaded:
-                try:
-                    task.load_data()
-                except Exception as exc:
-                    raise_if_disk_full(exc, output)  # stops the run: every later task would fail
-                    if raise_error:
-                        raise
-                    plan.failures[task_name] = f"{type(exc).__name__}: {exc}"
-                    logger.error("Task %s failed to load: %s", task_name, exc)
-                    bar.update(len(encoders))
-                    continue
-            for encoder in encoders:
+            for encoder in pending:
                 bar.set_postfix_str(f"{task_name} L{encoder.layer} d{encoder.dim}")
                 try:
                     with _quiet_scoring():
@@ -259,7 +343,7 @@ def run_plan(
                     logger.error(
                         "Task %s failed: %s\n%s", task_name, reason, traceback.format_exc()
                     )
-                    bar.update(len(encoders) - encoders.index(encoder))
+                    bar.update(len(pending) - pending.index(encoder))
                     break
                 bar.update(1)
             if task.data_loaded:

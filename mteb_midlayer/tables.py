@@ -1,18 +1,25 @@
 """Tidy tables from mteb's own result files.
 
-mteb's `to_dataframe` keys rows by model, not by experiment, so the layer x task table is built
-here from `ResultCache.load_results`, whose `ModelResult.model_meta.experiment_kwargs` say which
-`(layer, dim, pooling, normalize)` each result belongs to.
+mteb's `to_dataframe` keys rows by model, not by experiment (it averages every layer into one
+column), so the layer x task table is built here from the slice folders, whose
+`model_meta.json` `experiment_kwargs` say which `(layer, dim, pooling, normalize, max_length,
+dtype, prompts)` each result belongs to.
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import logging
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import mteb
 import pandas as pd
+
+logger = logging.getLogger(__name__)
 
 LONG_COLUMNS = [
     "model",
@@ -25,7 +32,107 @@ LONG_COLUMNS = [
     "task_type",
     "score",
     "mteb_version",
+    "max_length",
+    "dtype",
+    "prompts",
 ]
+
+
+class ResultsFolderError(ValueError):
+    """A results folder that does not exist (reading never creates one)."""
+
+
+@dataclass
+class ResultScan:
+    """The long frame of every readable layer result, and what could not be read (one line
+    per file or folder, naming it)."""
+
+    frame: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+
+
+def scan_results(
+    output: Path | str,
+    *,
+    model: str | None = None,
+    revision: str | None = None,
+    pooling: str | None = None,
+) -> ResultScan:
+    """Read every slice folder under `output/results` that one of our encoders wrote.
+
+    Reads the files itself (with mteb's `TaskResult.from_disk`) rather than through
+    `ResultCache.load_results`, so one torn file or a folder without `model_meta.json` is
+    named in `problems` instead of failing the whole read or vanishing.
+    """
+    from mteb.results import TaskResult
+
+    from .tasks.benchmark import task_main_score
+
+    root = Path(output)
+    if root.is_file():
+        raise ResultsFolderError(f"{root} is a file; name the results folder (sweep --output).")
+    if not root.is_dir():
+        raise ResultsFolderError(f"No results folder at {root}.")
+    rows, problems = [], []
+    for folder in sorted(root.glob("results/*/*/experiments/*")):
+        if not folder.is_dir():
+            continue
+        files = sorted(p for p in folder.glob("*.json") if p.name != "model_meta.json")
+        meta_path = folder / "model_meta.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            kwargs = dict(meta.get("experiment_kwargs") or {})
+        except FileNotFoundError:
+            if files:
+                problems.append(f"{meta_path} is missing: {len(files)} result(s) not shown")
+            continue
+        except (OSError, ValueError, AttributeError) as exc:
+            problems.append(f"{meta_path} is unreadable ({type(exc).__name__}): not shown")
+            continue
+        if "layer" not in kwargs:
+            continue  # not one of ours
+        if model is not None and meta.get("name") != model:
+            continue
+        if revision is not None and meta.get("revision") != revision:
+            continue
+        if pooling is not None and kwargs.get("pooling") != pooling:
+            continue
+        for path in files:
+            try:
+                task_result = TaskResult.from_disk(path)
+            except Exception as exc:
+                problems.append(f"{path} is unreadable ({type(exc).__name__}); rerun sweep")
+                continue
+            split = (
+                "test" if "test" in task_result.scores else next(iter(task_result.scores), "test")
+            )
+            try:
+                score = task_main_score(task_result, split=split)
+            except (KeyError, ValueError):
+                continue
+            if not math.isfinite(score):
+                problems.append(f"{path} has a NaN score; rerun sweep to rescore it")
+                continue
+            rows.append(
+                {
+                    "model": meta.get("name"),
+                    "revision": meta.get("revision"),
+                    "layer": int(kwargs["layer"]),
+                    "dim": int(kwargs.get("dim") or 0),
+                    "pooling": kwargs.get("pooling"),
+                    "normalize": bool(kwargs.get("normalize", False)),
+                    "task": task_result.task_name,
+                    "task_type": _task_type(task_result.task_name),
+                    "score": score,
+                    "mteb_version": task_result.mteb_version,
+                    "max_length": kwargs.get("max_length"),
+                    "dtype": kwargs.get("dtype"),
+                    "prompts": kwargs.get("prompts"),
+                }
+            )
+    df = pd.DataFrame(rows, columns=LONG_COLUMNS)
+    df = df.sort_values(["model", "revision", "layer", "dim", "task"], ignore_index=True)
+    return ResultScan(df, problems)
 
 
 def layer_results(
@@ -38,50 +145,13 @@ def layer_results(
     """One row per (model, revision, layer, dim, pooling, normalize, task) with its main score.
 
     The score follows TASKS.md (English subsets, STS17 en-en; see `tasks.benchmark`).
+    `max_length`, `dtype` and `prompts` (a hash) tell runs of other settings apart. Files that
+    cannot be read are logged as warnings (`scan_results` returns them).
     """
-    from .tasks.benchmark import task_main_score
-
-    cache = mteb.ResultCache(output)
-    results = cache.load_results(
-        models=[model] if model else None,
-        include_remote=False,
-        load_experiments="match_name",
-        require_model_meta=True,
-    )
-    rows = []
-    for model_result in results.model_results:
-        meta = model_result.model_meta
-        kwargs = dict(getattr(meta, "experiment_kwargs", None) or {})
-        if "layer" not in kwargs:
-            continue  # not one of ours
-        if revision is not None and model_result.model_revision != revision:
-            continue
-        if pooling is not None and kwargs.get("pooling") != pooling:
-            continue
-        for task_result in model_result.task_results:
-            split = (
-                "test" if "test" in task_result.scores else next(iter(task_result.scores), "test")
-            )
-            try:
-                score = task_main_score(task_result, split=split)
-            except (KeyError, ValueError):
-                continue
-            rows.append(
-                {
-                    "model": model_result.model_name,
-                    "revision": model_result.model_revision,
-                    "layer": int(kwargs["layer"]),
-                    "dim": int(kwargs.get("dim") or 0),
-                    "pooling": kwargs.get("pooling"),
-                    "normalize": bool(kwargs.get("normalize", False)),
-                    "task": task_result.task_name,
-                    "task_type": _task_type(task_result.task_name),
-                    "score": score,
-                    "mteb_version": task_result.mteb_version,
-                }
-            )
-    df = pd.DataFrame(rows, columns=LONG_COLUMNS)
-    return df.sort_values(["model", "revision", "layer", "dim", "task"], ignore_index=True)
+    scan = scan_results(output, model=model, revision=revision, pooling=pooling)
+    for line in scan.problems:
+        logger.warning(line)
+    return scan.frame
 
 
 @functools.cache

@@ -38,7 +38,9 @@ def test_sweep_then_table(shared_data, tmp_path, capsys):
     assert code == 0
     assert main(["table", str(out), "--csv", str(tmp_path / "t.csv")]) == 0
     table = pd.read_csv(tmp_path / "t.csv")
-    assert list(table.columns[:5]) == ["model", "revision", "pooling", "normalize", "layer"]
+    assert list(table.columns[:8]) == [
+        "model", "revision", "pooling", "normalize", "max_length", "dtype", "prompts", "layer"
+    ]  # fmt: skip
     normed = table[table["normalize"]].set_index("layer")
     raw = table[~table["normalize"]].set_index("layer")
     assert list(normed.index) == [3, 6] and list(raw.index) == [6]
@@ -52,8 +54,8 @@ def test_trust_remote_code_reaches_the_loader(monkeypatch, tmp_path):
 
     seen = []
 
-    def fake_load(model, tokenizer=None, **kwargs):
-        seen.append(kwargs["trust_remote_code"])
+    def fake_load(model=None, tokenizer=None, *, spec=None, **kwargs):
+        seen.append(spec.trust_remote_code)
         raise RuntimeError("stop here")
 
     monkeypatch.setattr(LayerModel, "load", fake_load)
@@ -79,7 +81,37 @@ def test_errors_are_one_line(tmp_path, capsys):
     assert main(["sweep", "minilm", "--tasks", "NoSuchTask", "--output", str(tmp_path)]) == 2
     assert "error:" in capsys.readouterr().err
     assert main(["mirror", "NoSuchTask", "--to", str(tmp_path)]) == 2
-    assert main(["table", str(tmp_path / "empty")]) == 1
+    capsys.readouterr()
+    # a results path that does not exist is an error, and is not created
+    assert main(["table", str(tmp_path / "empty")]) == 2
+    assert "No results folder at" in capsys.readouterr().err
+    assert not (tmp_path / "empty").exists()
+    (tmp_path / "exists").mkdir()
+    assert main(["table", str(tmp_path / "exists")]) == 1
+
+
+def test_unknown_model_messages(tmp_path, capsys):
+    argv = ["--tasks", "BIOSSES", "--output", str(tmp_path / "out")]
+    assert main(["sweep", "no-such-org/no-such-model", *argv]) == 2
+    err = capsys.readouterr().err
+    assert "is not a local folder" in err and "Hub is unreachable or has no model" in err, err
+    assert "huggingface.co" not in err
+    assert main(["sweep", "./no/such/dir", *argv]) == 2
+    assert "No such folder: ./no/such/dir" in capsys.readouterr().err
+
+
+def test_bad_options_are_refused_at_parse_time(tmp_path, capsys):
+    for flag in ("0", "-3"):
+        with pytest.raises(SystemExit) as exc:
+            main(["sweep", "minilm", "--batch-size", flag, "--output", str(tmp_path)])
+        assert exc.value.code == 2
+        assert "--batch-size: must be >= 1" in capsys.readouterr().err
+    a_file = tmp_path / "results.txt"
+    a_file.write_text("not a folder")
+    for verb in ("sweep", "metrics"):
+        with pytest.raises(SystemExit):
+            main([verb, "minilm", "--output", str(a_file)])
+        assert "is a file; name a folder for the results" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")

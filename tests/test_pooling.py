@@ -49,4 +49,20 @@ def test_bf16_pools_in_float32():
 def test_unknown_pooling_lists_choices():
     with pytest.raises(ValueError, match="mean, cls, last, max"):
         check_pooling("avg")
-    assert set(POOLINGS) == {"mean", "cls", "last", "max"}
+    assert set(POOLINGS) == {"mean", "cls", "last", "max", "weightedmean", "mean_sqrt_len"}
+
+
+def test_weightedmean_weighs_tokens_by_position_from_the_first_real_one():
+    hidden, right = _batch()
+    left = torch.tensor([[0, 1, 1, 1], [0, 0, 1, 1]])
+    out = pool(hidden, right, "weightedmean")
+    w = torch.tensor([1.0, 2.0, 3.0]).unsqueeze(1)
+    assert torch.allclose(out[0], (hidden[0, :3] * w).sum(0) / 6)
+    shifted = pool(hidden.roll(1, dims=1), left[:1].repeat(2, 1), "weightedmean")
+    assert torch.allclose(shifted[0], out[0])
+
+
+def test_mean_sqrt_len_divides_the_sum_by_sqrt_length():
+    hidden, mask = _batch()
+    out = pool(hidden, mask, "mean_sqrt_len")
+    assert torch.allclose(out[1], hidden[1, :2].sum(0) / 2**0.5)

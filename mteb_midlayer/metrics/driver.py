@@ -24,8 +24,10 @@ import torch
 from tqdm.auto import tqdm
 
 from ..layers import resolve_layers
-from ..model import LayerModel
+from ..model import LayerModel, warn_constant_pooling
 from ..pooling import check_pooling
+from ..results import task_fingerprint
+from ..spec import ModelSpec
 from . import functional as F
 from .augment import augment_views
 from .corpus import Corpus, read_corpus
@@ -245,8 +247,9 @@ def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
 
 
 def layer_metrics(
-    model: Any,
+    model: Any = None,
     *,
+    spec: ModelSpec | None = None,
     tasks: Sequence[Any] | None = None,
     benchmark: str | None = None,
     data_dir: Path | str | None = None,
@@ -269,13 +272,17 @@ def layer_metrics(
     trust_remote_code: bool = False,
     overwrite: bool = False,
     show_progress: bool = True,
+    raise_error: bool = False,
 ) -> pd.DataFrame:
     """Compute the layer metrics of `model` on each task; write and return tidy rows.
 
     `texts`: a corpus file (plain text, one text a line, or JSON Lines with a `text` field) or a
     list of texts, computed instead of the tasks (beside them if `tasks` or `benchmark` is also
     given), sampled like a task and filed as dataset `"<file stem>-<hash of its texts>"`.
-    A task whose file already exists with the same settings is read back, not recomputed.
+    Model options come as a `ModelSpec` or keywords, as for `sweep`. A task whose file already
+    exists with the same settings (model files, max length, dtype, task data) is read back, not
+    recomputed; an unreadable file is recomputed with a warning. A task that fails is recorded
+    in `df.attrs["failures"]` (name -> reason) and the others still run.
     `df.attrs["timings"]` holds seconds per phase (encoding, each metric) of what was computed.
     """
     from ..sweep import select_tasks
@@ -284,9 +291,12 @@ def layer_metrics(
     if n_views < 2 and VIEW_METRICS & set(chosen):
         raise ValueError("InfoNCE, DiME and LiDAR need n_views >= 2.")
     corpus = read_corpus(texts) if texts is not None else None  # a bad file fails before loading
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     lm = LayerModel.coerce(
         model,
         tokenizer,
+        spec=spec,
         name=name,
         revision=revision,
         device=device,
@@ -294,12 +304,16 @@ def layer_metrics(
         max_length=max_length,
         trust_remote_code=trust_remote_code,
     )
-    pooling = check_pooling(pooling or lm.default_pooling)
+    pooling = check_pooling(pooling or (spec and spec.pooling) or lm.default_pooling)
+    warn_constant_pooling(lm, pooling)
     layer_list = resolve_layers(layers, lm.n_layers)
+    failures: dict[str, str] = {}
     # A corpus stands in for a task (`task_texts` reads it); tasks too only if asked for.
     task_objects: list[Any] = [corpus] if corpus is not None else []
     if corpus is None or tasks or benchmark:
-        task_objects += select_tasks(tasks, benchmark, data_dir)
+        task_objects += select_tasks(tasks, benchmark, data_dir, failures)
+    if Path(output).exists() and not Path(output).is_dir():
+        raise NotADirectoryError(f"--output {output} is a file; name a folder for the results.")
     out_dir = Path(output) / "metrics"
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -315,64 +329,111 @@ def layer_metrics(
         "max_length": lm.max_length,
         "dtype": str(lm.dtype),
     }
-    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:10]
     timer = Timer(lm.device)
     frames = []
     for task in tqdm(task_objects, desc="Metrics", unit="task", disable=not show_progress):
-        task_name = task.dataset if isinstance(task, Corpus) else task.metadata.name
-        safe_model = lm.name.replace("/", "__")
-        path = out_dir / f"{safe_model}__{task_name}__{digest}.parquet"
-        if path.exists() and not overwrite:
-            frames.append(pd.read_parquet(path))
+        task_name = _dataset_name(task)
+        try:
+            df = _task_metrics(
+                lm, task, settings, out_dir, chosen, layer_list, pooling, timer,
+                n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
+                overwrite=overwrite, show_progress=show_progress,
+            )  # fmt: skip
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            if raise_error:
+                raise
+            failures[task_name] = f"{type(exc).__name__}: {exc}"
+            logger.error("Metrics of task %s failed: %s", task_name, exc)
             continue
-        texts = sample_texts(task_texts(task), n, seed)
-        token_metrics = [m for m in chosen if m in TOKEN_METRICS]
-        pooled, per_text = encode_texts(
-            lm,
-            texts,
-            layer_list,
-            pooling,
-            batch_size=batch_size,
-            token_metrics=token_metrics,
-            alpha=alpha,
-            timer=timer,
-            desc=f"{task_name} texts",
-            show_progress=show_progress,
-        )
-        views = None
-        if VIEW_METRICS & set(chosen):
-            needed = n_views if "lidar" in chosen else 2
-            augmented = augment_views(texts, needed, seed=seed)
-            views = torch.empty(
-                (len(layer_list), len(texts), needed, lm.hidden_size), device=lm.device
-            )
-            for v, view_texts in enumerate(augmented):
-                views[:, :, v], _ = encode_texts(
-                    lm,
-                    view_texts,
-                    layer_list,
-                    pooling,
-                    batch_size=batch_size,
-                    timer=timer,
-                    desc=f"{task_name} view {v + 1}/{needed}",
-                    show_progress=show_progress,
-                )
-        with linalg_threads(lm.device):
-            rows = compute_rows(
-                pooled, per_text, views, layer_list, chosen, alpha=alpha, seed=seed, timer=timer
-            )
-        df = pd.DataFrame(rows)
-        df.insert(0, "dataset", task_name)
-        df.insert(0, "revision", lm.revision)
-        df.insert(0, "model", lm.name)
-        df["pooling"] = pooling
-        df["alpha"] = alpha
-        df["seed"] = seed
-        df = df[ROW_COLUMNS]
-        _atomic_parquet(df, path)
+        finally:
+            if getattr(task, "data_loaded", False) and hasattr(task, "unload_data"):
+                task.unload_data()
         frames.append(df)
-        if hasattr(task, "unload_data"):
-            task.unload_data()
     result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROW_COLUMNS)
     result.attrs["timings"] = dict(timer.seconds)
+    result.attrs["failures"] = failures
     return result
+
+
+def _dataset_name(task: Any) -> str:
+    """The `dataset` of a task's or a corpus's metric rows."""
+    return task.dataset if isinstance(task, Corpus) else task.metadata.name
+
+
+def _task_metrics(
+    lm: LayerModel,
+    task: Any,
+    settings: dict[str, Any],
+    out_dir: Path,
+    chosen: list[str],
+    layer_list: list[int],
+    pooling: str,
+    timer: Timer,
+    *,
+    n: int,
+    seed: int,
+    alpha: float,
+    n_views: int,
+    batch_size: int,
+    overwrite: bool,
+    show_progress: bool,
+) -> pd.DataFrame:
+    """One task's rows: read back if its file (same settings and data) is whole, else computed
+    and written atomically."""
+    task_name = _dataset_name(task)
+    data = f"corpus-{task.digest}" if isinstance(task, Corpus) else task_fingerprint(task)
+    keyed = {**settings, "data": data}
+    digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
+    safe_model = lm.name.replace("/", "__")
+    path = out_dir / f"{safe_model}__{task_name}__{digest}.parquet"
+    if path.exists() and not overwrite:
+        try:
+            return pd.read_parquet(path)
+        except Exception as exc:
+            logger.warning("Recomputing %s: unreadable (%s).", path, type(exc).__name__)
+    texts = sample_texts(task_texts(task), n, seed)
+    token_metrics = [m for m in chosen if m in TOKEN_METRICS]
+    pooled, per_text = encode_texts(
+        lm,
+        texts,
+        layer_list,
+        pooling,
+        batch_size=batch_size,
+        token_metrics=token_metrics,
+        alpha=alpha,
+        timer=timer,
+        desc=f"{task_name} texts",
+        show_progress=show_progress,
+    )
+    views = None
+    if VIEW_METRICS & set(chosen):
+        needed = n_views if "lidar" in chosen else 2
+        augmented = augment_views(texts, needed, seed=seed)
+        views = torch.empty((len(layer_list), len(texts), needed, lm.hidden_size), device=lm.device)
+        for v, view_texts in enumerate(augmented):
+            views[:, :, v], _ = encode_texts(
+                lm,
+                view_texts,
+                layer_list,
+                pooling,
+                batch_size=batch_size,
+                timer=timer,
+                desc=f"{task_name} view {v + 1}/{needed}",
+                show_progress=show_progress,
+            )
+    with linalg_threads(lm.device):
+        rows = compute_rows(
+            pooled, per_text, views, layer_list, chosen, alpha=alpha, seed=seed, timer=timer
+        )
+    df = pd.DataFrame(rows)
+    df.insert(0, "dataset", task_name)
+    df.insert(0, "revision", lm.revision)
+    df.insert(0, "model", lm.name)
+    df["pooling"] = pooling
+    df["alpha"] = alpha
+    df["seed"] = seed
+    df = df[ROW_COLUMNS]
+    _atomic_parquet(df, path)
+    return df

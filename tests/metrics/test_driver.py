@@ -114,3 +114,38 @@ def test_layer_metrics_end_to_end(minilm, shared_data, tmp_path):
 def test_layer_metrics_rejects_bad_options(minilm):
     with pytest.raises(ValueError, match="n_views"):
         layer_metrics(minilm, tasks=["BIOSSES"], n_views=1, show_progress=False)
+
+
+def test_a_bad_task_fails_alone_and_the_run_resumes(minilm, shared_data, tmp_path, caplog):
+    """A task with a broken line and one with no split file fail, are named, and the others run;
+    a torn file is recomputed with a warning naming it; a repaired task is computed on rerun."""
+    data = tmp_path / "data"
+    (data / "STS12").mkdir(parents=True)
+    (data / "STS12" / "test.jsonl").write_text(
+        '{"sentence1": "a", "sentence2": "b", "score": 1}\n{oops\n'
+    )
+    (data / "STS13").mkdir()  # no test.jsonl
+    (data / "BIOSSES").symlink_to(shared_data / "BIOSSES")
+    options = dict(
+        data_dir=data, output=tmp_path / "out", n=10, metrics="effective_rank", layers=[6],
+        show_progress=False,
+    )  # fmt: skip
+    df = layer_metrics(minilm, **options)
+    failures = df.attrs["failures"]
+    assert set(failures) == {"STS12", "STS13"}
+    assert "line 2" in failures["STS12"] and "test.jsonl" in failures["STS13"]
+    assert set(df["dataset"]) == {"BIOSSES"}
+
+    [done] = (tmp_path / "out" / "metrics").glob("*BIOSSES*.parquet")
+    done.write_bytes(done.read_bytes()[:20])
+    (data / "STS12" / "test.jsonl").write_text(
+        '{"sentence1": "a cat", "sentence2": "a dog", "score": 1}\n' * 3
+    )
+    with caplog.at_level("WARNING", logger="mteb_midlayer.metrics.driver"):
+        again = layer_metrics(minilm, **options)
+    assert f"Recomputing {done}" in caplog.text
+    assert set(again.attrs["failures"]) == {"STS13"}
+    assert set(again["dataset"]) == {"BIOSSES", "STS12"}
+    pd.testing.assert_frame_equal(
+        again[again["dataset"] == "BIOSSES"].reset_index(drop=True), df.reset_index(drop=True)
+    )

@@ -1,0 +1,155 @@
+"""Result files we can trust: written atomically, counted as finished only when complete.
+
+mteb writes each slice's `TaskResult` to `<model>/<revision>/experiments/<slice>/<Task>.json`.
+Here: `AtomicResultCache` makes that write a temp file + rename (a kill never leaves a torn or
+0-byte result), and writes beside it a *run identity* (`identity/<Task>.identity.json`): what the folder
+path does not already say (the task data's fingerprint, the prompts, the model's full spec).
+`unfinished_reason` says why an existing result must be recomputed (unreadable, wrong task,
+missing split or subset, a NaN score, another identity), or `None` when it stands.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import mteb
+
+__all__ = [
+    "AtomicResultCache",
+    "identity_path",
+    "task_fingerprint",
+    "unfinished_reason",
+    "write_atomic",
+]
+
+IDENTITY_FOLDER = "identity"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` via a fsynced temp file and a rename: all or nothing."""
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    with tmp.open("w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def identity_path(result_path: Path) -> Path:
+    """Where the run identity of a result file lives (not `*.json` of the slice folder, so
+    mteb's own reader never takes it for a result)."""
+    return result_path.parent / IDENTITY_FOLDER / f"{result_path.stem}.identity.json"
+
+
+def task_fingerprint(task: Any) -> str:
+    """What the task's data is: a content fingerprint of its local folder (tasks read from
+    --data-dir), else the Hub dataset revision mteb pins in the task's metadata."""
+    folder = getattr(task, "local_data_dir", None)
+    if folder is not None:
+        from .model import folder_fingerprint
+
+        return f"local-{folder_fingerprint(folder)}"
+    dataset = getattr(task.metadata, "dataset", None) or {}
+    return f"hub-{dataset.get('revision') or 'unknown'}"
+
+
+class AtomicResultCache(mteb.ResultCache):
+    """An mteb `ResultCache` whose result files appear whole or not at all.
+
+    mteb's `save_to_cache` is reused as is; only the path it writes the result JSON to is a
+    temp name (not `*.json`, so no reader sees it), renamed into place once written and
+    fsynced. The run identity registered for that path (`expect`) is written first.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(path)
+        self._identities: dict[Path, dict[str, Any]] = {}
+        self._tmp_suffix: str | None = None
+
+    def expect(self, result_path: Path, identity: Mapping[str, Any]) -> None:
+        """Record the identity to write beside `result_path` when mteb saves it."""
+        self._identities[Path(result_path)] = dict(identity)
+
+    def get_task_result_path(self, *args: Any, **kwargs: Any) -> Path:
+        path = super().get_task_result_path(*args, **kwargs)
+        return path.with_name(path.name + self._tmp_suffix) if self._tmp_suffix else path
+
+    def save_to_cache(self, task_result: Any, model_name: Any, *args: Any, **kwargs: Any) -> None:
+        final = super().get_task_result_path(task_result.task_name, model_name, *args)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        identity = self._identities.get(final)
+        if identity is not None:
+            target = identity_path(final)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(target, json.dumps(identity, indent=2, sort_keys=True))
+        self._tmp_suffix = f".tmp-{os.getpid()}"
+        try:
+            super().save_to_cache(task_result, model_name, *args, **kwargs)
+            tmp = final.with_name(final.name + self._tmp_suffix)
+            with tmp.open("rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        finally:
+            self._tmp_suffix = None
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def unfinished_reason(
+    path: Path,
+    task: Any,
+    identity: Mapping[str, Any] | None = None,
+) -> str | None:
+    """Why the result file at `path` does not count as `task` done (`None`: it does).
+
+    Finished = the JSON parses, names the task, holds every expected split and subset with a
+    finite main score, the folder's `model_meta.json` parses, and (given `identity`) the
+    recorded run identity equals it.
+    """
+    path = Path(path)
+    if not path.exists():
+        return "missing"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    if not isinstance(data, dict) or not isinstance(data.get("scores"), dict):
+        return "not an mteb result (no scores)"
+    name = task.metadata.name
+    if data.get("task_name") != name:
+        return f"holds task {data.get('task_name')!r}, expected {name!r}"
+    subsets = set(getattr(task, "hf_subsets", None) or ["default"])
+    for split in task.eval_splits:
+        entries = data["scores"].get(split)
+        if not entries:
+            return f"split {split!r} missing"
+        found = {e.get("hf_subset", "default") for e in entries if isinstance(e, dict)}
+        if not subsets <= found:
+            return f"split {split!r} lacks subset(s) {', '.join(sorted(subsets - found))}"
+        bad = [e.get("hf_subset") for e in entries if not _finite(e.get("main_score"))]
+        if bad:
+            return f"split {split!r} has a NaN or missing main score ({', '.join(map(str, bad))})"
+    meta = path.parent / "model_meta.json"
+    try:
+        json.loads(meta.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"its {meta.name} is unreadable ({type(exc).__name__})"
+    if identity is None:
+        return None
+    try:
+        recorded = json.loads(identity_path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "no run identity recorded (written by another version, or interrupted)"
+    diffs = [
+        f"{key}: {recorded.get(key)!r} -> {value!r}"
+        for key, value in identity.items()
+        if recorded.get(key) != value
+    ]
+    return f"computed with other settings ({'; '.join(diffs)})" if diffs else None

@@ -1,0 +1,145 @@
+"""`ModelSpec`: the one description of which model to load and how, built once and passed down.
+
+Every entry point (`LayerEncoder`, `sweep`, `layer_metrics`, the CLI) takes the same options;
+they all build a `ModelSpec` (validated at construction) and hand it to `LayerModel.load`. A
+loaded `LayerModel` keeps the *resolved* spec (its name, a revision that fingerprints local
+weights, its max length and dtype), from which the store key and mteb's `ModelMeta` derive.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .pooling import POOLINGS
+
+__all__ = ["DTYPE_NAMES", "ModelSpec", "SpecConflictError", "merge_spec", "prompts_hash"]
+
+#: dtype spellings accepted on the command line and in the API, with their canonical name.
+DTYPE_NAMES = {
+    "auto": "auto",
+    "float32": "float32",
+    "fp32": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+
+
+class SpecConflictError(ValueError):
+    """An option that contradicts the spec (or the already loaded model) it is given with."""
+
+    def __init__(self, option: str, given: Any, existing: Any) -> None:
+        self.option, self.given, self.existing = option, given, existing
+        super().__init__(
+            f"{option}={given!r} conflicts with the model's {option}={existing!r}; "
+            f"load the model with {option}={given!r} or leave the option out."
+        )
+
+
+def prompts_hash(prompts: Mapping[str, str] | None) -> str:
+    """Short stable hash of a prompts dict (`"none"` without prompts): names the prompt set."""
+    if not prompts:
+        return "none"
+    blob = json.dumps(dict(prompts), sort_keys=True, ensure_ascii=False)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:8]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What to load and how. `None` means "the model's own default" (resolved at load).
+
+    `source`: Hub id, local folder, or `"minilm"` (the packaged all-MiniLM-L6-v2); `None` for a
+    model object passed in directly. `revision`: Hub commit; for a local folder a label that is
+    combined with a fingerprint of its files. `pooling`: mean | cls | last | max | weightedmean |
+    mean_sqrt_len (default: the sentence-transformers Pooling module, else mean).
+    """
+
+    source: str | None = None
+    name: str | None = None
+    revision: str | None = None
+    pooling: str | None = None
+    max_length: int | None = None
+    dtype: str | None = None
+    device: str | None = None
+    prompts: Mapping[str, str] | None = None
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if self.source is not None:
+            object.__setattr__(self, "source", str(self.source))
+            if not self.source.strip():
+                raise ValueError("ModelSpec.source must be a Hub id or a folder, got ''.")
+        for key in ("name", "revision", "device"):
+            value = getattr(self, key)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise ValueError(f"ModelSpec.{key} must be a non-empty string, got {value!r}.")
+        if self.pooling is not None and self.pooling not in POOLINGS:
+            raise ValueError(
+                f"Unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}."
+            )
+        if self.max_length is not None and (
+            isinstance(self.max_length, bool)
+            or not isinstance(self.max_length, int)
+            or self.max_length <= 0
+        ):
+            raise ValueError(f"max_length must be a positive int, got {self.max_length!r}.")
+        if self.dtype is not None:
+            key = str(self.dtype).removeprefix("torch.").lower()
+            if key not in DTYPE_NAMES:
+                raise ValueError(
+                    f"Unknown dtype {self.dtype!r}; choose one of {sorted(set(DTYPE_NAMES))}."
+                )
+            object.__setattr__(self, "dtype", DTYPE_NAMES[key])
+        if self.prompts is not None:
+            if not isinstance(self.prompts, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in self.prompts.items()
+            ):
+                raise ValueError(f"prompts must map names to prompt strings, got {self.prompts!r}.")
+            object.__setattr__(
+                self, "prompts", {k: v for k, v in self.prompts.items() if v} or None
+            )
+        if not isinstance(self.trust_remote_code, bool):
+            raise ValueError(f"trust_remote_code must be a bool, got {self.trust_remote_code!r}.")
+
+    @property
+    def is_local(self) -> bool:
+        return self.source is not None and Path(self.source).exists()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able dict; `from_dict` reads it back."""
+        out = dataclasses.asdict(self)
+        out["prompts"] = dict(self.prompts) if self.prompts else None
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ModelSpec:
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"Unknown ModelSpec field(s): {', '.join(sorted(unknown))}.")
+        return cls(**data)
+
+    def replace(self, **changes: Any) -> ModelSpec:
+        return dataclasses.replace(self, **changes)
+
+
+def merge_spec(spec: ModelSpec | None, **options: Any) -> ModelSpec:
+    """`spec` with the keyword options that are set (not None/False); a set option that differs
+    from a set spec field is a `SpecConflictError` naming it."""
+    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    if spec is None:
+        return ModelSpec(**given)
+    changes = {}
+    for key, value in given.items():
+        current = getattr(spec, key)
+        candidate = getattr(ModelSpec(**{key: value}), key)  # normalised (dtype spellings)
+        if current is not None and current is not False and current != candidate:
+            raise SpecConflictError(key, value, current)
+        changes[key] = candidate
+    return spec.replace(**changes) if changes else spec
