@@ -387,7 +387,10 @@ def plan_units(
     model = request_spec(lm)
     resolved = lm.current_spec().to_dict()
     digest = _store_digest(resolved, source.pooling)
-    cache = AtomicResultCache(output)
+    absent = not output.exists()
+    cache = AtomicResultCache(output)  # mteb's cache makes its folder
+    if dry_run and absent:
+        output.rmdir()
     encoders = [
         StoreEncoder(source, layer=layer, dim=dim, normalize=plan.normalize)
         for layer, dim in plan.slices
