@@ -199,6 +199,25 @@ def _stored_texts(out: Path) -> int:
     return sum(json.loads(m.read_text())["n"] for m in markers)
 
 
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive_not_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def _encoded(stdout: str) -> int:
     return int(stdout.split("Encoded ")[1].split()[0])
 
@@ -236,8 +255,15 @@ def test_killed_driver_loses_at_most_its_unit(data_dir, tmp_path):
     while _stored_texts(out) < 3 * 16 and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     assert proc.poll() is None, "the sweep finished before it could be killed"
+    workers = _children(proc.pid)
+    assert len(workers) >= 2  # the scoring pool (and its resource tracker)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    for _ in range(600):  # the workers end with their driver (once done importing)
+        if not any(Path(f"/proc/{pid}").exists() for pid in workers):
+            break
+        time.sleep(0.1)
+    assert not [pid for pid in workers if _alive_not_zombie(pid)]
     before = _stored_texts(out)
     assert before >= 3 * 16 and not _results(out)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import multiprocessing as mp
+import multiprocessing.connection
 import os
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -42,7 +44,21 @@ class SerialExecutor:
         pass
 
 
+def _exit_with_parent() -> None:
+    """End this worker when the driver dies (a killed driver must not leave idle workers)."""
+    parent = mp.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        mp.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
+
+
 def _init_worker(threads: int, devices: Any) -> None:
+    _exit_with_parent()
     base.limit_threads(threads)
     if devices is not None:
         base.set_device(devices.get())
