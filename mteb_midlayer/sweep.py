@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import time
 import traceback
 import warnings
 from collections.abc import Iterator, Sequence
@@ -238,8 +239,11 @@ def sweep(
         table.attrs["plan"] = units
         table.attrs["failures"] = dict(plan.failures)
         return table
+    timings: dict[str, float] = {}
     with local_executors(jobs, device_list) as (encoder, scorer):
+        t0 = time.perf_counter()
         units = plan_units(plan, source, output, raise_error=raise_error)
+        timings["plan_s"] = time.perf_counter() - t0
         n_encoded = run_units(
             units,
             plan,
@@ -249,6 +253,7 @@ def sweep(
             scorer=scorer,
             raise_error=raise_error,
             show_progress=show_progress,
+            timings=timings,
         )
     long = layer_results(output, model=lm.name, revision=lm.revision, pooling=pooling)
     long = long[long["task"].isin([t.metadata.name for t in plan.tasks])]
@@ -263,6 +268,7 @@ def sweep(
     table.attrs["failures"] = dict(plan.failures)
     table.attrs["n_encoded"] = n_encoded
     table.attrs["plan"] = units
+    table.attrs["timings"] = timings
     return table
 
 
@@ -473,6 +479,7 @@ def run_units(
     scorer: Any = None,
     raise_error: bool = False,
     show_progress: bool = True,
+    timings: dict[str, float] | None = None,
 ) -> int:
     """Run the plan as a pipeline; return how many texts went through the network.
 
@@ -506,11 +513,17 @@ def run_units(
             trace = "".join(traceback.format_exception(exc))
             logger.error("Task %s failed: %s\n%s", task, plan.failures[task], trace)
 
+    clock = timings if timings is not None else {}
+    for key in ("encode_s", "score_s", "drain_s"):
+        clock.setdefault(key, 0.0)
+
     def scored(results: Iterator[tuple[ScoreUnit, Any]]) -> None:
         for unit, result in results:
             bar.update(1)
             if isinstance(result, BaseException):
                 failed(unit.task, result)
+            else:
+                clock["score_s"] += result.seconds
 
     in_flight = []
     try:
@@ -531,6 +544,7 @@ def run_units(
                     failed(unit.task, result)
                 else:
                     n_encoded += result.n_encoded
+                    clock["encode_s"] += result.seconds
             if name in plan.failures:
                 bar.update(len(units.score_for(name)))
                 continue
@@ -542,8 +556,10 @@ def run_units(
                     task.unload_data()
             else:
                 in_flight.append(scorer.map(run_score_unit, units.score_for(name), gpu=False))
+        t0 = time.perf_counter()
         for results in in_flight:
             scored(results)
+        clock["drain_s"] += time.perf_counter() - t0
     finally:
         bar.close()
     return n_encoded
