@@ -152,6 +152,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--n-views", type=int, default=16, help="augmented views per text (LiDAR)")
     p.add_argument("--overwrite", action="store_true", help="recompute tasks already done")
+    p.add_argument(
+        "--devices",
+        help="one worker process per device, each computing whole tasks, e.g. cuda:0,cuda:1 "
+        "(default: in this process, on --device)",
+    )
 
     p = sub.add_parser("mirror", help="write tasks' data (from the Hub) into the --data-dir layout")
     p.add_argument("tasks", nargs="*", help="mteb task names (or give --benchmark)")
@@ -252,18 +257,27 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
+    from .executors.local import ProcessExecutor
     from .metrics.driver import layer_metrics
+    from .sweep import parse_devices
 
-    df = layer_metrics(
-        **_common(args),
-        texts=args.texts,
-        n=args.n,
-        metrics=args.metrics,
-        alpha=args.alpha,
-        seed=args.seed,
-        n_views=args.n_views,
-        overwrite=args.overwrite,
-    )
+    devices = parse_devices(args.devices)
+    executor = ProcessExecutor(devices=devices) if devices else None
+    try:
+        df = layer_metrics(
+            **_common(args),
+            texts=args.texts,
+            n=args.n,
+            metrics=args.metrics,
+            alpha=args.alpha,
+            seed=args.seed,
+            n_views=args.n_views,
+            overwrite=args.overwrite,
+            executor=executor,
+        )
+    finally:
+        if executor is not None:
+            executor.shutdown()
     wide = df.pivot_table(index=["dataset", "metric", "variant"], columns="layer", values="value")
     _print_table(wide)
     print(f"\nRows: {args.output / 'metrics'} (pd.read_parquet reads the folder)")

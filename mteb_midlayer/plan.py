@@ -26,6 +26,7 @@ import numpy as np
 
 __all__ = [
     "EncodeUnit",
+    "MetricsUnit",
     "Plan",
     "ScoreUnit",
     "TaskTexts",
@@ -105,6 +106,35 @@ class ScoreUnit:
     @property
     def key(self) -> str:
         return f"{self.task}-L{self.layer}-d{self.dim}-{self.pooling}-n{int(self.normalize)}"
+
+
+@dataclass(frozen=True)
+class MetricsUnit:
+    """The unsupervised layer metrics of one `(model, task)` into `output` (the metrics folder).
+
+    `settings` is the driver's record of the run (it names the task's parquet file); the other
+    fields are `metrics.driver.layer_metrics`'s options.
+    """
+
+    model: dict[str, Any]
+    resolved: dict[str, Any]
+    task: str
+    data_dir: str | None
+    output: str
+    settings: dict[str, Any]
+    metrics: tuple[str, ...]
+    layers: tuple[int, ...]
+    pooling: str
+    n: int
+    seed: int
+    alpha: float
+    n_views: int
+    batch_size: int = 32
+    overwrite: bool = False
+
+    @property
+    def key(self) -> str:
+        return f"metrics-{self.task}"
 
 
 @dataclass(frozen=True)

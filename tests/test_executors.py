@@ -276,3 +276,23 @@ def test_killed_driver_loses_at_most_its_unit(data_dir, tmp_path):
     clean = tmp_path / "clean"
     subprocess.run(_cli(clean, data_dir, 1), env=_env(), capture_output=True, check=True)
     assert _results(out) == _results(clean)
+
+
+@pytest.mark.slow
+def test_metrics_units_in_a_worker_equal_the_driver(minilm_path, data_dir, tmp_path):
+    from mteb_midlayer.metrics.driver import layer_metrics
+
+    kwargs = dict(
+        tasks=["BIOSSES", CLASSIFICATION], data_dir=data_dir, n=40, layers=[0, 6],
+        metrics="dataset_entropy,effective_rank,prompt_entropy", show_progress=False,
+    )  # fmt: skip
+    here = layer_metrics(minilm_path, output=tmp_path / "here", **kwargs)
+    with ProcessExecutor(devices=["cpu"]) as ex:
+        there = layer_metrics(minilm_path, output=tmp_path / "there", executor=ex, **kwargs)
+    assert here.attrs["failures"] == there.attrs["failures"] == {}
+    assert len(here) == len(there) == 2 * 2 * 3
+    key = ["dataset", "metric", "variant", "layer"]
+    a, b = here.sort_values(key).reset_index(drop=True), there.sort_values(key)
+    assert a[key].equals(b[key].reset_index(drop=True))
+    assert a["value"].to_numpy() == pytest.approx(b["value"].to_numpy(), rel=1e-6)
+    assert len(list((tmp_path / "there" / "metrics").glob("*.parquet"))) == 2

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
-from ..plan import EncodeUnit, ScoreUnit, read_texts
+from ..plan import EncodeUnit, MetricsUnit, ScoreUnit, read_texts
 from . import claims
 
 logger = logging.getLogger(__name__)
@@ -123,7 +123,7 @@ def limit_threads(n: int = 1) -> None:
         pass
 
 
-def _load_model(unit: EncodeUnit) -> Any:
+def _load_model(unit: EncodeUnit | MetricsUnit) -> Any:
     """The unit's model, loaded once per process and checked against the driver's."""
     from ..model import LayerModel
     from ..spec import ModelSpec
@@ -287,3 +287,25 @@ def run_score_unit(unit: ScoreUnit) -> ScoreReport:
         seconds=time.perf_counter() - t0,
         pid=os.getpid(),
     )
+
+
+def run_metrics_unit(unit: MetricsUnit) -> Any:
+    """The metric rows of one task (a `DataFrame`, also written to `unit.output`); read back
+    when its file exists with the same settings. `df.attrs["timings"]`: seconds per phase."""
+    from ..metrics.driver import Timer, _task_metrics
+
+    lm = _load_model(unit)
+    task = _task(unit.task, unit.data_dir)
+    timer = Timer(lm.device)
+    try:
+        df = _task_metrics(
+            lm, task, dict(unit.settings), Path(unit.output), list(unit.metrics),
+            list(unit.layers), unit.pooling, timer, n=unit.n, seed=unit.seed, alpha=unit.alpha,
+            n_views=unit.n_views, batch_size=unit.batch_size, overwrite=unit.overwrite,
+            show_progress=False,
+        )  # fmt: skip
+    finally:
+        if task.data_loaded:
+            task.unload_data()
+    df.attrs["timings"] = dict(timer.seconds)
+    return df

@@ -273,8 +273,13 @@ def layer_metrics(
     overwrite: bool = False,
     show_progress: bool = True,
     raise_error: bool = False,
+    executor: Any = None,
 ) -> pd.DataFrame:
     """Compute the layer metrics of `model` on each task; write and return tidy rows.
+
+    `executor` (an `executors.base.Executor`, e.g. `ProcessExecutor(devices=["cuda:0",
+    "cuda:1"])`) runs one metrics unit per task there (the model is loaded from its spec in
+    each worker); a `--texts` corpus is computed here.
 
     `texts`: a corpus file (plain text, one text a line, or JSON Lines with a `text` field) or a
     list of texts, computed instead of the tasks (beside them if `tasks` or `benchmark` is also
@@ -331,6 +336,14 @@ def layer_metrics(
     }
     timer = Timer(lm.device)
     frames = []
+    if executor is not None:
+        remote = [t for t in task_objects if not isinstance(t, Corpus)]
+        task_objects = [t for t in task_objects if isinstance(t, Corpus)]
+        frames += _run_units(
+            executor, lm, remote, settings, out_dir, chosen, layer_list, pooling, timer, failures,
+            n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
+            overwrite=overwrite, raise_error=raise_error,
+        )  # fmt: skip
     for task in tqdm(task_objects, desc="Metrics", unit="task", disable=not show_progress):
         task_name = _dataset_name(task)
         try:
@@ -355,6 +368,57 @@ def layer_metrics(
     result.attrs["timings"] = dict(timer.seconds)
     result.attrs["failures"] = failures
     return result
+
+
+def _run_units(
+    executor: Any,
+    lm: LayerModel,
+    tasks: Sequence[Any],
+    settings: dict[str, Any],
+    out_dir: Path,
+    chosen: list[str],
+    layer_list: list[int],
+    pooling: str,
+    timer: Timer,
+    failures: dict[str, str],
+    *,
+    raise_error: bool,
+    **options: Any,
+) -> list[pd.DataFrame]:
+    """One `MetricsUnit` per task, run by `executor`; rows in task order, failures recorded."""
+    from ..executors.base import run_metrics_unit, seed_model
+    from ..plan import MetricsUnit
+    from ..sweep import _data_dir, request_spec
+
+    units = [
+        MetricsUnit(
+            model=request_spec(lm),
+            resolved=lm.current_spec().to_dict(),
+            task=task.metadata.name,
+            data_dir=_data_dir(task),
+            output=str(out_dir),
+            settings=settings,
+            metrics=tuple(chosen),
+            layers=tuple(layer_list),
+            pooling=pooling,
+            **options,
+        )
+        for task in tasks
+    ]
+    if units:
+        seed_model(units[0].model, lm)
+    done: dict[str, pd.DataFrame] = {}
+    for unit, result in executor.map(run_metrics_unit, units, gpu=True):
+        if isinstance(result, BaseException):
+            if raise_error:
+                raise result
+            failures[unit.task] = f"{type(result).__name__}: {result}"
+            logger.error("Metrics of task %s failed: %s", unit.task, result)
+            continue
+        for phase, seconds in result.attrs.get("timings", {}).items():
+            timer.seconds[phase] += seconds
+        done[unit.task] = result
+    return [done[u.task] for u in units if u.task in done]
 
 
 def _dataset_name(task: Any) -> str:
