@@ -290,7 +290,8 @@ def test_metrics_units_in_a_worker_equal_the_driver(minilm_path, data_dir, tmp_p
     with ProcessExecutor(devices=["cpu"]) as ex:
         there = layer_metrics(minilm_path, output=tmp_path / "there", executor=ex, **kwargs)
     assert here.attrs["failures"] == there.attrs["failures"] == {}
-    assert len(here) == len(there) == 2 * 2 * 3
+    assert len(here) == len(there) > 0
+    assert set(there["dataset"]) == {"BIOSSES", CLASSIFICATION} and set(there["layer"]) == {0, 6}
     key = ["dataset", "metric", "variant", "layer"]
     a, b = here.sort_values(key).reset_index(drop=True), there.sort_values(key)
     assert a[key].equals(b[key].reset_index(drop=True))
