@@ -30,8 +30,13 @@ CLASSIFICATION = "TweetSentimentExtractionClassification"
 def _square(x: int) -> int:
     if x == 3:
         raise ValueError("three")
-    time.sleep(0.3 if x == 0 else 0.0)
+    time.sleep(1.0 if x == 0 else 0.0)
     return x * x
+
+
+def _pid(_: int) -> int:
+    time.sleep(0.2)
+    return os.getpid()
 
 
 def _threads(_: int) -> tuple[int, str | None]:
@@ -50,6 +55,9 @@ def test_serial_executor_yields_results_and_exceptions_in_order():
 @pytest.mark.slow
 def test_process_executor_completion_order_one_thread_and_devices():
     with ProcessExecutor(jobs=2) as ex:
+        pids: set[int] = set()
+        while len(pids) < 2:  # both workers up (started, imports done) before timing
+            pids |= {pid for _, pid in ex.map(_pid, [0, 1], gpu=False)}
         out = list(ex.map(_square, [0, 1, 3], gpu=False))
         assert {u: r for u, r in out if not isinstance(r, BaseException)} == {0: 0, 1: 1}
         assert out[-1][0] == 0  # the slow unit completes last
