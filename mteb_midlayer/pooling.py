@@ -35,20 +35,22 @@ def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
     """Pool `hidden` (B, T, D) with `attention_mask` (B, T) into (B, D), in float32.
 
-    `cls` is the first *real* token, so left-padded batches pool the same token as
-    right-padded ones.
+    Half-precision states are never copied whole to float32: `mean` sums in float32
+    (`sum(dtype=float32)`), `max`/`cls`/`last` select in the states' dtype (exact) and convert
+    only the (B, D) result. `cls` is the first *real* token, so left-padded batches pool the
+    same token as right-padded ones; padding never leaks in, even as NaN/inf.
     """
     check_pooling(pooling)
-    hidden = hidden.float()
-    mask = attention_mask.to(hidden.device)
+    mask = attention_mask.to(hidden.device).bool()
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     if pooling == "mean":
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * m).sum(dim=1) / m.sum(dim=1).clamp(min=1.0)
+        kept = hidden.masked_fill(~mask.unsqueeze(-1), 0)
+        total = kept.sum(dim=1, dtype=torch.float32)
+        return total / mask.sum(dim=1, keepdim=True).to(torch.float32).clamp(min=1.0)
     if pooling == "max":
-        filled = hidden.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
-        out = filled.max(dim=1).values
-        return torch.where(torch.isinf(out), torch.zeros_like(out), out)
+        filled = hidden.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        out = filled.max(dim=1).values.float()
+        return torch.where(torch.isinf(out) & (out < 0), torch.zeros_like(out), out)
     if pooling == "cls":
-        return hidden[rows, first_token_index(mask)]
-    return hidden[rows, last_token_index(mask)]
+        return hidden[rows, first_token_index(mask)].float()
+    return hidden[rows, last_token_index(mask)].float()
