@@ -15,6 +15,7 @@ from mteb.models.model_meta import ScoringFunction
 from .layers import resolve_layer
 from .model import LayerModel, check_texts, dtype_name
 from .pooling import check_pooling
+from .search import attach_search_backend
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -96,6 +97,7 @@ class LayerEncoder(AbsEncoder):
     pooling) or mean.
     `normalize`: L2 after slicing; `None` takes the model's own (True for a sentence-transformers
     model with a `Normalize` module, so its last layer *is* the published model), else False.
+    `search_backend`: how mteb searches retrieval/reranking tasks (`auto`: faiss when installed).
     Only the blocks up to `layer` run.
     """
 
@@ -117,6 +119,7 @@ class LayerEncoder(AbsEncoder):
         model_prompts: dict[str, str] | None = None,
         show_progress: bool = False,
         trust_remote_code: bool = False,
+        search_backend: str = "auto",  # issue 14: retrieval search, auto | faiss | torch
     ) -> None:
         if pooling is not None:
             check_pooling(pooling)
@@ -140,6 +143,8 @@ class LayerEncoder(AbsEncoder):
         self.show_progress = show_progress
         self.model_prompts = self.validate_task_to_prompt_name(model_prompts or lm.prompts)
         self.mteb_model_meta = slice_meta(lm, self.layer, self.dim, self.pooling, self.normalize)
+        # issue 14: retrieval/reranking search through faiss (auto: when installed)
+        self.search_backend = attach_search_backend(self, search_backend)
 
     @property
     def store_config(self) -> dict[str, Any]:

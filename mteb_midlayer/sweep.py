@@ -27,6 +27,7 @@ from .layers import resolve_layers
 from .model import LayerModel
 from .pooling import check_pooling
 from .replay import EmbeddingSource, StoreEncoder
+from .search import resolve_search_backend, with_search_backend
 from .tables import layer_results, layer_table
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,7 @@ def sweep(
     shard_size: int | None = None,
     show_progress: bool = True,
     raise_error: bool = False,
+    search_backend: str = "auto",  # issue 14: retrieval/reranking search, auto | faiss | torch
 ) -> pd.DataFrame:
     """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
 
@@ -136,8 +138,10 @@ def sweep(
     Pooling and Normalize modules), so the last layer scores exactly as the published model.
     Returns the wide layer x task table of main scores (rows: layer, dim), with `mean`,
     `n_tasks` and `missing` columns; tasks that failed are listed in `df.attrs["failures"]`
-    (task name -> reason) and did not stop the others.
+    (task name -> reason) and did not stop the others. `search_backend`: how retrieval and
+    reranking tasks search (`auto`: faiss when installed; scores move at rounding level only).
     """
+    search_backend = resolve_search_backend(search_backend)  # fail before any work
     lm = LayerModel.coerce(
         model,
         tokenizer,
@@ -169,7 +173,14 @@ def sweep(
         shard_size=shard_size,
         show_progress=show_progress,
     )
-    run_plan(plan, source, output, raise_error=raise_error, show_progress=show_progress)
+    run_plan(
+        plan,
+        source,
+        output,
+        raise_error=raise_error,
+        show_progress=show_progress,
+        search_backend=search_backend,
+    )
     long = layer_results(output, model=lm.name, revision=lm.revision, pooling=pooling)
     long = long[long["task"].isin([t.metadata.name for t in plan.tasks])]
     long = long[long["layer"].isin(plan.layers) & long["dim"].isin(plan.dims)]
@@ -187,6 +198,7 @@ def run_plan(
     *,
     raise_error: bool = False,
     show_progress: bool = True,
+    search_backend: str = "torch",  # issue 14: see search.with_search_backend
 ) -> None:
     """Evaluate every slice on every task; a failing task is recorded and skipped."""
     cache = mteb.ResultCache(output)
@@ -232,7 +244,7 @@ def run_plan(
                 try:
                     with _quiet_scoring():
                         mteb.evaluate(
-                            encoder,
+                            with_search_backend(encoder, search_backend),
                             task,
                             cache=cache,
                             overwrite_strategy="only-missing",
