@@ -180,3 +180,17 @@ def test_dtype_default(monkeypatch):
     assert resolve_dtype("fp32", "cuda") == torch.float32
     with pytest.raises(ValueError, match="Unknown dtype 'fp8'"):
         resolve_dtype("fp8", "cpu")
+
+
+def test_layer_encoder_refuses_non_finite_vectors():
+    from mteb_midlayer import LayerEncoder
+
+    lm = _lm("llama", n_layers=2)
+    lm.model.layers[0].register_forward_hook(
+        lambda _m, _a, out: (
+            (out[0] * float("nan"), *out[1:]) if isinstance(out, tuple) else out * float("nan")
+        )
+    )
+    encoder = LayerEncoder(lm, layer=2, search_backend="torch")
+    with pytest.raises(NonFiniteError, match=r"Layer 2 .*text 0 'hello'"):
+        encoder.embed(["hello"])
