@@ -338,14 +338,17 @@ class LayerModel:
                 except Exception as error:
                     if not is_out_of_memory(error) or len(chunk) == 1:
                         raise
-                    rest = [i for part in (chunk, *queue) for i in part]
-                    limits = self._back_off(len(chunk), limits, error)
-                    queue = deque(plan_batches(rest, lengths, *limits))
+                    reason = str(error).splitlines()[0][:120] if str(error) else "out of memory"
+                else:
+                    if check_finite:
+                        self._check_finite(batch, texts)
+                    yield batch
+                    bar.update(len(chunk))
                     continue
-                if check_finite:
-                    self._check_finite(batch, texts)
-                yield batch
-                bar.update(len(chunk))
+                # Out of memory; past the `except`, the failed pass's tensors are free to go.
+                rest = [i for part in (chunk, *queue) for i in part]
+                limits = self._back_off(len(chunk), limits, reason)
+                queue = deque(plan_batches(rest, lengths, *limits))
         finally:
             bar.close()
 
@@ -390,7 +393,7 @@ class LayerModel:
         )
 
     def _back_off(
-        self, failed_rows: int, limits: tuple[int, int | None], error: BaseException
+        self, failed_rows: int, limits: tuple[int, int | None], reason: str
     ) -> tuple[int, int | None]:
         """Halve the batch after an out-of-memory error; say so the first time only."""
         self.oom_halvings += 1
@@ -401,7 +404,7 @@ class LayerModel:
             "Out of memory on a batch of %d texts (%s); halving the batch (batch_size=%d, "
             "max_tokens_per_batch=%s) and going on.",
             failed_rows,
-            str(error).splitlines()[0][:120] if str(error) else type(error).__name__,
+            reason,
             batch_size,
             max_tokens,
         )
