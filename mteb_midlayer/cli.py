@@ -114,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="texts per store shard; a crash loses at most one "
         "(default: up to 2048, fewer so that a shard stays under 256 MiB)",
     )
+    p.add_argument(  # issue 14
+        "--search-backend",
+        choices=["auto", "faiss", "torch"],
+        default="auto",
+        help="how retrieval/reranking tasks search: faiss (extra 'cpu' or 'gpu'), torch "
+        "(mteb's exact default), auto = faiss when installed",
+    )
 
     p = sub.add_parser(
         "metrics", help="unsupervised layer metrics (entropy, curvature, LiDAR, ...)"
@@ -220,6 +227,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         dims=args.dims,
         normalize=args.normalize,
         shard_size=args.shard_size,
+        search_backend=args.search_backend,  # issue 14
     )
     _print_table(table)
     print(f"\nEncoded {table.attrs.get('n_encoded', 0)} new texts; the rest came from the store.")

@@ -15,6 +15,7 @@ from mteb.models.model_meta import ScoringFunction
 from .layers import resolve_layer
 from .model import LayerModel, check_texts, dtype_name, warn_constant_pooling
 from .pooling import check_pooling
+from .search import attach_search_backend
 from .spec import ModelSpec, prompts_hash
 
 if TYPE_CHECKING:
@@ -124,6 +125,7 @@ class LayerEncoder(AbsEncoder):
     pooling) or mean.
     `normalize`: L2 after slicing; `None` takes the model's own (True for a sentence-transformers
     model with a `Normalize` module, so its last layer *is* the published model), else False.
+    `search_backend`: how mteb searches retrieval/reranking tasks (`auto`: faiss when installed).
     Only the blocks up to `layer` run.
     """
 
@@ -146,6 +148,7 @@ class LayerEncoder(AbsEncoder):
         model_prompts: dict[str, str] | None = None,
         show_progress: bool = False,
         trust_remote_code: bool = False,
+        search_backend: str = "auto",  # issue 14: retrieval search, auto | faiss | torch
     ) -> None:
         if pooling is not None:
             check_pooling(pooling)
@@ -173,6 +176,8 @@ class LayerEncoder(AbsEncoder):
         self.mteb_model_meta = slice_meta(
             lm, self.layer, self.dim, self.pooling, self.normalize, prompts=self.model_prompts
         )
+        # issue 14: retrieval/reranking search through faiss (auto: when installed)
+        self.search_backend = attach_search_backend(self, search_backend)
 
     @property
     def store_config(self) -> dict[str, Any]:

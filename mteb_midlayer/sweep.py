@@ -28,6 +28,7 @@ from .model import LayerModel, dtype_name, warn_constant_pooling
 from .pooling import check_pooling
 from .replay import EmbeddingSource, StoreEncoder
 from .results import AtomicResultCache, task_fingerprint, unfinished_reason
+from .search import resolve_search_backend, with_search_backend
 from .spec import ModelSpec, prompts_hash
 from .store import raise_if_disk_full
 from .tables import layer_results, layer_table
@@ -162,6 +163,7 @@ def sweep(
     shard_size: int | None = None,
     show_progress: bool = True,
     raise_error: bool = False,
+    search_backend: str = "auto",  # issue 14: retrieval/reranking search, auto | faiss | torch
 ) -> pd.DataFrame:
     """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
 
@@ -174,7 +176,10 @@ def sweep(
     (task name -> reason) and did not stop the others. An existing result is reused only if it
     is complete and was computed from the same model files, settings and task data
     (`results.unfinished_reason`); otherwise it is recomputed with a warning saying why.
+    `search_backend`: how retrieval and reranking tasks search (`auto`: faiss when installed;
+    scores move at rounding level only).
     """
+    search_backend = resolve_search_backend(search_backend)  # fail before any work
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
     lm = LayerModel.coerce(
@@ -215,7 +220,14 @@ def sweep(
         shard_size=shard_size,
         show_progress=show_progress,
     )
-    run_plan(plan, source, output, raise_error=raise_error, show_progress=show_progress)
+    run_plan(
+        plan,
+        source,
+        output,
+        raise_error=raise_error,
+        show_progress=show_progress,
+        search_backend=search_backend,
+    )
     long = layer_results(output, model=lm.name, revision=lm.revision, pooling=pooling)
     long = long[long["task"].isin([t.metadata.name for t in plan.tasks])]
     long = long[long["layer"].isin(plan.layers) & long["dim"].isin(plan.dims)]
@@ -277,6 +289,7 @@ def run_plan(
     *,
     raise_error: bool = False,
     show_progress: bool = True,
+    search_backend: str = "torch",  # issue 14: see search.with_search_backend
 ) -> None:
     """Evaluate every slice on every task; a failing task is recorded and skipped."""
     cache = AtomicResultCache(output)
@@ -321,7 +334,7 @@ def run_plan(
                 try:
                     with _quiet_scoring():
                         mteb.evaluate(
-                            encoder,
+                            with_search_backend(encoder, search_backend),
                             task,
                             cache=cache,
                             overwrite_strategy="only-missing",
