@@ -30,15 +30,18 @@ REPO = Path(__file__).resolve().parents[1]
 
 def sts_pairs(data_dir: Path, n: int) -> tuple[list[str], list[str], np.ndarray]:
     rows = [json.loads(line) for line in (data_dir / "STSBenchmark" / "test.jsonl").open()][:n]
-    return [r["sentence1"] for r in rows], [r["sentence2"] for r in rows], np.array(
-        [r["score"] for r in rows]
+    return (
+        [r["sentence1"] for r in rows],
+        [r["sentence2"] for r in rows],
+        np.array([r["score"] for r in rows]),
     )
 
 
 def pooled(lm: LayerModel, texts: list[str]) -> dict[str, dict[int, np.ndarray]]:
     """`{final_norm: {layer: (N, D)}}`, both settings from the same forward passes."""
     layers = list(range(lm.n_layers + 1))
-    out = {s: {l: np.zeros((len(texts), lm.hidden_size)) for l in layers} for s in ("last", "every")}
+    shape = (len(texts), lm.hidden_size)
+    out = {s: {layer: np.zeros(shape) for layer in layers} for s in ("last", "every")}
     for batch in lm.iter_batches(texts, layers, "mean", final_norms=("last", "every")):
         for setting, by_layer in batch.by_final_norm.items():
             for layer, vectors in by_layer.items():

@@ -227,3 +227,30 @@ def test_every_exports_a_plain_truncated_model_that_sentence_transformers_loads_
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert float(run.stdout.strip().splitlines()[-1]) <= 1e-5
+
+
+def test_cli_sweep_final_norm_then_select_exports_the_every_slice(shared_data, tmp_path, capsys):
+    from mteb_midlayer.cli import main
+
+    src = tmp_path / "src"
+    model, tok = tiny_model("llama"), tiny_tokenizer()
+    model.save_pretrained(src)
+    tok.save_pretrained(src)
+    out = tmp_path / "res"
+    code = main(
+        ["sweep", str(src), "--tasks", "BIOSSES", "--data-dir", str(shared_data),
+         "--layers", "2,4", "--final-norm", "every", "--max-tokens-per-batch", "512",
+         "--output", str(out), "--device", "cpu"]
+    )  # fmt: skip
+    assert code == 0
+    scores = frames.scores_frame(out)
+    assert set(scores["final_norm"]) == {"every"} and sorted(scores["layer"]) == [2, 4]
+    assert main(["sweep", str(src), "--final-norm", "none", "--output", str(out)]) == 2
+    assert "Unknown final_norm 'none'" in capsys.readouterr().err
+    exported = tmp_path / "exp"
+    code = main(["select", str(out), "--export", str(exported), "--source", str(src)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "final_norm=every" in printed and "RawStreamTransformer" not in printed
+    modules = json.loads((exported / "modules.json").read_text())
+    assert not any("mteb_midlayer" in m["type"] for m in modules)

@@ -69,16 +69,29 @@ def select_config(scores: pd.DataFrame, config: dict) -> pd.DataFrame:
     return scores[mask]
 
 
+def _run_settings(config: dict) -> list[str]:
+    """The run settings (max length, dtype, prompts) that the results recorded."""
+    return [
+        f"{key}={config[key]}"
+        for key in frames.RUN_COLUMNS
+        if key in config and config[key] != frames.RUN_DEFAULTS[key]
+    ]
+
+
 def config_label(config: dict) -> str:
     """A short human label: the model, then what tells its configurations apart."""
     norm = "norm" if config["normalize"] else "raw"
-    return f"{config['model']} · {config['pooling']} · {norm} · final_norm={config['final_norm']}"
+    parts = [config["model"], config["pooling"], norm, f"final_norm={config['final_norm']}"]
+    return " · ".join([*map(str, parts), *_run_settings(config)])
 
 
 def config_slug(config: dict) -> str:
     """A file-, anchor- and CSS-safe name of a configuration (letters, digits, - and _)."""
     raw = "-".join(
-        str(config[k]) for k in ("model", "revision", "pooling", "normalize", "final_norm")
+        [
+            *(str(config[k]) for k in ("model", "revision", "pooling", "normalize", "final_norm")),
+            *_run_settings(config),
+        ]
     )
     return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in raw)
 
