@@ -219,6 +219,7 @@ class LayerEncoder(AbsEncoder):
             "pooling": self.pooling,
             "max_length": self.lm.max_length,
             "dtype": dtype_name(self.lm.dtype),
+            "final_norm": self.final_norm,
         }
 
     def embed(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:

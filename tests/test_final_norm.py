@@ -125,6 +125,17 @@ def test_sweep_last_and_every_in_one_pass_equal_two_single_runs(tmp_path):
     identity = json.loads(identity_path(folder / f"{task}.json").read_text())
     assert identity["n_layers"] == 4 and identity["final_norm"] == "every"
     assert identity["search_backend"] in ("faiss", "torch")
+    # select and leaderboards treat the two settings as two configurations
+    from mteb_midlayer.leaderboard import publish
+    from mteb_midlayer.select import select
+
+    best = select(tmp_path / "both").best
+    assert sorted(best[best["budget"] == "none"]["final_norm"]) == ["every", "last"]
+    scores = frames.scores_frame(tmp_path / "both")
+    publish(scores, frames.metrics_frame(tmp_path / "both"), tmp_path / "lb", benchmark="b",
+            with_plots=False)  # fmt: skip
+    csv = pd.read_csv(tmp_path / "lb" / "b.csv")
+    assert sorted(set(csv["final_norm"])) == ["every", "last"] and len(csv) == 6
     # a rerun reuses everything: nothing is encoded again
     again = sweep(
         lm,
