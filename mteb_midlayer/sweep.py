@@ -2,7 +2,8 @@
 
 For each task: the first slice's `mteb.evaluate` run fills the store (every requested layer
 pooled in the same pass), every later slice replays from it. Results go to an mteb
-`ResultCache` under `output`, one experiment folder per `(layer, dim, pooling, normalize)`, and
+`ResultCache` under `output`, one experiment folder per `(layer, dim, pooling, normalize,
+final_norm)`, and
 `overwrite_strategy="only-missing"` makes a rerun skip every finished slice. A crash loses at
 most one shard of embeddings and the slice in flight.
 """
@@ -22,8 +23,9 @@ import mteb
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .batching import check_batch_limits
 from .encoder import resolve_dim
-from .layers import resolve_layers
+from .layers import check_final_norms, resolve_layers
 from .model import LayerModel, dtype_name, warn_constant_pooling
 from .pooling import check_pooling
 from .replay import EmbeddingSource, StoreEncoder
@@ -46,10 +48,17 @@ class SweepPlan:
     normalize: bool
     tasks: list[Any]
     failures: dict[str, str] = field(default_factory=dict)
+    final_norms: tuple[str, ...] = ("last",)
 
     @property
-    def slices(self) -> list[tuple[int, int]]:
-        return [(layer, dim) for layer in self.layers for dim in self.dims]
+    def slices(self) -> list[tuple[int, int, str]]:
+        """Every `(layer, dim, final_norm)` to score."""
+        return [
+            (layer, dim, norm)
+            for norm in self.final_norms
+            for layer in self.layers
+            for dim in self.dims
+        ]
 
 
 def parse_dims(dims: Sequence[int] | str | None, hidden_size: int) -> list[int]:
@@ -164,6 +173,8 @@ def sweep(
     show_progress: bool = True,
     raise_error: bool = False,
     search_backend: str = "auto",  # issue 14: retrieval/reranking search, auto | faiss | torch
+    final_norm: Sequence[str] | str = "last",
+    max_tokens_per_batch: int | None = None,
 ) -> pd.DataFrame:
     """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
 
@@ -177,11 +188,14 @@ def sweep(
     is complete and was computed from the same model files, settings and task data
     (`results.unfinished_reason`); otherwise it is recomputed with a warning saying why.
     `search_backend`: how retrieval and reranking tasks search (`auto`: faiss when installed;
-    scores move at rounding level only).
+    scores move at rounding level only); recorded in each result's run identity.
+    `final_norm`: "last", "every" or both ("last,every"): each is its own slice, all from one
+    forward pass per text. With several, the table gains a `final_norm` index level.
+    `max_tokens_per_batch`: batch by a budget of padded tokens (no effect on any result).
     """
     search_backend = resolve_search_backend(search_backend)  # fail before any work
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    final_norms = check_final_norms(final_norm)
+    check_batch_limits(batch_size, max_tokens_per_batch)
     lm = LayerModel.coerce(
         model,
         tokenizer,
@@ -206,6 +220,7 @@ def sweep(
         normalize=normalize,
         tasks=list(task_objects),
         failures=failures,
+        final_norms=final_norms,
     )
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -219,6 +234,8 @@ def sweep(
         batch_size=batch_size,
         shard_size=shard_size,
         show_progress=show_progress,
+        final_norms=final_norms,
+        max_tokens_per_batch=max_tokens_per_batch,
     )
     run_plan(
         plan,
@@ -231,7 +248,7 @@ def sweep(
     long = layer_results(output, model=lm.name, revision=lm.revision, pooling=pooling)
     long = long[long["task"].isin([t.metadata.name for t in plan.tasks])]
     long = long[long["layer"].isin(plan.layers) & long["dim"].isin(plan.dims)]
-    long = long[long["normalize"] == normalize]
+    long = long[(long["normalize"] == normalize) & long["final_norm"].isin(final_norms)]
     long = long[
         (long["max_length"] == lm.max_length)
         & (long["dtype"] == dtype_name(lm.dtype))
@@ -243,9 +260,12 @@ def sweep(
     return table
 
 
-def slice_identity(encoder: StoreEncoder, data: str) -> dict[str, Any]:
+def slice_identity(
+    encoder: StoreEncoder, data: str, search_backend: str | None = None
+) -> dict[str, Any]:
     """Everything a slice's score depends on, recorded beside its result and compared on
-    resume (`results.unfinished_reason`)."""
+    resume (`results.unfinished_reason`), plus what is only recorded: the model's layer count
+    (relative depth) and the retrieval search backend."""
     spec = encoder.source.lm.current_spec()
     return {
         "model": spec.name,
@@ -257,12 +277,18 @@ def slice_identity(encoder: StoreEncoder, data: str) -> dict[str, Any]:
         "normalize": encoder.normalize,
         "layer": encoder.layer,
         "dim": encoder.dim,
+        "final_norm": encoder.final_norm,
         "data": data,
+        "n_layers": encoder.source.lm.n_layers,
+        "search_backend": search_backend,
     }
 
 
 def pending_slices(
-    task: Any, encoders: Sequence[StoreEncoder], cache: AtomicResultCache
+    task: Any,
+    encoders: Sequence[StoreEncoder],
+    cache: AtomicResultCache,
+    search_backend: str | None = None,
 ) -> list[StoreEncoder]:
     """The slices of `task` to (re)compute; a stale or broken result is removed, with a
     warning naming the file and why."""
@@ -270,7 +296,7 @@ def pending_slices(
     pending = []
     for encoder in encoders:
         path = cache.get_task_result_path(task.metadata.name, encoder.mteb_model_meta)
-        identity = slice_identity(encoder, data)
+        identity = slice_identity(encoder, data, search_backend)
         cache.expect(path, identity)
         reason = unfinished_reason(path, task, identity)
         if reason is None:
@@ -294,8 +320,8 @@ def run_plan(
     """Evaluate every slice on every task; a failing task is recorded and skipped."""
     cache = AtomicResultCache(output)
     encoders = [
-        StoreEncoder(source, layer=layer, dim=dim, normalize=plan.normalize)
-        for layer, dim in plan.slices
+        StoreEncoder(source, layer=layer, dim=dim, normalize=plan.normalize, final_norm=norm)
+        for layer, dim, norm in plan.slices
     ]
     bar = tqdm(
         total=len(plan.tasks) * len(encoders),
@@ -307,7 +333,7 @@ def run_plan(
         for task in plan.tasks:
             task_name = task.metadata.name
             try:
-                pending = pending_slices(task, encoders, cache)
+                pending = pending_slices(task, encoders, cache, search_backend)
                 # Load once for all slices (mteb.evaluate leaves preloaded data alone).
                 if pending and not task.data_loaded:
                     task.load_data()
@@ -330,7 +356,9 @@ def run_plan(
                     task_name,
                 )
             for encoder in pending:
-                bar.set_postfix_str(f"{task_name} L{encoder.layer} d{encoder.dim}")
+                bar.set_postfix_str(
+                    f"{task_name} L{encoder.layer} d{encoder.dim} {encoder.final_norm}"
+                )
                 try:
                     with _quiet_scoring():
                         mteb.evaluate(
