@@ -65,13 +65,32 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--device", help="cuda, cuda:1, cpu... (default: cuda when present)")
     p.add_argument(
-        "--dtype", help="float32, bfloat16, float16 (default: bf16 on capable GPUs, else fp32)"
+        "--dtype",
+        help="float32, bfloat16, float16 (default: bf16 on GPUs that support it, fp16 on other "
+        "GPUs, fp32 on CPU)",
     )
     p.add_argument("--max-length", type=_positive_int, help="truncate texts to this many tokens")
     p.add_argument(
         "--trust-remote-code",
         action="store_true",
         help="run the model repository's own code (models that need it, e.g. some Hub encoders)",
+    )
+
+
+def _add_pass_options(p: argparse.ArgumentParser) -> None:
+    """Options of the forward pass that `sweep` and `metrics` share (issue 17, issue 14)."""
+    p.add_argument(
+        "--final-norm",
+        default="last",
+        help="'last' (inner layers raw), 'every' (the final norm at every layer, as a truncated "
+        "model), or 'last,every' (both slices from one forward pass)",
+    )
+    p.add_argument(
+        "--max-tokens-per-batch",
+        type=_positive_int,
+        default=None,
+        help="batch by a budget of padded tokens (rows x longest text) instead of --batch-size "
+        "rows; changes no result",
     )
 
 
@@ -100,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_task_options(p)
     p.add_argument("--layers", default="all", help="'all' or comma-separated, e.g. 0,3,6 or -1")
+    _add_pass_options(p)
     p.add_argument("--dims", help="Matryoshka widths, e.g. 384,128 (default: full width)")
     p.add_argument(
         "--normalize",
@@ -131,6 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the plan (encode and score units, texts and slices per task) and exit",
     )
+    p.add_argument(  # issue 14
+        "--search-backend",
+        choices=["auto", "faiss", "torch"],
+        default="auto",
+        help="how retrieval/reranking tasks search: faiss (extra 'cpu' or 'gpu'), torch "
+        "(mteb's exact default), auto = faiss when installed",
+    )
 
     p = sub.add_parser(
         "metrics", help="unsupervised layer metrics (entropy, curvature, LiDAR, ...)"
@@ -138,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_task_options(p)
     p.add_argument("--layers", default="all", help="'all' or comma-separated layers")
+    _add_pass_options(p)
     p.add_argument(
         "--texts",
         type=Path,
@@ -178,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--csv",
         type=Path,
         help="also write the tables here, as one CSV keyed by model, revision, pooling, "
-        "normalize, max_length, dtype, prompts and layer",
+        "normalize, final_norm, max_length, dtype, prompts and layer",
     )
 
     _add_leaderboard_parser(sub)
@@ -224,6 +252,8 @@ def _common(args: argparse.Namespace) -> dict:
         output=args.output,
         layers=args.layers,
         batch_size=args.batch_size,
+        final_norm=args.final_norm,
+        max_tokens_per_batch=args.max_tokens_per_batch,
     )
 
 
@@ -246,6 +276,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         jobs=args.jobs if args.jobs is not None else available_cores(),
         devices=args.devices,
         dry_run=args.dry_run,
+        search_backend=args.search_backend,  # issue 14
     )
     if args.dry_run:
         print(table.attrs["plan"].summary())
@@ -311,14 +342,23 @@ def cmd_table(args: argparse.Namespace) -> int:
     if long.empty:
         print(f"No layer results under {args.output}.", file=sys.stderr)
         return 1
-    keys = ["model", "revision", "pooling", "normalize", "max_length", "dtype", "prompts"]
-    long = long.fillna({"max_length": 0, "dtype": "", "prompts": ""})
+    keys = [
+        "model",
+        "revision",
+        "pooling",
+        "normalize",
+        "final_norm",
+        "max_length",
+        "dtype",
+        "prompts",
+    ]
+    long = long.fillna({"max_length": 0, "dtype": "", "prompts": "", "final_norm": "last"})
     tables = {}
     for key, group in long.groupby(keys):
-        model, revision, pooling, normalize, max_length, dtype, prompts = key
+        model, revision, pooling, normalize, final_norm, max_length, dtype, prompts = key
         print(
             f"\n{model} @ {revision}  pooling={pooling} normalize={normalize} "
-            f"max_length={max_length} dtype={dtype} prompts={prompts}"
+            f"final_norm={final_norm} max_length={max_length} dtype={dtype} prompts={prompts}"
         )
         tables[key] = layer_table(group)
         _print_table(tables[key])
@@ -446,6 +486,13 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
         help="L2-normalise (default: the model's own)",
     )
     p.add_argument("--max-length", type=int, help="truncate texts to this many tokens")
+    p.add_argument(
+        "--final-norm",
+        choices=["last", "every"],
+        default="last",
+        help="'every': the plain truncated model (final norm kept; loads with "
+        "sentence-transformers alone); 'last': the raw inner layer",
+    )
     p.add_argument("--revision", help="model revision (Hub commit) or a label for a local model")
     p.add_argument("--results", type=Path, help="results folder: its scores go into the card")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
@@ -464,7 +511,8 @@ def _print_export(result) -> None:
     print(
         f"wrote {result.path}: {result.model} layer {result.layer}/{result.n_layers}, "
         f"dim {result.dim}/{result.hidden_size}, pooling={result.pooling}, "
-        f"normalize={result.normalize} (max |diff| vs LayerEncoder {result.max_abs_diff:.1e})"
+        f"normalize={result.normalize}, final_norm={result.final_norm} "
+        f"(max |diff| vs LayerEncoder {result.max_abs_diff:.1e})"
     )
     if result.needs_mteb_midlayer:
         print(
@@ -501,14 +549,6 @@ def cmd_select(args: argparse.Namespace) -> int:
         from .export import export
         from .model import EMBEDDED_ALIAS, EMBEDDED_NAME
 
-        if chosen["final_norm"] != "last":
-            print(
-                f"The best slice uses final_norm={chosen['final_norm']!r}; export writes only "
-                "final_norm='last' slices (raw inner layers): nothing exported.",
-                file=sys.stderr,
-            )
-            return 1
-
         source = args.source or (
             EMBEDDED_ALIAS if chosen["model"] == EMBEDDED_NAME else chosen["model"]
         )
@@ -523,6 +563,8 @@ def cmd_select(args: argparse.Namespace) -> int:
             name=chosen["model"],
             revision=chosen["revision"],
             results=args.results,
+            final_norm=str(chosen.get("final_norm") or "last"),
+            max_length=int(chosen.get("max_length") or 0) or None,
         )
         _print_export(result)
     return 0
@@ -543,6 +585,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         revision=args.revision,
         trust_remote_code=args.trust_remote_code,
         results=args.results,
+        final_norm=args.final_norm,
     )
     _print_export(result)
     return 0

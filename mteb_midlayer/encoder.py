@@ -12,9 +12,11 @@ from mteb.models import ModelMeta
 from mteb.models.abs_encoder import AbsEncoder, get_prompt
 from mteb.models.model_meta import ScoringFunction
 
-from .layers import resolve_layer
+from .batching import check_batch_limits
+from .layers import check_final_norms, resolve_layer
 from .model import LayerModel, check_texts, dtype_name, warn_constant_pooling
 from .pooling import check_pooling
+from .search import attach_search_backend
 from .spec import ModelSpec, prompts_hash
 
 if TYPE_CHECKING:
@@ -52,17 +54,29 @@ def experiment_kwargs(
     max_length: int | None = None,
     dtype: str | None = None,
     prompts: dict[str, str] | None = None,
+    final_norm: str = "last",
 ) -> dict[str, Any]:
     """What tells one slice of a model from another in mteb's result folders.
 
     Short values only (mteb hashes folder names over 200 characters): the prompts go in as an
     8-hex hash; the model's weights are in the revision folder above; the task data's
-    fingerprint is in the run identity beside each result (`results.py`).
+    fingerprint is in the run identity beside each result (`results.py`). `final_norm` is
+    named only when it is not the default "last", so folders written before it keep their names.
     """
     out: dict[str, Any] = {"layer": layer, "dim": dim, "pooling": pooling, "normalize": normalize}
+    if final_norm != "last":
+        out["final_norm"] = final_norm
     if max_length is not None:
         out |= {"max_length": max_length, "dtype": dtype, "prompts": prompts_hash(prompts)}
     return out
+
+
+def check_final_norm(final_norm: str) -> str:
+    """One final-norm setting ("last" or "every"), else a `ValueError` naming the choices."""
+    norms = check_final_norms(final_norm)
+    if len(norms) != 1:
+        raise ValueError(f"final_norm must be one setting, got {final_norm!r}.")
+    return norms[0]
 
 
 def slice_meta(
@@ -73,10 +87,13 @@ def slice_meta(
     normalize: bool,
     loader: Any = None,
     prompts: dict[str, str] | None = None,
+    final_norm: str = "last",
 ) -> ModelMeta:
     """`ModelMeta` of the model's resolved spec, with the slice in `experiment_kwargs`."""
     spec = lm.current_spec()
-    kwargs = experiment_kwargs(layer, dim, pooling, normalize, spec.max_length, spec.dtype, prompts)
+    kwargs = experiment_kwargs(
+        layer, dim, pooling, normalize, spec.max_length, spec.dtype, prompts, final_norm
+    )
     return ModelMeta.create_empty(
         overwrites=dict(
             name=spec.name,
@@ -124,6 +141,10 @@ class LayerEncoder(AbsEncoder):
     pooling) or mean.
     `normalize`: L2 after slicing; `None` takes the model's own (True for a sentence-transformers
     model with a `Normalize` module, so its last layer *is* the published model), else False.
+    `final_norm`: "last" (inner layers raw, our convention) or "every" (the model's final norm
+    applied at every layer, as the model truncated to `layer` blocks gives it); a slice option.
+    `max_tokens_per_batch`: batch by a budget of padded tokens (not part of any identity).
+    `search_backend`: how mteb searches retrieval/reranking tasks (`auto`: faiss when installed).
     Only the blocks up to `layer` run.
     """
 
@@ -146,9 +167,14 @@ class LayerEncoder(AbsEncoder):
         model_prompts: dict[str, str] | None = None,
         show_progress: bool = False,
         trust_remote_code: bool = False,
+        search_backend: str = "auto",  # issue 14: retrieval search, auto | faiss | torch
+        final_norm: str = "last",
+        max_tokens_per_batch: int | None = None,
     ) -> None:
         if pooling is not None:
             check_pooling(pooling)
+        final_norm = check_final_norm(final_norm)
+        check_batch_limits(batch_size, max_tokens_per_batch)
         lm = LayerModel.coerce(
             model,
             tokenizer,
@@ -167,12 +193,22 @@ class LayerEncoder(AbsEncoder):
         self.pooling = pooling or (spec and spec.pooling) or lm.default_pooling
         self.normalize = lm.default_normalize if normalize is None else bool(normalize)
         warn_constant_pooling(lm, self.pooling)
+        self.final_norm = final_norm
         self.batch_size = batch_size
+        self.max_tokens_per_batch = max_tokens_per_batch
         self.show_progress = show_progress
         self.model_prompts = self.validate_task_to_prompt_name(model_prompts or lm.prompts)
         self.mteb_model_meta = slice_meta(
-            lm, self.layer, self.dim, self.pooling, self.normalize, prompts=self.model_prompts
+            lm,
+            self.layer,
+            self.dim,
+            self.pooling,
+            self.normalize,
+            prompts=self.model_prompts,
+            final_norm=final_norm,
         )
+        # issue 14: retrieval/reranking search through faiss (auto: when installed)
+        self.search_backend = attach_search_backend(self, search_backend)
 
     @property
     def store_config(self) -> dict[str, Any]:
@@ -183,6 +219,7 @@ class LayerEncoder(AbsEncoder):
             "pooling": self.pooling,
             "max_length": self.lm.max_length,
             "dtype": dtype_name(self.lm.dtype),
+            "final_norm": self.final_norm,
         }
 
     def embed(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
@@ -199,6 +236,8 @@ class LayerEncoder(AbsEncoder):
             self.pooling,
             batch_size=batch_size or self.batch_size,
             show_progress=self.show_progress,
+            max_tokens_per_batch=self.max_tokens_per_batch,
+            final_norms=(self.final_norm,),
         ):
             pooled = batch.pooled[self.layer]
             out[batch.indices] = slice_and_normalize(pooled, self.dim, self.normalize)
@@ -223,5 +262,5 @@ class LayerEncoder(AbsEncoder):
     def __repr__(self) -> str:
         return (
             f"LayerEncoder({self.lm.name!r}, layer={self.layer}/{self.lm.n_layers}, dim={self.dim}, "
-            f"pooling={self.pooling!r}, normalize={self.normalize})"
+            f"pooling={self.pooling!r}, normalize={self.normalize}, final_norm={self.final_norm!r})"
         )

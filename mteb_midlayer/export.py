@@ -8,8 +8,9 @@ The folder is assembled from sentence-transformers' own modules and written by
 
 Convention (`layers.py`): an inner layer is the raw block output. A cut backbone with a final
 norm (GPT-2, Llama, ...) would apply it, so such exports use `st_modules.RawStreamTransformer`,
-and loading them needs `mteb_midlayer` installed; post-norm encoders (BERT family) and the last
-layer load with sentence-transformers alone. Every export is checked against `LayerEncoder` on
+and loading them needs `mteb_midlayer` installed; post-norm encoders (BERT family), the last
+layer, and every `final_norm="every"` slice (which *is* the cut model's output) load with
+sentence-transformers alone. Every export is checked against `LayerEncoder` on
 probe texts before it is moved into place; nothing half-written is left behind.
 """
 
@@ -67,6 +68,7 @@ class ExportResult:
     max_length: int
     needs_mteb_midlayer: bool
     max_abs_diff: float
+    final_norm: str = "last"
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -158,8 +160,15 @@ def build(
     return SentenceTransformer(modules=modules, device="cpu", prompts=prompts or None)
 
 
+def needs_raw_stream(model: nn.Module, layer: int, n_layers: int, setting: str) -> bool:
+    """Whether the cut model must skip its final norm to give the slice: an inner layer under
+    "last" of a model that has one. Under "every" the cut model's own output is the slice."""
+    return setting == "last" and layer < n_layers and final_norm(model) is not None
+
+
 def slice_scores(results: str | Path | None, result: ExportResult) -> pd.DataFrame | None:
-    """The task rows of exactly this slice (model, layer, dim, pooling, normalize) in `results`."""
+    """The task rows of exactly this slice (model, layer, dim, pooling, normalize, final_norm)
+    in `results`."""
     if results is None:
         return None
     df = scores_frame(results, model=result.model)
@@ -168,6 +177,7 @@ def slice_scores(results: str | Path | None, result: ExportResult) -> pd.DataFra
         & (df["dim"] == result.dim)
         & (df["pooling"] == result.pooling)
         & (df["normalize"] == result.normalize)
+        & (df["final_norm"] == result.final_norm)
     )
     if result.revision is not None:
         keep &= df["revision"] == result.revision
@@ -190,6 +200,7 @@ def model_card(result: ExportResult, scores: pd.DataFrame | None = None) -> str:
         f"| dim | {result.dim} of {result.hidden_size} |",
         f"| pooling | {result.pooling} |",
         f"| normalize | {result.normalize} |",
+        f"| final norm | {result.final_norm} |",
         f"| max length | {result.max_length} tokens |",
         f"| max abs difference from LayerEncoder (probe texts) | {result.max_abs_diff:.1e} |",
         "",
@@ -236,9 +247,13 @@ def export(
     trust_remote_code: bool = False,
     results: str | Path | None = None,
     probe_texts: Sequence[str] = PROBE_TEXTS,
+    final_norm: str = "last",
 ) -> ExportResult:
     """Write layer `layer` (first `dim` coordinates) of `model` to `out` as a sentence-transformers
     folder, checked against `LayerEncoder` on `probe_texts` (fp32, CPU).
+
+    `final_norm`: the slice's setting. "every" exports the plain truncated model (its final
+    norm kept), which loads with sentence-transformers alone for every architecture.
 
     `results`: a results folder (`sweep --output`); the slice's task scores there go into the
     model card.
@@ -255,12 +270,19 @@ def export(
         trust_remote_code=trust_remote_code,
     )
     try:
-        encoder = LayerEncoder(lm, layer=layer, dim=dim, pooling=pooling, normalize=normalize)
+        encoder = LayerEncoder(
+            lm,
+            layer=layer,
+            dim=dim,
+            pooling=pooling,
+            normalize=normalize,
+            final_norm=final_norm,
+        )
     except (ValueError, TypeError) as e:
         raise ExportError(str(e)) from None
     expected = encoder.embed(list(probe_texts))
     n_layers, hidden = lm.n_layers, lm.hidden_size
-    raw = encoder.layer < n_layers and final_norm(lm.model) is not None
+    raw = needs_raw_stream(lm.model, encoder.layer, n_layers, encoder.final_norm)
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
@@ -295,6 +317,7 @@ def export(
             max_length=lm.max_length,
             needs_mteb_midlayer=raw,
             max_abs_diff=diff,
+            final_norm=encoder.final_norm,
         )
         final = work / "model"
         st.save(str(final), create_model_card=False)

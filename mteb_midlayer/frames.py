@@ -20,9 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 
-#: What tells one configuration of a model from another (besides layer and dim).
-CONFIG_COLUMNS = ["model", "revision", "pooling", "normalize", "final_norm"]
-#: The scores frame: one row per (configuration, layer, dim, task).
+#: The settings of a run besides the slice: two runs that differ only here (another
+#: `--max-length`, `--dtype` or prompt set) are two configurations, never one.
+RUN_COLUMNS = ["max_length", "dtype", "prompts"]
+#: What tells one configuration of a model from another (besides layer and dim). The first
+#: five are issue 12's JSON contract keys; the run columns follow them.
+CONFIG_COLUMNS = ["model", "revision", "pooling", "normalize", "final_norm", *RUN_COLUMNS]
+#: The scores frame: one row per (configuration, layer, dim, task). `n_layers` is the model's
+#: layer count L (relative depth = layer / L), NaN for results that predate its recording.
 SCORE_COLUMNS = [
     *CONFIG_COLUMNS,
     "layer",
@@ -31,7 +36,11 @@ SCORE_COLUMNS = [
     "task_type",
     "score",
     "mteb_version",
+    "n_layers",
 ]
+#: What a run column holds for results written before it was recorded (so that groupings and
+#: equality work: no NaN in a configuration).
+RUN_DEFAULTS = {"max_length": 0, "dtype": "", "prompts": ""}
 #: The metrics frame: one row per (model, revision, dataset, layer, metric, variant).
 METRIC_COLUMNS = [
     "model",
@@ -45,6 +54,7 @@ METRIC_COLUMNS = [
     "pooling",
     "alpha",
     "seed",
+    "final_norm",
 ]
 #: The per-layer aggregate of `layer_scores`.
 LAYER_SCORE_COLUMNS = [
@@ -56,6 +66,7 @@ LAYER_SCORE_COLUMNS = [
     "n_tasks",
     "n_expected",
     "missing",
+    "n_layers",
 ]
 #: `task_type` of the aggregate over every task (the benchmark's average).
 ALL_TYPES = "all"
@@ -97,8 +108,9 @@ def scores_frame(
 ) -> pd.DataFrame:
     """The scores frame of one or several mteb result roots (`sweep --output` folders).
 
-    `final_norm` is filled with "last" for results that predate the option. `tasks` keeps only
-    those tasks. A root that does not exist is a `FileNotFoundError` (never created).
+    `final_norm` is filled with "last" for results that predate the option, the run columns
+    with `RUN_DEFAULTS` for results that predate them. `tasks` keeps only those tasks. A root
+    that does not exist is a `FileNotFoundError` (never created).
     """
     from .tables import layer_results
 
@@ -114,7 +126,9 @@ def scores_frame(
     df["final_norm"] = df["final_norm"].fillna(DEFAULT_FINAL_NORM)
     for col in SCORE_COLUMNS:
         if col not in df.columns:
-            df[col] = pd.Series(dtype=object)
+            df[col] = pd.Series(dtype=float if col == "n_layers" else object)
+    df = df.fillna(RUN_DEFAULTS)
+    df["max_length"] = df["max_length"].astype(int)
     if tasks is not None:
         df = df[df["task"].isin(list(tasks))]
     keys = [*CONFIG_COLUMNS, "layer", "dim", "task"]
@@ -125,7 +139,8 @@ def scores_frame(
 def metrics_frame(
     roots: Path | str | Iterable[Path | str], *, model: str | None = None
 ) -> pd.DataFrame:
-    """The metrics frame of every `ROOT/metrics/*.parquet` (empty when there are none)."""
+    """The metrics frame of every `ROOT/metrics/*.parquet` (empty when there are none);
+    `final_norm` is "last" for rows written before the option."""
     parts = []
     for root in _roots(roots):
         folder = root / "metrics" if (root / "metrics").is_dir() else root
@@ -134,6 +149,9 @@ def metrics_frame(
     if not parts:
         return pd.DataFrame(columns=METRIC_COLUMNS)
     df = pd.concat(parts, ignore_index=True)
+    if "final_norm" not in df.columns:
+        df["final_norm"] = DEFAULT_FINAL_NORM
+    df["final_norm"] = df["final_norm"].fillna(DEFAULT_FINAL_NORM)
     check_metrics(df)
     if model is not None:
         df = df[df["model"] == model]
@@ -153,11 +171,13 @@ def layer_scores(
     has at some layer. `score` is the mean over the tasks the layer has; `n_tasks` and
     `n_expected` say how many of how many, and `missing` names the others (comma-separated),
     so a consumer can refuse or mark incomplete layers. `task_type` is "all" for the overall
-    mean, else the mteb task type.
+    mean, else the mteb task type. `n_layers` is the model's layer count where recorded (NaN
+    otherwise).
     """
     check_scores(scores)
     out = []
     for config, group in scores.groupby(CONFIG_COLUMNS, dropna=False, sort=True):
+        n_layers = model_layers(group)
         expected = list(dict.fromkeys(tasks if tasks is not None else group["task"]))
         types = group.drop_duplicates("task").set_index("task")["task_type"].to_dict()
         type_groups: dict[str, list[str]] = {ALL_TYPES: expected}
@@ -178,6 +198,7 @@ def layer_scores(
                         "n_tasks": len(present),
                         "n_expected": len(names),
                         "missing": ", ".join(t for t in names if t not in have.index),
+                        "n_layers": n_layers,
                     }
                 )
     return pd.DataFrame(out, columns=LAYER_SCORE_COLUMNS)
@@ -186,3 +207,15 @@ def layer_scores(
 def complete(layer_scores_df: pd.DataFrame) -> pd.DataFrame:
     """Rows of a `layer_scores` frame whose layer has every expected task."""
     return layer_scores_df[layer_scores_df["n_tasks"] == layer_scores_df["n_expected"]]
+
+
+def model_layers(rows: pd.DataFrame) -> float:
+    """The model's layer count L recorded in `rows` (their `n_layers`), NaN when none is.
+
+    Relative depth is layer / L; guessing L from the deepest layer scored is wrong for a
+    sweep that stopped short of the last layer.
+    """
+    if "n_layers" not in rows.columns:
+        return float("nan")
+    recorded = pd.to_numeric(rows["n_layers"], errors="coerce").dropna()
+    return float(recorded.max()) if len(recorded) else float("nan")

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+from collections import deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,15 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .layers import base_model, find_blocks, run_layers
+from .batching import (
+    NonFiniteError,
+    check_batch_limits,
+    first_non_finite,
+    is_out_of_memory,
+    length_order,
+    plan_batches,
+)
+from .layers import base_model, capture_layers, check_final_norms, find_blocks
 from .pooling import ST_POOLING, check_pooling, pool
 from .spec import ModelSpec, SpecConflictError, merge_spec
 
@@ -94,12 +103,13 @@ def default_device() -> str:
 
 
 def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
-    """bf16 on GPUs that support it, fp32 elsewhere, unless the caller says otherwise."""
+    """bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU, unless the caller says
+    otherwise (pooling always accumulates in fp32, so half precision only moves rounding)."""
     if isinstance(dtype, torch.dtype):
         return dtype
     if dtype is None or dtype == "auto":
-        if str(device).startswith("cuda") and torch.cuda.is_bf16_supported():
-            return torch.bfloat16
+        if str(device).startswith("cuda"):
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
     try:
         return _DTYPES[str(dtype).lower()]
@@ -132,6 +142,8 @@ class Batch:
     pooled: dict[int, torch.Tensor]
     #: `{layer: [(T_i, D) tensor per text]}`, real tokens only; filled on request.
     tokens: dict[int, list[torch.Tensor]] = field(default_factory=dict)
+    #: `{final_norm: {layer: (B, D)}}` for every requested final norm (`pooled` is the first).
+    by_final_norm: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
 
 
 @dataclass
@@ -151,6 +163,8 @@ class LayerModel:
     n_parameters: int | None = None
     #: The resolved spec this model was loaded from (see `current_spec`).
     spec: ModelSpec | None = None
+    #: Times an out-of-memory error halved the batches; later calls start from the halved size.
+    oom_halvings: int = field(default=0, init=False, repr=False, compare=False)
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -376,40 +390,133 @@ class LayerModel:
         token_layers: Sequence[int] = (),
         show_progress: bool = False,
         desc: str = "Encoding",
+        max_tokens_per_batch: int | None = None,
+        final_norms: Sequence[str] = ("last",),
+        check_finite: bool = True,
     ) -> Iterator[Batch]:
         """Run the network once per batch of similar-length texts, longest first.
 
-        Yields each batch's original indices with every layer of `layers` pooled; for
+        Yields each batch's original indices with every layer of `layers` pooled inside the
+        capture of that layer (no layer's token states outlive its pooling); for
         `token_layers`, also the real-token states (for token-level metrics).
+        `max_tokens_per_batch`: batches by a budget of padded tokens instead of `batch_size`.
+        `final_norms`: `Batch.pooled` holds the first, `Batch.by_final_norm` all (one pass).
+        `check_finite`: a NaN/inf vector raises `NonFiniteError` naming layer and text.
+        On out-of-memory the batch is halved (said once per model) and the run goes on.
         """
         check_pooling(pooling)
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        check_batch_limits(batch_size, max_tokens_per_batch)
+        norms = check_final_norms(final_norms)
         texts = check_texts(texts)
         ids = self.tokenize(texts)
-        order = sorted(range(len(ids)), key=lambda i: -len(ids[i]))
-        wanted = sorted(set(layers) | set(token_layers))
+        lengths = [len(row) for row in ids]
+        order = length_order(lengths)
         accepted = _forward_params(self.model)
+        limits = self._backed_off(batch_size, max_tokens_per_batch)
+        queue = deque(plan_batches(order, lengths, *limits))
         bar = tqdm(total=len(order), desc=desc, unit="text", disable=not show_progress)
         try:
-            for start in range(0, len(order), batch_size):
-                chunk = order[start : start + batch_size]
-                inputs = self._collate([ids[i] for i in chunk], accepted)
-                states = run_layers(self.model, inputs, wanted)
-                mask = inputs["attention_mask"]
-                batch = Batch(
-                    indices=chunk,
-                    pooled={layer: pool(states[layer], mask, pooling) for layer in layers},
-                )
-                for layer in token_layers:
-                    hidden = states[layer].float()
-                    batch.tokens[layer] = [
-                        hidden[row][mask[row].bool()] for row in range(len(chunk))
-                    ]
-                yield batch
-                bar.update(len(chunk))
+            while queue:
+                chunk = queue.popleft()
+                try:
+                    batch = self._run_batch(
+                        [ids[i] for i in chunk],
+                        chunk,
+                        layers,
+                        pooling,
+                        token_layers,
+                        norms,
+                        accepted,
+                    )
+                except Exception as error:
+                    if not is_out_of_memory(error) or len(chunk) == 1:
+                        raise
+                    reason = str(error).splitlines()[0][:120] if str(error) else "out of memory"
+                else:
+                    if check_finite:
+                        self._check_finite(batch, texts)
+                    yield batch
+                    bar.update(len(chunk))
+                    continue
+                # Out of memory; past the `except`, the failed pass's tensors are free to go.
+                rest = [i for part in (chunk, *queue) for i in part]
+                limits = self._back_off(len(chunk), limits, reason)
+                queue = deque(plan_batches(rest, lengths, *limits))
         finally:
             bar.close()
+
+    def _run_batch(
+        self,
+        rows: list[list[int]],
+        chunk: list[int],
+        layers: Sequence[int],
+        pooling: str,
+        token_layers: Sequence[int],
+        norms: tuple[str, ...],
+        accepted: set[str],
+    ) -> Batch:
+        """One forward pass; each layer pooled (and its real tokens cut out) as it is captured."""
+        inputs = self._collate(rows, accepted)
+        mask = inputs["attention_mask"]
+        keep = mask.bool()
+        pool_set, token_set = set(layers), set(token_layers)
+
+        def reduce(layer: int, setting: str, state: torch.Tensor):
+            pooled = pool(state, mask, pooling) if layer in pool_set else None
+            tokens = None
+            if layer in token_set and setting == norms[0]:
+                hidden = state.float()
+                tokens = [hidden[row][keep[row]] for row in range(len(rows))]
+            return pooled, tokens
+
+        captured = capture_layers(
+            self.model, inputs, sorted(pool_set | token_set), final_norms=norms, reduce=reduce
+        )
+        by_norm = {s: {layer: captured[(layer, s)][0] for layer in layers} for s in norms}
+        batch = Batch(indices=chunk, pooled=by_norm[norms[0]], by_final_norm=by_norm)
+        for layer in token_layers:
+            batch.tokens[layer] = captured[(layer, norms[0])][1]
+        return batch
+
+    def _backed_off(self, batch_size: int, max_tokens: int | None) -> tuple[int, int | None]:
+        """The limits after this model's earlier out-of-memory halvings (kept across calls)."""
+        scale = 2**self.oom_halvings
+        return max(1, batch_size // scale), (
+            None if max_tokens is None else max(1, max_tokens // scale)
+        )
+
+    def _back_off(
+        self, failed_rows: int, limits: tuple[int, int | None], reason: str
+    ) -> tuple[int, int | None]:
+        """Halve the batch after an out-of-memory error; say so the first time only."""
+        self.oom_halvings += 1
+        batch_size = max(1, min(limits[0], failed_rows) // 2)
+        max_tokens = None if limits[1] is None else max(1, limits[1] // 2)
+        log = logger.warning if self.oom_halvings == 1 else logger.debug
+        log(
+            "Out of memory on a batch of %d texts (%s); halving the batch (batch_size=%d, "
+            "max_tokens_per_batch=%s) and going on.",
+            failed_rows,
+            reason,
+            batch_size,
+            max_tokens,
+        )
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        return batch_size, max_tokens
+
+    @staticmethod
+    def _check_finite(batch: Batch, texts: list[str]) -> None:
+        pooled = {
+            (layer, setting): vectors
+            for setting, by_layer in batch.by_final_norm.items()
+            for layer, vectors in by_layer.items()
+        }
+        bad = first_non_finite(pooled)
+        if bad is not None:
+            layer, setting, row = bad
+            index = batch.indices[row]
+            raise NonFiniteError(layer, setting, index, texts[index])
 
     def _collate(self, rows: list[list[int]], accepted: set[str]) -> dict[str, torch.Tensor]:
         """Right-pad a batch: real tokens keep positions 0..n-1, so decoders need no fix-up."""

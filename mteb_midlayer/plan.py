@@ -61,6 +61,8 @@ class EncodeUnit:
     pooling: str
     batch_size: int = 32
     texts_digest: str = ""
+    final_norms: tuple[str, ...] = ("last",)
+    max_tokens_per_batch: int | None = None
 
     @property
     def n_texts(self) -> int:
@@ -70,7 +72,14 @@ class EncodeUnit:
     def key(self) -> str:
         """Unique and stable across drivers: what the claim of this unit is named after."""
         raw = json.dumps(
-            [self.resolved, self.pooling, self.layers, self.prompt_type, self.texts_digest],
+            [
+                self.resolved,
+                self.pooling,
+                self.layers,
+                self.final_norms,
+                self.prompt_type,
+                self.texts_digest,
+            ],
             sort_keys=True,
             default=str,
         )
@@ -82,7 +91,7 @@ class EncodeUnit:
 class ScoreUnit:
     """One `(task, slice)` scored by mteb from the store into the result root `output`.
 
-    `resolved` is the driver's resolved model spec; `n_parameters`, `hidden_size` complete
+    `resolved` is the driver's resolved model spec; `n_parameters`, `hidden_size`, `n_layers` complete
     what a result's `ModelMeta` needs, so a scoring worker never loads the network.
     `depends_on`: keys of the task's encode units.
     """
@@ -91,6 +100,7 @@ class ScoreUnit:
     resolved: dict[str, Any]
     n_parameters: int | None
     hidden_size: int
+    n_layers: int
     task: str
     data_dir: str | None
     store_root: str
@@ -101,11 +111,17 @@ class ScoreUnit:
     pooling: str
     layers: tuple[int, ...]
     batch_size: int = 32
+    final_norm: str = "last"
+    final_norms: tuple[str, ...] = ("last",)
+    search_backend: str = "torch"
     depends_on: tuple[str, ...] = ()
 
     @property
     def key(self) -> str:
-        return f"{self.task}-L{self.layer}-d{self.dim}-{self.pooling}-n{int(self.normalize)}"
+        return (
+            f"{self.task}-L{self.layer}-d{self.dim}-{self.pooling}-n{int(self.normalize)}"
+            f"-{self.final_norm}"
+        )
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,8 @@ class MetricsUnit:
     n_views: int
     batch_size: int = 32
     overwrite: bool = False
+    final_norms: tuple[str, ...] = ("last",)
+    max_tokens_per_batch: int | None = None
 
     @property
     def key(self) -> str:

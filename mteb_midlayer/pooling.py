@@ -46,27 +46,30 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     """Pool `hidden` (B, T, D) with `attention_mask` (B, T) into (B, D), in float32.
 
     `cls` is the first *real* token, so left-padded batches pool the same token as
-    right-padded ones. `weightedmean` weighs the i-th real token by i (SGPT's position-weighted
-    mean, as sentence-transformers); `mean_sqrt_len` divides the sum by sqrt(length).
+    right-padded ones; padding never leaks in, even as NaN/inf. `weightedmean` weighs the i-th
+    real token by i (SGPT's position-weighted mean, as sentence-transformers); `mean_sqrt_len`
+    divides the sum by sqrt(length). Half-precision states are never copied whole to float32:
+    sums accumulate in float32, `max`/`cls`/`last` select in the states' dtype (exact) and
+    convert only the (B, D) result.
     """
     check_pooling(pooling)
-    hidden = hidden.float()
-    mask = attention_mask.to(hidden.device)
+    mask = attention_mask.to(hidden.device).bool()
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     if pooling in ("mean", "mean_sqrt_len"):
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        count = m.sum(dim=1).clamp(min=1.0)
-        return (hidden * m).sum(dim=1) / (count if pooling == "mean" else count.sqrt())
+        kept = hidden.masked_fill(~mask.unsqueeze(-1), 0)
+        total = kept.sum(dim=1, dtype=torch.float32)
+        count = mask.sum(dim=1, keepdim=True).to(torch.float32).clamp(min=1.0)
+        return total / (count if pooling == "mean" else count.sqrt())
     if pooling == "weightedmean":
-        m = mask.unsqueeze(-1).to(hidden.dtype)
-        positions = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=hidden.dtype)
-        offset = first_token_index(mask).to(hidden.dtype).view(-1, 1, 1)
-        weights = m * (positions.view(1, -1, 1) - offset)
-        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
+        kept = hidden.masked_fill(~mask.unsqueeze(-1), 0).float()
+        positions = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=torch.float32)
+        offset = first_token_index(mask).to(torch.float32).view(-1, 1, 1)
+        weights = mask.unsqueeze(-1).to(torch.float32) * (positions.view(1, -1, 1) - offset)
+        return (kept * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
     if pooling == "max":
-        filled = hidden.masked_fill(~mask.bool().unsqueeze(-1), float("-inf"))
-        out = filled.max(dim=1).values
-        return torch.where(torch.isinf(out), torch.zeros_like(out), out)
+        filled = hidden.masked_fill(~mask.unsqueeze(-1), float("-inf"))
+        out = filled.max(dim=1).values.float()
+        return torch.where(torch.isinf(out) & (out < 0), torch.zeros_like(out), out)
     if pooling == "cls":
-        return hidden[rows, first_token_index(mask)]
-    return hidden[rows, last_token_index(mask)]
+        return hidden[rows, first_token_index(mask)].float()
+    return hidden[rows, last_token_index(mask)].float()

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from mteb.models.abs_encoder import AbsEncoder
 
-from .encoder import prompted_texts, slice_and_normalize, slice_meta
+from .encoder import check_final_norm, prompted_texts, slice_and_normalize, slice_meta
+from .layers import check_final_norms
 from .model import LayerModel
 from .store import EmbeddingStore, StoreKey
 
@@ -52,7 +53,9 @@ def shard_texts(
     return max(1, min(DEFAULT_SHARD_SIZE, shard_bytes // per_text))
 
 
-def store_key(lm: LayerModel, pooling: str, prompt_type: str | None) -> StoreKey:
+def store_key(
+    lm: LayerModel, pooling: str, prompt_type: str | None, final_norm: str = "last"
+) -> StoreKey:
     """The store configuration, from the model's resolved spec (its revision fingerprints a
     local folder's files). Prompts need no field: each text is hashed with its prompt."""
     spec = lm.current_spec()
@@ -63,11 +66,17 @@ def store_key(lm: LayerModel, pooling: str, prompt_type: str | None) -> StoreKey
         prompt_type=prompt_type,
         max_length=spec.max_length,
         dtype=spec.dtype,
+        final_norm=final_norm,
     )
 
 
 class EmbeddingSource:
-    """Store plus (optionally) the network that fills it: shared by all slices of a sweep."""
+    """Store plus (optionally) the network that fills it: shared by all slices of a sweep.
+
+    One store per (prompt type, final norm); `fill` writes every setting of `final_norms`
+    from the same forward pass. `max_tokens_per_batch` batches by padded tokens (the store's
+    vectors do not depend on it).
+    """
 
     def __init__(
         self,
@@ -80,50 +89,64 @@ class EmbeddingSource:
         shard_size: int | None = None,
         show_progress: bool = True,
         replay_only: bool = False,
+        final_norms: Sequence[str] | str = ("last",),
+        max_tokens_per_batch: int | None = None,
     ) -> None:
         self.lm = lm
         self.root = Path(root)
         self.pooling = pooling
         self.layers = sorted(set(layers))
+        self.final_norms = check_final_norms(final_norms)
         self.batch_size = batch_size
-        self.shard_size = shard_texts(len(self.layers), lm.hidden_size, shard_size)
+        self.max_tokens_per_batch = max_tokens_per_batch
+        self.shard_size = shard_texts(
+            len(self.layers) * len(self.final_norms), lm.hidden_size, shard_size
+        )
         self.show_progress = show_progress
         self.replay_only = replay_only
-        self._stores: dict[str | None, EmbeddingStore] = {}
+        self._stores: dict[tuple[str | None, str], EmbeddingStore] = {}
         #: texts run through the network by this source (for tests and benchmarks)
         self.n_encoded = 0
 
-    def store(self, prompt_type: str | None) -> EmbeddingStore:
-        if prompt_type not in self._stores:
-            key = store_key(self.lm, self.pooling, prompt_type)
-            self._stores[prompt_type] = EmbeddingStore(self.root, key)
-        return self._stores[prompt_type]
+    def store(self, prompt_type: str | None, final_norm: str = "last") -> EmbeddingStore:
+        if (prompt_type, final_norm) not in self._stores:
+            key = store_key(self.lm, self.pooling, prompt_type, final_norm)
+            self._stores[prompt_type, final_norm] = EmbeddingStore(self.root, key)
+        return self._stores[prompt_type, final_norm]
 
     def fill(
         self, texts: Sequence[str], prompt_type: str | None, namespace: tuple[str, ...]
     ) -> None:
-        """Make sure every text has every sweep layer in the store (one pass for the missing)."""
-        store = self.store(prompt_type)
-        missing = store.missing(texts, self.layers)
+        """Make sure every text has every sweep layer under every final norm in the store (one
+        pass for the texts any setting lacks)."""
+        stores = {norm: self.store(prompt_type, norm) for norm in self.final_norms}
+        missing = sorted({i for st in stores.values() for i in st.missing(texts, self.layers)})
         if not missing:
             return
         if self.replay_only:
-            raise KeyError(f"{len(missing)} texts of {namespace} are not in the store {store}.")
+            raise KeyError(f"{len(missing)} texts of {namespace} are not in the store {stores}.")
         todo = list(dict.fromkeys(texts[i] for i in missing))
         for start in range(0, len(todo), self.shard_size):
             chunk = todo[start : start + self.shard_size]
-            pooled = torch.empty((len(self.layers), len(chunk), self.lm.hidden_size))
+            pooled = {
+                norm: torch.empty((len(self.layers), len(chunk), self.lm.hidden_size))
+                for norm in self.final_norms
+            }
             for batch in self.lm.iter_batches(
                 chunk,
                 self.layers,
                 self.pooling,
                 batch_size=self.batch_size,
+                max_tokens_per_batch=self.max_tokens_per_batch,
+                final_norms=self.final_norms,
                 show_progress=self.show_progress,
                 desc=f"Encoding {'/'.join(namespace)} [{start // self.shard_size + 1}]",
             ):
-                stacked = torch.stack([batch.pooled[layer] for layer in self.layers])
-                pooled[:, batch.indices] = stacked.cpu()
-            store.write(namespace, chunk, pooled.numpy(), self.layers)
+                for norm, by_layer in batch.by_final_norm.items():
+                    stacked = torch.stack([by_layer[layer] for layer in self.layers])
+                    pooled[norm][:, batch.indices] = stacked.cpu()
+            for norm, store in stores.items():
+                store.write(namespace, chunk, pooled[norm].numpy(), self.layers)
             self.n_encoded += len(chunk)
 
 
@@ -138,17 +161,30 @@ class StoreEncoder(AbsEncoder):
         dim: int,
         normalize: bool = False,
         model_prompts: dict[str, str] | None = None,
+        final_norm: str = "last",
     ) -> None:
         if layer not in source.layers:
             raise ValueError(f"layer {layer} is not among the sweep's layers {source.layers}.")
+        final_norm = check_final_norm(final_norm)
+        if final_norm not in source.final_norms:
+            raise ValueError(
+                f"final_norm {final_norm!r} is not among the sweep's {list(source.final_norms)}."
+            )
         self.source = source
         self.model = None
         self.layer = layer
         self.dim = dim
         self.normalize = normalize
+        self.final_norm = final_norm
         self.model_prompts = model_prompts if model_prompts is not None else source.lm.prompts
         self.mteb_model_meta = slice_meta(
-            source.lm, layer, dim, source.pooling, normalize, prompts=self.model_prompts
+            source.lm,
+            layer,
+            dim,
+            source.pooling,
+            normalize,
+            prompts=self.model_prompts,
+            final_norm=final_norm,
         )
 
     def encode(
@@ -167,8 +203,11 @@ class StoreEncoder(AbsEncoder):
         kind = prompt_type.value if prompt_type is not None else None
         namespace = (task_metadata.name, hf_split, hf_subset)
         self.source.fill(texts, kind, namespace)
-        raw = self.source.store(kind).read(texts, self.layer, self.dim)
+        raw = self.source.store(kind, self.final_norm).read(texts, self.layer, self.dim)
         return slice_and_normalize(raw, self.dim, self.normalize)
 
     def __repr__(self) -> str:
-        return f"StoreEncoder(layer={self.layer}, dim={self.dim}, pooling={self.source.pooling!r})"
+        return (
+            f"StoreEncoder(layer={self.layer}, dim={self.dim}, pooling={self.source.pooling!r}, "
+            f"final_norm={self.final_norm!r})"
+        )

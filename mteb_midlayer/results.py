@@ -22,12 +22,28 @@ import mteb
 __all__ = [
     "AtomicResultCache",
     "identity_path",
+    "read_identity",
     "task_fingerprint",
     "unfinished_reason",
     "write_atomic",
 ]
 
 IDENTITY_FOLDER = "identity"
+#: Identity keys recorded for readers but not compared on resume: they do not change a score
+#: (the layer count follows from the model's revision; the search backend moves scores at
+#: rounding level only).
+RECORDED_ONLY = frozenset({"n_layers", "search_backend"})
+#: What a key absent from an older identity file meant then.
+IDENTITY_DEFAULTS = {"final_norm": "last"}
+
+
+def read_identity(result_path: Path) -> dict[str, Any] | None:
+    """The run identity recorded beside a result file, or `None` when there is none readable."""
+    try:
+        data = json.loads(identity_path(Path(result_path)).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -143,13 +159,12 @@ def unfinished_reason(
         return f"its {meta.name} is unreadable ({type(exc).__name__})"
     if identity is None:
         return None
-    try:
-        recorded = json.loads(identity_path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+    recorded = read_identity(path)
+    if recorded is None:
         return "no run identity recorded (written by another version, or interrupted)"
     diffs = [
-        f"{key}: {recorded.get(key)!r} -> {value!r}"
+        f"{key}: {recorded.get(key, IDENTITY_DEFAULTS.get(key))!r} -> {value!r}"
         for key, value in identity.items()
-        if recorded.get(key) != value
+        if key not in RECORDED_ONLY and recorded.get(key, IDENTITY_DEFAULTS.get(key)) != value
     ]
     return f"computed with other settings ({'; '.join(diffs)})" if diffs else None

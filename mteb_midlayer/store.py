@@ -82,9 +82,12 @@ class StoreKey:
     prompt_type: str | None
     max_length: int
     dtype: str
+    #: "last" or "every" (see `layers.capture_layers`); left out of the dict when "last", so
+    #: stores written before the option keep their digest.
+    final_norm: str = "last"
 
     def __post_init__(self) -> None:
-        for name in ("model", "revision", "pooling", "dtype"):
+        for name in ("model", "revision", "pooling", "dtype", "final_norm"):
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"StoreKey.{name} must be a non-empty string, got {value!r}")
@@ -99,7 +102,10 @@ class StoreKey:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict, the content of ``config.json``."""
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if out["final_norm"] == "last":
+            del out["final_norm"]
+        return out
 
     def digest(self) -> str:
         """Stable 16-hex-char id: sha256 of the canonical JSON of the fields."""

@@ -2,7 +2,8 @@
 
 For each task: the first slice's `mteb.evaluate` run fills the store (every requested layer
 pooled in the same pass), every later slice replays from it. Results go to an mteb
-`ResultCache` under `output`, one experiment folder per `(layer, dim, pooling, normalize)`, and
+`ResultCache` under `output`, one experiment folder per `(layer, dim, pooling, normalize,
+final_norm)`, and
 `overwrite_strategy="only-missing"` makes a rerun skip every finished slice. A crash loses at
 most one shard of embeddings and the slice in flight.
 """
@@ -26,13 +27,15 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .batching import check_batch_limits
 from .encoder import resolve_dim
-from .layers import resolve_layers
+from .layers import check_final_norms, resolve_layers
 from .model import LayerModel, dtype_name, warn_constant_pooling
 from .plan import Plan, ScoreUnit, encode_units, record_requests, texts_path, write_texts
 from .pooling import check_pooling
 from .replay import EmbeddingSource, StoreEncoder
 from .results import AtomicResultCache, task_fingerprint, unfinished_reason
+from .search import resolve_search_backend, with_search_backend
 from .spec import ModelSpec, prompts_hash
 from .store import raise_if_disk_full
 from .tables import layer_results, layer_table
@@ -50,10 +53,17 @@ class SweepPlan:
     normalize: bool
     tasks: list[Any]
     failures: dict[str, str] = field(default_factory=dict)
+    final_norms: tuple[str, ...] = ("last",)
 
     @property
-    def slices(self) -> list[tuple[int, int]]:
-        return [(layer, dim) for layer in self.layers for dim in self.dims]
+    def slices(self) -> list[tuple[int, int, str]]:
+        """Every `(layer, dim, final_norm)` to score."""
+        return [
+            (layer, dim, norm)
+            for norm in self.final_norms
+            for layer in self.layers
+            for dim in self.dims
+        ]
 
 
 def parse_dims(dims: Sequence[int] | str | None, hidden_size: int) -> list[int]:
@@ -170,6 +180,9 @@ def sweep(
     jobs: int = 1,
     devices: Sequence[str] | str | None = None,
     dry_run: bool = False,
+    search_backend: str = "auto",  # issue 14: retrieval/reranking search, auto | faiss | torch
+    final_norm: Sequence[str] | str = "last",
+    max_tokens_per_batch: int | None = None,
 ) -> pd.DataFrame:
     """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
 
@@ -188,9 +201,15 @@ def sweep(
     (task name -> reason) and did not stop the others. An existing result is reused only if it
     is complete and was computed from the same model files, settings and task data
     (`results.unfinished_reason`); otherwise it is recomputed with a warning saying why.
+    `search_backend`: how retrieval and reranking tasks search (`auto`: faiss when installed;
+    scores move at rounding level only); recorded in each result's run identity.
+    `final_norm`: "last", "every" or both ("last,every"): each is its own slice, all from one
+    forward pass per text. With several, the table gains a `final_norm` index level.
+    `max_tokens_per_batch`: batch by a budget of padded tokens (no effect on any result).
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    search_backend = resolve_search_backend(search_backend)  # fail before any work
+    final_norms = check_final_norms(final_norm)
+    check_batch_limits(batch_size, max_tokens_per_batch)
     lm = LayerModel.coerce(
         model,
         tokenizer,
@@ -215,6 +234,7 @@ def sweep(
         normalize=normalize,
         tasks=list(task_objects),
         failures=failures,
+        final_norms=final_norms,
     )
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -232,9 +252,14 @@ def sweep(
         batch_size=batch_size,
         shard_size=shard_size,
         show_progress=show_progress,
+        final_norms=final_norms,
+        max_tokens_per_batch=max_tokens_per_batch,
     )
     if dry_run:
-        units = plan_units(plan, source, output, dry_run=True, raise_error=raise_error)
+        units = plan_units(
+            plan, source, output, dry_run=True, raise_error=raise_error,
+            search_backend=search_backend,
+        )  # fmt: skip
         table = pd.DataFrame()
         table.attrs["plan"] = units
         table.attrs["failures"] = dict(plan.failures)
@@ -242,7 +267,9 @@ def sweep(
     timings: dict[str, float] = {}
     with local_executors(jobs, device_list) as (encoder, scorer):
         t0 = time.perf_counter()
-        units = plan_units(plan, source, output, raise_error=raise_error)
+        units = plan_units(
+            plan, source, output, raise_error=raise_error, search_backend=search_backend
+        )
         timings["plan_s"] = time.perf_counter() - t0
         n_encoded = run_units(
             units,
@@ -258,7 +285,7 @@ def sweep(
     long = layer_results(output, model=lm.name, revision=lm.revision, pooling=pooling)
     long = long[long["task"].isin([t.metadata.name for t in plan.tasks])]
     long = long[long["layer"].isin(plan.layers) & long["dim"].isin(plan.dims)]
-    long = long[long["normalize"] == normalize]
+    long = long[(long["normalize"] == normalize) & long["final_norm"].isin(final_norms)]
     long = long[
         (long["max_length"] == lm.max_length)
         & (long["dtype"] == dtype_name(lm.dtype))
@@ -272,9 +299,12 @@ def sweep(
     return table
 
 
-def slice_identity(encoder: StoreEncoder, data: str) -> dict[str, Any]:
+def slice_identity(
+    encoder: StoreEncoder, data: str, search_backend: str | None = None
+) -> dict[str, Any]:
     """Everything a slice's score depends on, recorded beside its result and compared on
-    resume (`results.unfinished_reason`)."""
+    resume (`results.unfinished_reason`), plus what is only recorded: the model's layer count
+    (relative depth) and the retrieval search backend."""
     spec = encoder.source.lm.current_spec()
     return {
         "model": spec.name,
@@ -286,7 +316,10 @@ def slice_identity(encoder: StoreEncoder, data: str) -> dict[str, Any]:
         "normalize": encoder.normalize,
         "layer": encoder.layer,
         "dim": encoder.dim,
+        "final_norm": encoder.final_norm,
         "data": data,
+        "n_layers": encoder.source.lm.n_layers,
+        "search_backend": search_backend,
     }
 
 
@@ -294,6 +327,7 @@ def pending_slices(
     task: Any,
     encoders: Sequence[StoreEncoder],
     cache: AtomicResultCache,
+    search_backend: str | None = None,
     *,
     remove_stale: bool = True,
 ) -> list[StoreEncoder]:
@@ -303,7 +337,7 @@ def pending_slices(
     pending = []
     for encoder in encoders:
         path = cache.get_task_result_path(task.metadata.name, encoder.mteb_model_meta)
-        identity = slice_identity(encoder, data)
+        identity = slice_identity(encoder, data, search_backend)
         cache.expect(path, identity)
         reason = unfinished_reason(path, task, identity)
         if reason is None:
@@ -316,12 +350,16 @@ def pending_slices(
 
 
 def score_slice(
-    encoder: StoreEncoder, task: Any, cache: AtomicResultCache, batch_size: int
+    encoder: StoreEncoder,
+    task: Any,
+    cache: AtomicResultCache,
+    batch_size: int,
+    search_backend: str = "torch",
 ) -> float | None:
     """Score one slice with mteb into `cache`; return the first split's main score."""
     with _quiet_scoring():
         res = mteb.evaluate(
-            encoder,
+            with_search_backend(encoder, search_backend),
             task,
             cache=cache,
             overwrite_strategy="only-missing",
@@ -381,6 +419,7 @@ def plan_units(
     *,
     dry_run: bool = False,
     raise_error: bool = False,
+    search_backend: str = "torch",
 ) -> Plan:
     """Write down every unit of the sweep before anything runs.
 
@@ -398,14 +437,16 @@ def plan_units(
     if dry_run and absent:
         output.rmdir()
     encoders = [
-        StoreEncoder(source, layer=layer, dim=dim, normalize=plan.normalize)
-        for layer, dim in plan.slices
+        StoreEncoder(source, layer=layer, dim=dim, normalize=plan.normalize, final_norm=norm)
+        for layer, dim, norm in plan.slices
     ]
     units = Plan(failures=plan.failures)
     for task in plan.tasks:
         name = task.metadata.name
         try:
-            pending = pending_slices(task, encoders, cache, remove_stale=not dry_run)
+            pending = pending_slices(
+                task, encoders, cache, search_backend, remove_stale=not dry_run
+            )
             units.done[name] = len(encoders) - len(pending)
             if not pending:
                 continue
@@ -443,6 +484,8 @@ def plan_units(
                 layers=tuple(source.layers),
                 pooling=source.pooling,
                 batch_size=source.batch_size,
+                final_norms=tuple(source.final_norms),
+                max_tokens_per_batch=source.max_tokens_per_batch,
             )
             units.encode.extend(new)
             depends.extend(u.key for u in new)
@@ -452,6 +495,7 @@ def plan_units(
                 resolved=resolved,
                 n_parameters=lm.n_parameters,
                 hidden_size=lm.hidden_size,
+                n_layers=lm.n_layers,
                 task=name,
                 data_dir=_data_dir(task),
                 store_root=str(source.root),
@@ -462,6 +506,9 @@ def plan_units(
                 pooling=source.pooling,
                 layers=tuple(source.layers),
                 batch_size=source.batch_size,
+                final_norm=enc.final_norm,
+                final_norms=tuple(source.final_norms),
+                search_backend=search_backend,
                 depends_on=tuple(depends),
             )
             for enc in pending

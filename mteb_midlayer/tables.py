@@ -35,6 +35,8 @@ LONG_COLUMNS = [
     "max_length",
     "dtype",
     "prompts",
+    "final_norm",
+    "n_layers",
 ]
 
 
@@ -66,6 +68,7 @@ def scan_results(
     """
     from mteb.results import TaskResult
 
+    from .results import read_identity
     from .tasks.benchmark import task_main_score
 
     root = Path(output)
@@ -113,6 +116,7 @@ def scan_results(
             if not math.isfinite(score):
                 problems.append(f"{path} has a NaN score; rerun sweep to rescore it")
                 continue
+            identity = read_identity(path) or {}
             rows.append(
                 {
                     "model": meta.get("name"),
@@ -128,6 +132,8 @@ def scan_results(
                     "max_length": kwargs.get("max_length"),
                     "dtype": kwargs.get("dtype"),
                     "prompts": kwargs.get("prompts"),
+                    "final_norm": kwargs.get("final_norm", "last"),
+                    "n_layers": _n_layers(identity.get("n_layers")),
                 }
             )
     df = pd.DataFrame(rows, columns=LONG_COLUMNS)
@@ -142,16 +148,26 @@ def layer_results(
     revision: str | None = None,
     pooling: str | None = None,
 ) -> pd.DataFrame:
-    """One row per (model, revision, layer, dim, pooling, normalize, task) with its main score.
+    """One row per (model, revision, layer, dim, pooling, normalize, final_norm, task) with its
+    main score.
 
     The score follows TASKS.md (English subsets, STS17 en-en; see `tasks.benchmark`).
-    `max_length`, `dtype` and `prompts` (a hash) tell runs of other settings apart. Files that
-    cannot be read are logged as warnings (`scan_results` returns them).
+    `max_length`, `dtype` and `prompts` (a hash) tell runs of other settings apart; `final_norm`
+    is "last" for results written before the option; `n_layers` is the model's layer count L
+    from the run identity (NaN when not recorded). Files that cannot be read are logged as
+    warnings (`scan_results` returns them).
     """
     scan = scan_results(output, model=model, revision=revision, pooling=pooling)
     for line in scan.problems:
         logger.warning(line)
     return scan.frame
+
+
+def _n_layers(value: object) -> float:
+    """The model's layer count L from a run identity; NaN for results written before it."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return float("nan")
 
 
 @functools.cache
@@ -166,10 +182,18 @@ def layer_table(long: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.Da
     """Wide layer x task table of main scores, with `mean`, `n_tasks` and `missing`.
 
     One block per Matryoshka width: the index is `layer` for a single width, else
-    `(dim, layer)`. `long` holds one configuration (model, revision, pooling, normalize).
+    `(dim, layer)`; with several final norms, `final_norm` leads the index. `long` holds one
+    configuration otherwise (model, revision, pooling, normalize).
     """
     from .tasks.benchmark import layer_average
 
+    if "final_norm" in long.columns and long["final_norm"].nunique() > 1:
+        blocks = {
+            str(norm): layer_table(long[long["final_norm"] == norm], tasks)
+            for norm in sorted(long["final_norm"].unique())
+        }
+        inner = next(iter(blocks.values())).index.names
+        return pd.concat(blocks, names=["final_norm", *inner])
     dims = sorted(long["dim"].unique(), reverse=True) if len(long) else []
     if len(dims) <= 1:
         return layer_average(long, tasks=tasks)

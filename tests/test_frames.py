@@ -17,6 +17,10 @@ def _scores(rows):
         pooling="mean",
         normalize=False,
         final_norm="last",
+        max_length=128,
+        dtype="float32",
+        prompts="none",
+        n_layers=float("nan"),
         dim=8,
         mteb_version="2",
     )

@@ -176,3 +176,23 @@ def test_a_kill_while_mteb_writes_leaves_no_result_that_counts(biosses, tmp_path
     again = run(str(folder), out, biosses)
     assert again.attrs["failures"] == {} and again.attrs["n_encoded"] == 0
     assert len(result_files(out)) == 1 and math.isfinite(again.loc[2, "BIOSSES"])
+
+
+def test_results_written_before_final_norm_and_n_layers_are_reused(biosses, tmp_path, caplog):
+    """An identity without `final_norm` meant "last"; `n_layers` and `search_backend` are only
+    recorded (another search backend or a missing L never forces a recompute)."""
+    from mteb_midlayer.results import identity_path
+
+    model, out = save_tiny(tmp_path / "m", seed=1), tmp_path / "out"
+    run(str(model), out, biosses)
+    (result,) = result_files(out)
+    path = identity_path(result)
+    old = json.loads(path.read_text())
+    assert old["n_layers"] == 2 and old["final_norm"] == "last" and old["search_backend"]
+    for key in ("final_norm", "n_layers", "search_backend"):
+        del old[key]
+    path.write_text(json.dumps(old))
+    with caplog.at_level(logging.WARNING):
+        again = run(str(model), out, biosses, search_backend="torch")
+    assert "Recomputing" not in caplog.text
+    assert again.attrs["n_encoded"] == 0 and result_files(out) == [result]

@@ -3,11 +3,19 @@
 import pytest
 import torch
 
-from mteb_midlayer.layers import find_blocks, resolve_layer, resolve_layers, run_layers
+from mteb_midlayer.layers import (
+    capture_layers,
+    check_final_norms,
+    find_blocks,
+    find_final_norm,
+    resolve_layer,
+    resolve_layers,
+    run_layers,
+)
 from mteb_midlayer.model import LayerModel
 from mteb_midlayer.pooling import POOLINGS, pool
 
-from .conftest import TINY_ARCHS, tiny_model, tiny_tokenizer
+from .conftest import TINY_ARCHS, tiny_config, tiny_model, tiny_tokenizer
 
 
 def reference_hidden_states(model, inputs):
@@ -100,3 +108,76 @@ def test_resolve_layer():
             resolve_layer(bad, 6)
     assert resolve_layers("all", 2) == [0, 1, 2]
     assert resolve_layers("0,2,-1", 6) == [0, 2, 6]
+
+
+def _truncated(model, arch: str, n_blocks: int):
+    """The same model with only its first `n_blocks` blocks: built from a config, weights copied."""
+    from transformers import AutoModel
+
+    short = AutoModel.from_config(tiny_config(arch, n_layers=n_blocks)).eval()
+    missing, _unexpected = short.load_state_dict(model.state_dict(), strict=False)
+    assert not missing
+    return short
+
+
+@pytest.mark.parametrize("arch", ["gpt_neox", "llama", "qwen2", "gpt2", "mamba"])
+def test_final_norm_every_equals_truncated_model(arch):
+    model = tiny_model(arch, n_layers=4)
+    inputs = _inputs(arch)
+    assert find_final_norm(model) is not None
+    both = capture_layers(model, inputs, range(5), final_norms=("last", "every"))
+    ref = reference_hidden_states(model, inputs)
+    for layer in range(5):
+        torch.testing.assert_close(both[(layer, "last")], ref[layer], rtol=0, atol=0)
+        with torch.no_grad():
+            expected = _truncated(model, arch, layer)(**inputs).last_hidden_state
+        torch.testing.assert_close(both[(layer, "every")], expected, rtol=1e-5, atol=1e-6)
+    # the two settings differ below the last layer and agree at it
+    assert not torch.allclose(both[(2, "every")], both[(2, "last")])
+    torch.testing.assert_close(both[(4, "every")], both[(4, "last")], rtol=0, atol=0)
+
+
+def test_final_norm_every_is_a_noop_without_final_norm(caplog):
+    model = tiny_model("bert", n_layers=3)
+    inputs = _inputs("bert")
+    assert find_final_norm(model) is None
+    with caplog.at_level("WARNING"):
+        both = capture_layers(model, inputs, [1, 3], final_norms=("last", "every"))
+        capture_layers(model, inputs, [1], final_norms=("every",))
+    for layer in (1, 3):
+        torch.testing.assert_close(both[(layer, "every")], both[(layer, "last")], rtol=0, atol=0)
+    notes = [r for r in caplog.records if "no final norm" in r.getMessage()]
+    assert len(notes) <= 1  # said once per model class (0 if an earlier test said it)
+
+
+def test_one_forward_pass_serves_both_final_norms():
+    model = tiny_model("llama", n_layers=4)
+    calls = []
+    model.register_forward_pre_hook(lambda *_a: calls.append(1))
+    both = capture_layers(model, _inputs("llama"), [0, 2, 4], final_norms=("last", "every"))
+    assert len(calls) == 1
+    assert sorted(both) == [(layer, s) for layer in (0, 2, 4) for s in ("every", "last")]
+
+
+def test_reduce_runs_inside_the_capture():
+    """A pooling reduce keeps only (batch, width) per layer; each state is handed over once."""
+    model = tiny_model("gpt2", n_layers=4)
+    inputs = _inputs("gpt2")
+    mask = inputs["attention_mask"]
+    seen = []
+
+    def reduce(layer, setting, state):
+        seen.append((layer, setting, tuple(state.shape)))
+        return pool(state, mask, "mean")
+
+    pooled = run_layers(model, inputs, [1, 3], reduce=reduce)
+    full = run_layers(model, inputs, [1, 3])
+    assert seen == [(1, "last", (3, 9, 32)), (3, "last", (3, 9, 32))]
+    for layer in (1, 3):
+        torch.testing.assert_close(pooled[layer], pool(full[layer], mask, "mean"))
+
+
+def test_bad_final_norm_is_named():
+    with pytest.raises(ValueError, match=r"Unknown final_norm 'first'.*last, every"):
+        check_final_norms(["last", "first"])
+    assert check_final_norms("every,last,every") == ("every", "last")

@@ -66,3 +66,24 @@ def test_mean_sqrt_len_divides_the_sum_by_sqrt_length():
     hidden, mask = _batch()
     out = pool(hidden, mask, "mean_sqrt_len")
     assert torch.allclose(out[1], hidden[1, :2].sum(0) / 2**0.5)
+
+
+@pytest.mark.parametrize("kind", POOLINGS)
+def test_half_precision_pools_in_float32(kind):
+    """bf16 states pool to what their exact float32 copy pools to (fp32 accumulation)."""
+    torch.manual_seed(0)
+    hidden = (torch.randn(3, 50, 16) * 100).to(torch.bfloat16)
+    mask = torch.ones(3, 50, dtype=torch.long)
+    mask[1, 20:] = 0
+    got = pool(hidden, mask, kind)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, pool(hidden.float(), mask, kind), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", POOLINGS)
+def test_non_finite_padding_never_leaks(kind):
+    hidden, mask = _batch()
+    clean = pool(hidden, mask, kind)
+    hidden[1, 3] = float("nan")
+    hidden[1, 2] = float("inf")
+    torch.testing.assert_close(pool(hidden, mask, kind), clean, rtol=0, atol=0)

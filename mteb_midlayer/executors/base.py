@@ -160,6 +160,7 @@ class ModelInfo:
     resolved: dict[str, Any]
     n_parameters: int | None
     hidden_size: int
+    n_layers: int
 
     def current_spec(self) -> Any:
         from ..spec import ModelSpec
@@ -216,17 +217,25 @@ def run_encode_unit(
         batch_size=unit.batch_size,
         shard_size=max(1, len(texts)),
         show_progress=False,
+        final_norms=unit.final_norms,
+        max_tokens_per_batch=unit.max_tokens_per_batch,
     )
-    store = source.store(unit.prompt_type)
+    stores = [source.store(unit.prompt_type, norm) for norm in source.final_norms]
+
+    def complete() -> bool:
+        for store in stores:
+            store.refresh()
+        return not any(store.missing(texts, source.layers) for store in stores)
+
     path = claim_path(unit)
     waited = 0.0
     while True:
-        store.refresh()
-        if not store.missing(texts, source.layers):
+        if complete():
             break
         if claims.try_claim(path):
             try:
-                store.refresh()
+                for store in stores:
+                    store.refresh()
                 namespace = (unit.task, unit.prompt_type or "none")
                 source.fill(texts, unit.prompt_type, namespace)
             finally:
@@ -259,7 +268,7 @@ def run_score_unit(unit: ScoreUnit) -> ScoreReport:
     from ..sweep import pending_slices, score_slice
 
     t0 = time.perf_counter()
-    info = ModelInfo(unit.resolved, unit.n_parameters, unit.hidden_size)
+    info = ModelInfo(unit.resolved, unit.n_parameters, unit.hidden_size, unit.n_layers)
     source = EmbeddingSource(
         info,  # type: ignore[arg-type]
         unit.store_root,
@@ -268,15 +277,22 @@ def run_score_unit(unit: ScoreUnit) -> ScoreReport:
         batch_size=unit.batch_size,
         show_progress=False,
         replay_only=True,
+        final_norms=unit.final_norms,
     )
-    encoder = StoreEncoder(source, layer=unit.layer, dim=unit.dim, normalize=unit.normalize)
+    encoder = StoreEncoder(
+        source,
+        layer=unit.layer,
+        dim=unit.dim,
+        normalize=unit.normalize,
+        final_norm=unit.final_norm,
+    )
     cache = AtomicResultCache(unit.output)
     task = _task(unit.task, unit.data_dir)
-    if not pending_slices(task, [encoder], cache):
+    if not pending_slices(task, [encoder], cache, unit.search_backend):
         return ScoreReport(unit.key, unit.task, unit.layer, unit.dim, True, None, 0.0, os.getpid())
     if not task.data_loaded:
         task.load_data()
-    score = score_slice(encoder, task, cache, unit.batch_size)
+    score = score_slice(encoder, task, cache, unit.batch_size, unit.search_backend)
     return ScoreReport(
         key=unit.key,
         task=unit.task,
@@ -292,18 +308,25 @@ def run_score_unit(unit: ScoreUnit) -> ScoreReport:
 def run_metrics_unit(unit: MetricsUnit) -> Any:
     """The metric rows of one task (a `DataFrame`, also written to `unit.output`); read back
     when its file exists with the same settings. `df.attrs["timings"]`: seconds per phase."""
+    import pandas as pd
+
     from ..metrics.driver import Timer, _task_metrics
 
     lm = _load_model(unit)
     task = _task(unit.task, unit.data_dir)
     timer = Timer(lm.device)
     try:
-        df = _task_metrics(
-            lm, task, dict(unit.settings), Path(unit.output), list(unit.metrics),
-            list(unit.layers), unit.pooling, timer, n=unit.n, seed=unit.seed, alpha=unit.alpha,
-            n_views=unit.n_views, batch_size=unit.batch_size, overwrite=unit.overwrite,
-            show_progress=False,
-        )  # fmt: skip
+        parts = [
+            _task_metrics(
+                lm, task, dict(unit.settings), Path(unit.output), list(unit.metrics),
+                list(unit.layers), unit.pooling, timer, n=unit.n, seed=unit.seed,
+                alpha=unit.alpha, n_views=unit.n_views, batch_size=unit.batch_size,
+                overwrite=unit.overwrite, show_progress=False, final_norm=norm,
+                max_tokens_per_batch=unit.max_tokens_per_batch,
+            )
+            for norm in unit.final_norms
+        ]  # fmt: skip
+        df = pd.concat(parts, ignore_index=True)
     finally:
         if task.data_loaded:
             task.unload_data()

@@ -69,16 +69,29 @@ def select_config(scores: pd.DataFrame, config: dict) -> pd.DataFrame:
     return scores[mask]
 
 
+def _run_settings(config: dict) -> list[str]:
+    """The run settings (max length, dtype, prompts) that the results recorded."""
+    return [
+        f"{key}={config[key]}"
+        for key in frames.RUN_COLUMNS
+        if key in config and config[key] != frames.RUN_DEFAULTS[key]
+    ]
+
+
 def config_label(config: dict) -> str:
     """A short human label: the model, then what tells its configurations apart."""
     norm = "norm" if config["normalize"] else "raw"
-    return f"{config['model']} · {config['pooling']} · {norm} · final_norm={config['final_norm']}"
+    parts = [config["model"], config["pooling"], norm, f"final_norm={config['final_norm']}"]
+    return " · ".join([*map(str, parts), *_run_settings(config)])
 
 
 def config_slug(config: dict) -> str:
     """A file-, anchor- and CSS-safe name of a configuration (letters, digits, - and _)."""
     raw = "-".join(
-        str(config[k]) for k in ("model", "revision", "pooling", "normalize", "final_norm")
+        [
+            *(str(config[k]) for k in ("model", "revision", "pooling", "normalize", "final_norm")),
+            *_run_settings(config),
+        ]
     )
     return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in raw)
 
@@ -166,8 +179,9 @@ SUMMARY_COLUMNS = [
 def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
     """One row per configuration at its widest dim, sorted by best average (best first).
 
-    The last layer is the deepest layer scored, so `best_depth` = best / last (0 = embeddings);
-    `tasks` is "have/expected" at the last layer.
+    The last layer is the deepest layer scored; `best_depth` = best / L, the model's layer count
+    recorded with its results (else the last layer scored; 0 = embeddings); `tasks` is
+    "have/expected" at the last layer.
     """
     rows = []
     for config in configs(scores):
@@ -175,6 +189,7 @@ def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
         lt = layer_task_table(scores, config, dim)
         best = lt.best[AVERAGE]
         last = lt.last_layer
+        depth_of = model_depth(scores, config, lt)
         rows.append(
             {
                 **config,
@@ -182,7 +197,7 @@ def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
                 "last_layer": last,
                 "last_average": lt.table.loc[last, AVERAGE],
                 "best_layer": best,
-                "best_depth": best / last if pd.notna(best) and last else float("nan"),
+                "best_depth": best / depth_of if pd.notna(best) and depth_of else float("nan"),
                 "best_average": lt.table[AVERAGE].max(skipna=True),
                 "gain": lt.gain[AVERAGE],
                 "tasks": lt.status.loc[last, "tasks"],
@@ -195,18 +210,26 @@ def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def model_depth(scores: pd.DataFrame, config: dict, lt: LayerTable) -> int:
+    """The model's layer count L for relative depth: recorded with the results (`n_layers`),
+    else the deepest layer scored (results written before L was recorded)."""
+    recorded = frames.model_layers(select_config(scores, config))
+    return int(recorded) if recorded == recorded else lt.last_layer
+
+
 def depth_curves(scores: pd.DataFrame) -> pd.DataFrame:
     """Per configuration at its widest dim: layer, relative depth and every average column.
 
     Long rows (config columns, `layer`, `depth`, `column`, `score`) that plots draw as lines;
-    depth = layer / deepest layer scored (0 = embeddings, 1 = last layer).
+    depth = layer / L (0 = embeddings, 1 = last layer), L as in `model_depth`.
     """
     parts = []
     for config in configs(scores):
         lt = layer_task_table(scores, config, dims_of(scores, config)[0])
         long = lt.table[lt.average_columns].rename_axis("layer").reset_index()
         long = long.melt(id_vars="layer", var_name="column", value_name="score")
-        long["depth"] = long["layer"] / lt.last_layer if lt.last_layer else float("nan")
+        depth_of = model_depth(scores, config, lt)
+        long["depth"] = long["layer"] / depth_of if depth_of else float("nan")
         parts.append(long.assign(**config))
     return pd.concat(parts, ignore_index=True)
 
@@ -235,7 +258,7 @@ def tidy_rows(scores: pd.DataFrame) -> pd.DataFrame:
     out = out.rename(columns={"score": "main_score"})
     return out[CSV_COLUMNS].sort_values(
         [*frames.CONFIG_COLUMNS, "dim", "layer", "task"],
-        ascending=[True] * 5 + [False, True, True],
+        ascending=[True] * len(frames.CONFIG_COLUMNS) + [False, True, True],
         ignore_index=True,
     )
 
@@ -252,4 +275,5 @@ CSV_COLUMNS = [
     "task_type",
     "main_score",
     "mteb_version",
+    *frames.RUN_COLUMNS,
 ]

@@ -23,7 +23,8 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from ..layers import resolve_layers
+from ..batching import check_batch_limits
+from ..layers import check_final_norms, resolve_layers
 from ..model import LayerModel, warn_constant_pooling
 from ..pooling import check_pooling
 from ..results import task_fingerprint
@@ -63,6 +64,7 @@ ROW_COLUMNS = [
     "pooling",
     "alpha",
     "seed",
+    "final_norm",
 ]
 
 
@@ -122,10 +124,13 @@ def encode_texts(
     timer: Timer | None = None,
     desc: str = "Encoding",
     show_progress: bool = False,
+    final_norm: str = "last",
+    max_tokens_per_batch: int | None = None,
 ) -> tuple[torch.Tensor, dict[tuple[str, int], Any]]:
     """Pooled states `(n_layers, N, D)` on the device, plus per-text token metrics per layer.
 
-    Token-level metrics are computed batch by batch inside the same forward pass.
+    Token-level metrics are computed batch by batch inside the same forward pass, on the same
+    states as the pooled ones (under `final_norm="every"`, the normed states).
     """
     timer = timer or Timer(lm.device)
     pooled = torch.empty((len(layers), len(texts), lm.hidden_size), device=lm.device)
@@ -146,6 +151,8 @@ def encode_texts(
         token_layers=layers if token_metrics else (),
         show_progress=show_progress,
         desc=desc,
+        final_norms=(final_norm,),
+        max_tokens_per_batch=max_tokens_per_batch,
     )
     while True:
         with timer("encode"):
@@ -274,9 +281,13 @@ def layer_metrics(
     show_progress: bool = True,
     raise_error: bool = False,
     executor: Any = None,
+    final_norm: Sequence[str] | str = "last",
+    max_tokens_per_batch: int | None = None,
 ) -> pd.DataFrame:
     """Compute the layer metrics of `model` on each task; write and return tidy rows.
 
+    `final_norm`: "last", "every" or both; each setting's rows carry it in `final_norm` (and
+    its own file). `max_tokens_per_batch`: batch by padded tokens (changes no value).
     `executor` (an `executors.base.Executor`, e.g. `ProcessExecutor(devices=["cuda:0",
     "cuda:1"])`) runs one metrics unit per task there (the model is loaded from its spec in
     each worker); a `--texts` corpus is computed here.
@@ -296,8 +307,8 @@ def layer_metrics(
     if n_views < 2 and VIEW_METRICS & set(chosen):
         raise ValueError("InfoNCE, DiME and LiDAR need n_views >= 2.")
     corpus = read_corpus(texts) if texts is not None else None  # a bad file fails before loading
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    final_norms = check_final_norms(final_norm)
+    check_batch_limits(batch_size, max_tokens_per_batch)
     lm = LayerModel.coerce(
         model,
         tokenizer,
@@ -342,16 +353,22 @@ def layer_metrics(
         frames += _run_units(
             executor, lm, remote, settings, out_dir, chosen, layer_list, pooling, timer, failures,
             n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
-            overwrite=overwrite, raise_error=raise_error,
+            overwrite=overwrite, raise_error=raise_error, final_norms=tuple(final_norms),
+            max_tokens_per_batch=max_tokens_per_batch,
         )  # fmt: skip
     for task in tqdm(task_objects, desc="Metrics", unit="task", disable=not show_progress):
         task_name = _dataset_name(task)
         try:
-            df = _task_metrics(
-                lm, task, settings, out_dir, chosen, layer_list, pooling, timer,
-                n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
-                overwrite=overwrite, show_progress=show_progress,
-            )  # fmt: skip
+            parts = [
+                _task_metrics(
+                    lm, task, settings, out_dir, chosen, layer_list, pooling, timer,
+                    n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
+                    overwrite=overwrite, show_progress=show_progress, final_norm=norm,
+                    max_tokens_per_batch=max_tokens_per_batch,
+                )
+                for norm in final_norms
+            ]  # fmt: skip
+            df = pd.concat(parts, ignore_index=True)
         except KeyboardInterrupt:
             raise
         except Exception as exc:
@@ -443,18 +460,24 @@ def _task_metrics(
     batch_size: int,
     overwrite: bool,
     show_progress: bool,
+    final_norm: str = "last",
+    max_tokens_per_batch: int | None = None,
 ) -> pd.DataFrame:
-    """One task's rows: read back if its file (same settings and data) is whole, else computed
-    and written atomically."""
+    """One task's rows under one final norm: read back if its file (same settings and data) is
+    whole, else computed and written atomically. ("last" is left out of the file's key, so
+    files written before the option are still read back.)"""
     task_name = _dataset_name(task)
     data = f"corpus-{task.digest}" if isinstance(task, Corpus) else task_fingerprint(task)
     keyed = {**settings, "data": data}
+    if final_norm != "last":
+        keyed["final_norm"] = final_norm
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
     safe_model = lm.name.replace("/", "__")
     path = out_dir / f"{safe_model}__{task_name}__{digest}.parquet"
     if path.exists() and not overwrite:
         try:
-            return pd.read_parquet(path)
+            old = pd.read_parquet(path)
+            return old if "final_norm" in old.columns else old.assign(final_norm=final_norm)
         except Exception as exc:
             logger.warning("Recomputing %s: unreadable (%s).", path, type(exc).__name__)
     texts = sample_texts(task_texts(task), n, seed)
@@ -470,6 +493,8 @@ def _task_metrics(
         timer=timer,
         desc=f"{task_name} texts",
         show_progress=show_progress,
+        final_norm=final_norm,
+        max_tokens_per_batch=max_tokens_per_batch,
     )
     views = None
     if VIEW_METRICS & set(chosen):
@@ -486,6 +511,8 @@ def _task_metrics(
                 timer=timer,
                 desc=f"{task_name} view {v + 1}/{needed}",
                 show_progress=show_progress,
+                final_norm=final_norm,
+                max_tokens_per_batch=max_tokens_per_batch,
             )
     with linalg_threads(lm.device):
         rows = compute_rows(
@@ -498,6 +525,7 @@ def _task_metrics(
     df["pooling"] = pooling
     df["alpha"] = alpha
     df["seed"] = seed
+    df["final_norm"] = final_norm
     df = df[ROW_COLUMNS]
     _atomic_parquet(df, path)
     return df

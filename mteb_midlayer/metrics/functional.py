@@ -691,28 +691,63 @@ def dime(
 # intrinsic dimension
 
 
-def intrinsic_dimension(x: Tensor, block_size: int = 1024) -> Tensor:
+def _torch_neighbours(x: Tensor, k: int, block_size: int) -> Tensor:
+    """Each row's `k` nearest other rows (indices, any order) by `torch.cdist`, in row blocks."""
+    out = []
+    for start in range(0, x.shape[0], block_size):
+        dist = torch.cdist(x[start : start + block_size], x)
+        rows = torch.arange(dist.shape[0], device=x.device)
+        dist[rows, rows + start] = math.inf
+        out.append(dist.topk(k, dim=1, largest=False).indices)
+    return torch.cat(out)
+
+
+def _faiss_neighbours(x: Tensor, k: int) -> Tensor:
+    """The same through an exact flat faiss index (float32): `k + 1` found, the row itself
+    dropped (or, among exact duplicates where it is not returned, the farthest)."""
+    import faiss
+
+    data = x.detach().to("cpu", torch.float32).contiguous().numpy()
+    index = faiss.IndexFlatL2(data.shape[1])
+    index.add(data)
+    _dist, found = index.search(data, k + 1)
+    found = torch.from_numpy(found)
+    drop = found == torch.arange(found.shape[0]).unsqueeze(1)
+    drop[~drop.any(dim=1), -1] = True
+    drop &= drop.cumsum(dim=1) == 1  # a row listed twice (cannot happen): drop it once
+    return found[~drop].reshape(found.shape[0], k).to(x.device)
+
+
+def intrinsic_dimension(
+    x: Tensor, block_size: int = 1024, *, search_backend: str = "auto"
+) -> Tensor:
     """TwoNN intrinsic dimension (Facco et al. 2017), maximum-likelihood form ``n / sum log mu``.
 
     ``mu = r2 / r1`` from each point's two nearest neighbours (Euclidean, on ``x`` as given, no
-    ``prep``). Points with ``r1 = 0`` (exact duplicates) are skipped. Distances are computed in
-    row blocks of ``block_size`` (memory ~ block_size * N); candidate neighbours come from
-    ``torch.cdist`` and their distances are recomputed directly so duplicates give exactly 0.
+    ``prep``). Points with ``r1 = 0`` (exact duplicates) are skipped. Eight candidate
+    neighbours per point come from a flat faiss index when ``search_backend`` resolves to faiss
+    (``auto``: when installed), else from ``torch.cdist`` in row blocks of ``block_size``
+    (memory ~ block_size * N); either way their distances are recomputed exactly in ``x``'s
+    dtype, so both give the same value and duplicates give exactly 0.
     Raises ValueError if fewer than 3 points, or if no point has distinct r1 < r2.
     """
+    from ..search import resolve_search_backend
+
     x = _matrix(x, "x", min_rows=3)
     if block_size < 1:
         raise ValueError(f"block_size must be >= 1, got {block_size}")
     n = x.shape[0]
     k = min(n - 1, 8)
+    if resolve_search_backend(search_backend) == "faiss":
+        cand = _faiss_neighbours(x, k)
+    else:
+        cand = _torch_neighbours(x, k, block_size)
     logs = []
     for start in range(0, n, block_size):
         blk = x[start : start + block_size]
-        dist = torch.cdist(blk, x)
-        rows = torch.arange(blk.shape[0], device=x.device)
-        dist[rows, rows + start] = math.inf
-        cand = dist.topk(k, dim=1, largest=False).indices  # (B, k)
-        exact = torch.linalg.vector_norm(x[cand] - blk.unsqueeze(1), dim=-1)
+        exact = torch.linalg.vector_norm(
+            x[cand[start : start + block_size]] - blk.unsqueeze(1), dim=-1
+        )
         r = exact.sort(dim=1).values
         r1, r2 = r[:, 0], r[:, 1]
         keep = r1 > 0

@@ -81,13 +81,15 @@ def _pick(cell: pd.DataFrame) -> pd.Series:
 def best_frame(layer_scores: pd.DataFrame, budgets: list[Budget] | None = None) -> pd.DataFrame:
     """The best (layer, dim) per configuration, unconstrained ("none") and under each budget.
 
-    `n_layers` is the deepest layer swept for the configuration (the model's L when the sweep
-    covered every layer); `max_depth` is a fraction of it. A budget nothing meets gives no row.
+    `n_layers` is the model's layer count L recorded with its results, else (results written
+    before it was recorded) the deepest layer swept for the configuration; `max_depth` is a
+    fraction of it. A budget nothing meets gives no row.
     """
     budgets = [Budget(), *[b for b in budgets or [] if not b.is_none]]
     rows = []
     for key, cell in _overall(layer_scores).groupby(GROUP, dropna=False, sort=True):
-        n_layers = int(cell["layer"].max())
+        recorded = frames.model_layers(cell)
+        n_layers = int(recorded) if recorded == recorded else int(cell["layer"].max())
         for budget in budgets:
             ok = [budget.allows(int(r.layer), int(r.dim), n_layers) for r in cell.itertuples()]
             fits = cell[ok]

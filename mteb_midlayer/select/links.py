@@ -63,7 +63,7 @@ def metric_series(metrics: pd.DataFrame) -> pd.DataFrame:
     that every one of them has (a layer some dataset lacks gets no mean).
     """
     frames.check_metrics(metrics)
-    keys = ["model", "revision", "pooling", "metric", "variant"]
+    keys = ["model", "revision", "pooling", "final_norm", "metric", "variant"]
     df = metrics[[*keys, "dataset", "layer", "value"]].copy()
     df["pooling"] = df["pooling"].fillna("")
     df = df.groupby([*keys, "dataset", "layer"], as_index=False, dropna=False)["value"].mean()
@@ -88,13 +88,14 @@ def metric_series(metrics: pd.DataFrame) -> pd.DataFrame:
 
 
 def matching_series(series: pd.DataFrame, config: dict) -> pd.DataFrame:
-    """The metric series computed for `config`'s model, revision and pooling.
+    """The metric series computed for `config`'s model, revision, pooling and final norm.
 
     Metric rows carry no dim or normalisation (they are computed on the full pooled vector), so
     every dim and normalisation of a configuration shares them. A row without pooling matches
     any pooling.
     """
     sel = (series["model"] == config["model"]) & (series["revision"] == config["revision"])
+    sel &= series["final_norm"] == config.get("final_norm", frames.DEFAULT_FINAL_NORM)
     pooling = series["pooling"]
     return series[sel & ((pooling == config["pooling"]) | (pooling == ""))]
 

@@ -188,7 +188,9 @@ def render(selection: Selection, *, top_rules: int | None = None) -> str:
     ]
     if constant and selection.has_scores:
         first = selection.scores.iloc[0]
-        out.append("Configuration: " + "  ".join(f"{c}={first[c]}" for c in constant))
+        # run settings that older results did not record are left out rather than shown empty
+        shown = [c for c in constant if frames.RUN_DEFAULTS.get(c, object()) != first[c]]
+        out.append("Configuration: " + "  ".join(f"{c}={first[c]}" for c in shown))
 
     def table(title: str, df: pd.DataFrame) -> None:
         out.append(f"\n== {title} ==")

@@ -209,6 +209,15 @@ def test_depth_curves_put_layers_on_relative_depth_with_incomplete_layers_missin
     assert fake["score"].tolist() == pytest.approx([0.4, 0.9, 0.5])
 
 
+def test_depth_curves_and_summary_use_the_recorded_layer_count(frames_of):
+    scores, _ = frames_of
+    minilm = scores[scores["model"] == MINILM].assign(n_layers=12.0)  # as if L were 12
+    curves = tables.depth_curves(minilm)
+    assert curves[curves["column"] == "average"]["depth"].tolist() == [0.0, 0.25, 0.5]
+    summary = tables.summary_table(minilm)
+    assert summary["best_depth"].iloc[0] == pytest.approx(summary["best_layer"].iloc[0] / 12)
+
+
 def test_a_configuration_without_pooling_recorded_is_still_one_configuration(frames_of):
     scores, _ = frames_of
     old = scores.assign(pooling=None)

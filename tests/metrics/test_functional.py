@@ -646,6 +646,22 @@ def test_twonn_skips_exact_duplicates_and_rejects_degenerate():
         F.intrinsic_dimension(torch.rand(2, 3))  # needs 3 points
 
 
+@pytest.mark.parametrize("n", [9, 700])
+def test_twonn_faiss_neighbours_equal_torch(n):
+    """The faiss index finds the same neighbours: the same value as the torch path, duplicates,
+    clusters tighter than float32 and block edges included."""
+    pytest.importorskip("faiss")
+    x = _randn(n, 16, seed=n)
+    near = torch.arange(0, n - 1, 11)
+    x[near + 1] = x[near] + 1e-9  # closer than float32 resolves
+    x[n // 2 :: 7] = x[n // 2 - 1]  # exact duplicates
+    torch_value = F.intrinsic_dimension(x, block_size=64, search_backend="torch")
+    faiss_value = F.intrinsic_dimension(x, block_size=64, search_backend="faiss")
+    assert float(faiss_value) == pytest.approx(float(torch_value), rel=1e-12)
+    with pytest.raises(ValueError, match="Unknown search backend"):
+        F.intrinsic_dimension(x, search_backend="annoy")
+
+
 def test_collapsed_views_have_documented_values():
     n = 10
     const = torch.full((n, 4), 0.3, dtype=torch.float64)

@@ -21,6 +21,10 @@ def scores(rows: list[dict], **config) -> pd.DataFrame:
         pooling="mean",
         normalize=False,
         final_norm="last",
+        max_length=128,
+        dtype="float32",
+        prompts="none",
+        n_layers=float("nan"),
         dim=8,
         task_type="STS",
         mteb_version="2",
@@ -39,6 +43,7 @@ def metrics(rows: list[dict], **config) -> pd.DataFrame:
         pooling="mean",
         alpha=1.0,
         seed=42,
+        final_norm="last",
     )
     return pd.DataFrame([{**base, **config, **r} for r in rows])[frames.METRIC_COLUMNS]
 

@@ -41,6 +41,15 @@ def test_best_unconstrained_and_under_budgets():
     assert (best["n_layers"] == 4).all()
 
 
+def test_max_depth_uses_the_recorded_layer_count_when_the_sweep_stopped_short():
+    # layers 1..4 scored of an 8-layer model: depth 0.5 allows layer 4, not layer 2
+    recorded = _grid_scores().assign(n_layers=8.0)
+    best = best_frame(frames.layer_scores(recorded), [Budget(max_depth=0.5)])
+    best = best.set_index("budget")
+    assert best.loc["depth<=0.5", ["layer", "dim"]].tolist() == [3, 8]
+    assert (best["n_layers"] == 8).all()
+
+
 def test_budget_validation_and_label():
     assert Budget().label == "none" and Budget().is_none
     assert Budget(max_dim=128, max_depth=0.5).label == "dim<=128,depth<=0.5"
