@@ -472,7 +472,13 @@ def plan_units(
         for texts in requests:
             path = texts_path(output, digest, name, texts.prompt_type)
             if not dry_run:
-                write_texts(path, texts)
+                try:
+                    for norm in source.final_norms:  # the store's config first, then the plan
+                        source.store(texts.prompt_type, norm)
+                    write_texts(path, texts)
+                except OSError as exc:
+                    raise_if_disk_full(exc, path)  # stops the run, as in the store
+                    raise
             new = encode_units(
                 texts,
                 path,

@@ -756,9 +756,10 @@ def test_disk_full_stops_the_sweep_with_one_message(
             raise OSError(errno.ENOSPC, "No space left on device")
 
         monkeypatch.setattr(np.lib.format, "write_array", full)
+    # --jobs 1: the patches above act in this process only
     code = main(
         ["sweep", minilm_path, "--tasks", "BIOSSES,STS12", "--data-dir", str(shared_data),
-         "--layers", "6", "--output", str(out), "--device", "cpu"]
+         "--layers", "6", "--output", str(out), "--device", "cpu", "--jobs", "1"]
     )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2

@@ -10,6 +10,7 @@ workers never encode the same texts twice; a score unit whose result stands is s
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -191,10 +192,34 @@ def _task(name: str, data_dir: str | None) -> Any:
 
 
 # ----------------------------------------------------------------------------- work functions
+def _disk_full_crosses_processes(fn: Callable[..., R]) -> Callable[..., R]:
+    """A full disk in a worker reaches the driver as a plain ENOSPC `OSError` (pickled
+    exceptions lose their chain, and `StoreFullError` does not pickle), so the driver's
+    `raise_if_disk_full` still stops the run with its one message."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapped(unit: U, *args: Any, **kwargs: Any) -> R:
+        from ..store import _chain, _is_disk_full
+
+        try:
+            return fn(unit, *args, **kwargs)
+        except Exception as exc:
+            if not _is_disk_full(exc):
+                raise
+            where = next(
+                (e.filename for e in _chain(exc) if isinstance(e, OSError) and e.filename), None
+            )
+            raise OSError(errno.ENOSPC, f"No space left on device ({exc})", where) from None
+
+    return wrapped
+
+
 def claim_path(unit: EncodeUnit) -> Path:
     return Path(unit.store_root) / "claims" / f"{unit.key}.claim"
 
 
+@_disk_full_crosses_processes
 def run_encode_unit(
     unit: EncodeUnit, *, stale_s: float = claims.DEFAULT_STALE_S, poll_s: float = CLAIM_POLL_S
 ) -> EncodeReport:
@@ -257,6 +282,7 @@ def run_encode_unit(
     )
 
 
+@_disk_full_crosses_processes
 def run_score_unit(unit: ScoreUnit) -> ScoreReport:
     """Score one `(task, slice)` from the store with mteb; skipped when its result stands.
 
