@@ -1,0 +1,185 @@
+"""Ray and submitit executors, for real: a local Ray instance on 2 CPUs, submitit's local
+executor (no Slurm needed). Skipped, with the extra to install, where they are missing."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from mteb_midlayer.executors import (
+    MissingExtraError,
+    SharedFilesystemError,
+    UnknownExecutorError,
+    make_executor,
+)
+from mteb_midlayer.executors.probe import (
+    Probe,
+    check_probes,
+    run_checked,
+    shared_probes,
+    write_probe,
+)
+from mteb_midlayer.executors.slurm import SlurmTimeError, parse_slurm_time
+from tests.executor_units import ToyUnit, ToyUnitError, run_toy_unit
+
+
+def toy_units(root: Path, n: int = 4, **flags) -> list[ToyUnit]:
+    root.mkdir(parents=True, exist_ok=True)
+    crash = flags.pop("crash", None)
+    fail = flags.pop("fail", None)
+    return [
+        ToyUnit(f"u{i}", i, str(root), crash_once=(i == crash), fail=(i == fail)) for i in range(n)
+    ]
+
+
+def run_all(executor, units, *, gpu: bool) -> dict[str, object]:
+    return {unit.name: result for unit, result in executor.map(run_toy_unit, units, gpu=gpu)}
+
+
+# ---- the probe and the factory (no extra needed)
+
+
+def test_probe_is_read_back_and_removed(tmp_path):
+    with shared_probes([tmp_path / "out"]) as probes:
+        (probe,) = probes
+        assert Path(probe.path).parent == (tmp_path / "out").absolute()
+        assert Path(probe.path).read_text() == probe.token and len(probe.token) == 32
+        check_probes(probes)  # this process sees it
+    assert not Path(probe.path).exists()
+
+
+def test_probe_not_seen_names_node_and_path(tmp_path):
+    missing = Probe(str(tmp_path / ".midlayer-probe-abc"), "abc")
+    with pytest.raises(
+        SharedFilesystemError,
+        match=r"node n7 cannot read the probe file .*probe-abc that the driver wrote \(no such file",
+    ):
+        check_probes([missing], node="n7")
+    other = write_probe(tmp_path)
+    stale = Probe(other.path, "not-the-token")
+    outcome = run_checked(run_toy_unit, ToyUnit("u", 3, str(tmp_path)), [stale])
+    assert isinstance(outcome.error, SharedFilesystemError)
+    assert outcome.error.node == socket.gethostname() and outcome.error.path == other.path
+    assert "another token" in outcome.error.reason
+    assert not (tmp_path / "u.txt").exists()  # the unit did not run
+
+
+def test_run_checked_returns_the_error_as_an_object(tmp_path):
+    ok = run_checked(run_toy_unit, ToyUnit("a", 3, str(tmp_path)), [])
+    assert (ok.value, ok.error) == (9, None)
+    bad = run_checked(run_toy_unit, ToyUnit("b", 3, str(tmp_path), fail=True), [])
+    assert isinstance(bad.error, ToyUnitError)
+
+
+def test_unknown_executor():
+    with pytest.raises(
+        UnknownExecutorError, match="unknown executor 'dask'; choose one of local, ray, submitit"
+    ):
+        make_executor("dask")
+
+
+def test_missing_extra_names_it(monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    with pytest.raises(
+        MissingExtraError,
+        match=r"--executor ray needs the ray package: pip install 'mteb-midlayer\[ray\]'",
+    ):
+        make_executor("ray")
+    monkeypatch.setitem(sys.modules, "submitit", None)
+    with pytest.raises(MissingExtraError, match=r"pip install 'mteb-midlayer\[slurm\]'"):
+        make_executor("submitit")
+
+
+@pytest.mark.parametrize(
+    ("text", "minutes"),
+    [("90", 90), ("1:30", 2), ("2:00:00", 120), ("1-0", 1440), ("1-2:30", 1590), ("0-0:0:30", 1)],
+)
+def test_parse_slurm_time(text, minutes):
+    assert parse_slurm_time(text) == minutes
+
+
+@pytest.mark.parametrize("text", ["soon", "1:2:3:4", "0", "-5"])
+def test_parse_slurm_time_refuses(text):
+    with pytest.raises(SlurmTimeError, match="--slurm-time"):
+        parse_slurm_time(text)
+
+
+# ---- Ray: a local instance on 2 CPUs, shared by the tests of this module
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray", reason="pip install 'mteb-midlayer[ray]'")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_ray_runs_units_and_checks_each_node(ray_local, tmp_path):
+    executor = make_executor("ray", roots=[tmp_path])
+    assert executor.name == "ray"
+    results = run_all(executor, toy_units(tmp_path), gpu=True)
+    assert results == {"u0": 0, "u1": 1, "u2": 4, "u3": 9}
+    assert executor.num_gpus_per_encode == 0  # a CPU-only cluster: encode units take no GPU
+    assert len(executor._checked_nodes) == 1
+    assert not list(tmp_path.glob(".midlayer-probe-*"))  # removed after the run
+    # a unit that raises comes back as its own exception, the others still finish
+    failed = run_all(executor, toy_units(tmp_path / "f", fail=2), gpu=False)
+    assert isinstance(failed.pop("u2"), ToyUnitError) and failed == {"u0": 0, "u1": 1, "u3": 9}
+
+
+@pytest.mark.slow
+def test_ray_node_that_cannot_read_the_probe_is_named(ray_local, tmp_path):
+    executor = make_executor("ray")
+    absent = Probe(str(tmp_path / ".midlayer-probe-x"), "x")
+    with pytest.raises(
+        SharedFilesystemError,
+        match=rf"node {socket.gethostname()} \(.*Ray node .*probe-x that the driver wrote \(no such file",
+    ):
+        executor.check_nodes([absent])
+
+
+@pytest.mark.slow
+def test_ray_killed_worker_loses_only_its_unit(ray_local, tmp_path):
+    from ray.exceptions import WorkerCrashedError
+
+    units = toy_units(tmp_path, crash=1)
+    first = run_all(make_executor("ray", max_retries=0), units, gpu=True)
+    assert isinstance(first.pop("u1"), WorkerCrashedError)
+    assert first == {"u0": 0, "u2": 4, "u3": 9}
+    rerun = run_all(make_executor("ray", max_retries=0), units, gpu=True)
+    assert rerun == {"u0": 0, "u1": 1, "u2": 4, "u3": 9}
+    # with a retry Ray reruns the dead worker's unit itself
+    retried = run_all(
+        make_executor("ray", max_retries=1), toy_units(tmp_path / "r", crash=3), gpu=True
+    )
+    assert retried == {"u0": 0, "u1": 1, "u2": 4, "u3": 9}
+
+
+# ---- submitit's local executor (no Slurm here)
+
+
+@pytest.fixture
+def submitit_local():
+    return pytest.importorskip("submitit", reason="pip install 'mteb-midlayer[slurm]'")
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_units_and_says_so(submitit_local, tmp_path):
+    out = tmp_path / "out"
+    executor = make_executor(
+        "submitit", roots=[out], folder=tmp_path / "logs", cluster="local", poll_s=0.2
+    )
+    assert "no Slurm found" in executor.note and "local executor" in executor.note
+    results = run_all(executor, toy_units(out, crash=1, fail=2), gpu=True)
+    crashed, failed = results.pop("u1"), results.pop("u2")
+    assert isinstance(failed, ToyUnitError)  # the unit's own exception, not a log text
+    assert isinstance(crashed, Exception) and not isinstance(crashed, ToyUnitError)
+    assert results == {"u0": 0, "u3": 9}
+    rerun = run_all(executor, toy_units(out), gpu=False)
+    assert rerun == {"u0": 0, "u1": 1, "u2": 4, "u3": 9}
