@@ -183,3 +183,59 @@ def test_submitit_local_runs_units_and_says_so(submitit_local, tmp_path):
     assert results == {"u0": 0, "u3": 9}
     rerun = run_all(executor, toy_units(out), gpu=False)
     assert rerun == {"u0": 0, "u1": 1, "u2": 4, "u3": 9}
+
+
+# ---- the CLI flags
+
+
+def test_cli_slurm_flags_without_submitit_are_refused():
+    from mteb_midlayer.cli import build_parser, executor_kwargs
+
+    args = build_parser().parse_args(["sweep", "--slurm-time", "30", "--ray-address", "auto"])
+    assert executor_kwargs(build_parser().parse_args(["sweep"])) == {}
+    with pytest.raises(
+        ValueError, match="--ray-address, --slurm-time only apply with another --executor"
+    ):
+        executor_kwargs(args)
+
+
+def test_cli_missing_extra_is_one_line(monkeypatch, capsys):
+    import sys
+
+    from mteb_midlayer.cli import main
+
+    monkeypatch.setitem(sys.modules, "ray", None)
+    assert main(["sweep", "--executor", "ray", "--tasks", "BIOSSES"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: MissingExtraError: --executor ray needs the ray package: "
+        "pip install 'mteb-midlayer[ray]'"
+    ]
+
+
+def test_cli_builds_submitit_executor_and_says_where(submitit_local, tmp_path, capsys):
+    from mteb_midlayer.cli import build_parser, executor_kwargs
+
+    args = build_parser().parse_args(
+        [
+            "metrics",
+            "--executor",
+            "submitit",
+            "--output",
+            str(tmp_path),
+            "--slurm-time",
+            "1:30:00",
+            "--slurm-partition",
+            "gpu",
+            "--slurm-gpus-per-task",
+            "2",
+        ]
+    )
+    executor = executor_kwargs(args)["executor"]
+    assert (executor.name, executor.partition, executor.gpus_per_task) == ("submitit", "gpu", 2)
+    assert executor.timeout_min == 90 and executor.folder == tmp_path / "submitit"
+    assert executor.roots == [tmp_path]
+    expected = (
+        "no Slurm found" if executor.cluster == "local" else "Slurm job arrays on partition gpu"
+    )
+    assert expected in capsys.readouterr().err
