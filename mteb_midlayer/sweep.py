@@ -270,6 +270,24 @@ def pending_slices(
     return pending
 
 
+def score_slice(
+    encoder: StoreEncoder, task: Any, cache: AtomicResultCache, batch_size: int
+) -> float | None:
+    """Score one slice with mteb into `cache`; return the first split's main score."""
+    with _quiet_scoring():
+        res = mteb.evaluate(
+            encoder,
+            task,
+            cache=cache,
+            overwrite_strategy="only-missing",
+            show_progress_bar=False,
+            raise_error=True,
+            encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
+        )
+    results = getattr(res, "task_results", None) or []
+    return float(results[0].get_score()) if results else None
+
+
 def run_plan(
     plan: SweepPlan,
     source: EmbeddingSource,
@@ -319,19 +337,7 @@ def run_plan(
             for encoder in pending:
                 bar.set_postfix_str(f"{task_name} L{encoder.layer} d{encoder.dim}")
                 try:
-                    with _quiet_scoring():
-                        mteb.evaluate(
-                            encoder,
-                            task,
-                            cache=cache,
-                            overwrite_strategy="only-missing",
-                            show_progress_bar=False,
-                            raise_error=True,
-                            encode_kwargs={
-                                "batch_size": source.batch_size,
-                                "show_progress_bar": False,
-                            },
-                        )
+                    score_slice(encoder, task, cache, source.batch_size)
                 except KeyboardInterrupt:
                     raise
                 except Exception as exc:

@@ -1,8 +1,11 @@
-"""Executors run a sweep's units (encode, score) somewhere: here, on Ray, or on Slurm.
+"""Where a sweep's work units run: in this process, in local worker processes, or on an engine.
 
-Each has `name` and `map(fn, units, *, gpu)`, yielding every unit with its result or the
-exception it raised, in completion order. `make_executor` builds one by name, so the CLI and
-the Python API pick them the same way; Ray and submitit are imported only when chosen.
+`base.Executor` is the interface (`map` units to results in completion order); `local` holds
+`SerialExecutor` (the default) and `ProcessExecutor`; `ray` the `RayExecutor`, `slurm` the
+`SubmititExecutor` (Slurm job arrays). The work functions `run_encode_unit` and
+`run_score_unit` are module-level in `base` so any engine can pickle them. `make_executor`
+builds one by name, so the CLI and the Python API pick them the same way; Ray and submitit are
+imported only when chosen.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .base import EncodeReport, Executor, ScoreReport, run_encode_unit, run_score_unit
 from .extras import MissingExtraError
 from .probe import SharedFilesystemError
 
@@ -27,14 +31,18 @@ def make_executor(name: str, *, roots: Sequence[Path | str] = (), **opts: Any) -
     """The executor called `name`, built from `opts`; `roots` (the result root and the store)
     are probed on every worker of a distributed executor.
 
-    local: `opts` go to the local executor. ray: `address`, `num_gpus_per_encode`,
+    local: `SerialExecutor` (this process), or with `jobs` or `devices` a `ProcessExecutor`. ray: `address`, `num_gpus_per_encode`,
     `max_retries`, and `ray.init` keywords. submitit: `folder`, `partition`, `gpus_per_task`,
     `time`, `cluster`, `parallelism`, `slurm_options`.
     """
     if name == "local":
-        from .local import LocalExecutor  # the u14 branch's
+        from .local import ProcessExecutor, SerialExecutor
 
-        return LocalExecutor(**opts)
+        if opts.get("jobs") or opts.get("devices"):
+            return ProcessExecutor(**opts)
+        if opts:
+            raise ValueError(f"the local executor takes jobs or devices, got {sorted(opts)}")
+        return SerialExecutor()
     if name == "ray":
         from .ray import RayExecutor
 
@@ -48,8 +56,13 @@ def make_executor(name: str, *, roots: Sequence[Path | str] = (), **opts: Any) -
 
 __all__ = [
     "EXECUTORS",
+    "EncodeReport",
+    "Executor",
     "MissingExtraError",
+    "ScoreReport",
     "SharedFilesystemError",
     "UnknownExecutorError",
     "make_executor",
+    "run_encode_unit",
+    "run_score_unit",
 ]

@@ -1,0 +1,277 @@
+"""The executor interface and the work functions every executor runs.
+
+An `Executor` maps a work function over units and yields each unit with its result or the
+exception it raised, in completion order. `run_encode_unit` and `run_score_unit` are
+module-level (picklable by reference) and rebuild what they need from the unit alone: the
+model once per process (cached), the task once per task (the last one kept), the store and
+result root from their paths. Encode units are claimed (`claims.py`), so two drivers or
+workers never encode the same texts twice; a score unit whose result stands is skipped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from ..plan import EncodeUnit, ScoreUnit, read_texts
+from . import claims
+
+logger = logging.getLogger(__name__)
+
+U = TypeVar("U")
+R = TypeVar("R")
+
+#: How often a unit waiting on another holder's claim looks again (seconds).
+CLAIM_POLL_S = 0.5
+
+
+class Executor(Protocol):
+    """Runs units somewhere: this process, local workers, a Ray cluster, a Slurm array."""
+
+    name: str
+
+    def map(
+        self, fn: Callable[[U], R], units: Sequence[U], *, gpu: bool
+    ) -> Iterator[tuple[U, R | BaseException]]:
+        """Yield `(unit, fn(unit) or the exception it raised)` in completion order.
+
+        `gpu=True` for encode units (they need an accelerator when there is one). Work is
+        submitted when `map` is called, so several maps can be in flight at once.
+        """
+        ...
+
+
+class UnitError(RuntimeError):
+    """A unit cannot run as planned (e.g. a worker's model differs from the driver's)."""
+
+
+@dataclass(frozen=True)
+class EncodeReport:
+    key: str
+    task: str
+    n_texts: int
+    n_encoded: int
+    waited_s: float
+    seconds: float
+    pid: int
+
+
+@dataclass(frozen=True)
+class ScoreReport:
+    key: str
+    task: str
+    layer: int
+    dim: int
+    skipped: bool
+    main_score: float | None
+    seconds: float
+    pid: int
+
+
+# ----------------------------------------------------------------------------- per process
+_MODELS: dict[str, Any] = {}
+_TASK: dict[str, Any] = {}
+#: Set in a worker process that owns one device (`--devices`): overrides the spec's device.
+_DEVICE: list[str] = []
+
+
+def _model_key(spec: dict[str, Any]) -> str:
+    return json.dumps(spec, sort_keys=True, default=str)
+
+
+def seed_model(spec: dict[str, Any], lm: Any) -> None:
+    """Hand this process's loaded model to the work functions (the serial executor and the
+    driver reuse it instead of loading it again)."""
+    _MODELS[_model_key(spec)] = lm
+
+
+def set_device(device: str) -> None:
+    """Pin this worker process's encode units to `device` (one worker per GPU)."""
+    _DEVICE[:] = [device]
+
+
+def limit_threads(n: int = 1) -> None:
+    """One torch/BLAS thread per worker: N workers on N cores, not N x N threads."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # pragma: no cover - sklearn brings threadpoolctl
+        pass
+
+
+def _load_model(unit: EncodeUnit) -> Any:
+    """The unit's model, loaded once per process and checked against the driver's."""
+    from ..model import LayerModel
+    from ..spec import ModelSpec
+
+    spec = dict(unit.model)
+    if _DEVICE:
+        spec["device"] = _DEVICE[0]
+    key = _model_key(spec)
+    if key not in _MODELS and _model_key(unit.model) in _MODELS and not _DEVICE:
+        key = _model_key(unit.model)
+    if key not in _MODELS:
+        if not spec.get("source"):
+            raise UnitError(
+                "A model passed as an object cannot be loaded in a worker process; "
+                "pass a Hub id or a folder to run with --jobs/--devices/--executor."
+            )
+        _MODELS.clear()  # one model per process
+        _MODELS[key] = LayerModel.load(spec=ModelSpec.from_dict(spec))
+    lm = _MODELS[key]
+    have = lm.current_spec()
+    for field in ("name", "revision", "dtype", "max_length"):
+        if getattr(have, field) != unit.resolved.get(field):
+            raise UnitError(
+                f"The worker's model has {field}={getattr(have, field)!r}, the plan "
+                f"{unit.resolved.get(field)!r}: the model changed since the plan was made."
+            )
+    return lm
+
+
+@dataclass
+class ModelInfo:
+    """What scoring needs of a model (spec, sizes, prompts) without loading its network."""
+
+    resolved: dict[str, Any]
+    n_parameters: int | None
+    hidden_size: int
+
+    def current_spec(self) -> Any:
+        from ..spec import ModelSpec
+
+        return ModelSpec.from_dict(self.resolved)
+
+    @property
+    def prompts(self) -> dict[str, str] | None:
+        return dict(self.resolved["prompts"]) if self.resolved.get("prompts") else None
+
+    @property
+    def name(self) -> str:
+        return self.resolved["name"]
+
+
+def _task(name: str, data_dir: str | None) -> Any:
+    """The task object, built once per task in this process (only the last one is kept)."""
+    key = f"{name}\0{data_dir}"
+    if key not in _TASK:
+        from ..sweep import select_tasks
+
+        for old in _TASK.values():
+            if old.data_loaded:
+                old.unload_data()
+        _TASK.clear()
+        _TASK[key] = select_tasks([name], None, data_dir)[0]
+    return _TASK[key]
+
+
+# ----------------------------------------------------------------------------- work functions
+def claim_path(unit: EncodeUnit) -> Path:
+    return Path(unit.store_root) / "claims" / f"{unit.key}.claim"
+
+
+def run_encode_unit(
+    unit: EncodeUnit, *, stale_s: float = claims.DEFAULT_STALE_S, poll_s: float = CLAIM_POLL_S
+) -> EncodeReport:
+    """Put the unit's texts (every layer) into the store, unless they are there already.
+
+    The unit is claimed first; while another live holder has it, wait and look again (it
+    either writes the texts, so there is nothing left to do, or dies and its claim is taken
+    over). Returns how many texts this call ran through the network.
+    """
+    from ..replay import EmbeddingSource
+
+    t0 = time.perf_counter()
+    texts = read_texts(unit)
+    lm = _load_model(unit)
+    source = EmbeddingSource(
+        lm,
+        unit.store_root,
+        pooling=unit.pooling,
+        layers=unit.layers,
+        batch_size=unit.batch_size,
+        shard_size=max(1, len(texts)),
+        show_progress=False,
+    )
+    store = source.store(unit.prompt_type)
+    path = claim_path(unit)
+    waited = 0.0
+    while True:
+        store.refresh()
+        if not store.missing(texts, source.layers):
+            break
+        if claims.try_claim(path):
+            try:
+                store.refresh()
+                namespace = (unit.task, unit.prompt_type or "none")
+                source.fill(texts, unit.prompt_type, namespace)
+            finally:
+                claims.release(path)
+            break
+        if claims.take_over_if_stale(path, stale_s):
+            logger.warning("Took over the stale claim %s.", path)
+            continue
+        time.sleep(poll_s)
+        waited += poll_s
+    return EncodeReport(
+        key=unit.key,
+        task=unit.task,
+        n_texts=len(texts),
+        n_encoded=source.n_encoded,
+        waited_s=waited,
+        seconds=time.perf_counter() - t0,
+        pid=os.getpid(),
+    )
+
+
+def run_score_unit(unit: ScoreUnit) -> ScoreReport:
+    """Score one `(task, slice)` from the store with mteb; skipped when its result stands.
+
+    Never runs the network: a text missing from the store is an error (its encode unit did
+    not run). The task's data is loaded once per task in this process.
+    """
+    from ..replay import EmbeddingSource, StoreEncoder
+    from ..results import AtomicResultCache
+    from ..sweep import pending_slices, score_slice
+
+    t0 = time.perf_counter()
+    info = ModelInfo(unit.resolved, unit.n_parameters, unit.hidden_size)
+    source = EmbeddingSource(
+        info,  # type: ignore[arg-type]
+        unit.store_root,
+        pooling=unit.pooling,
+        layers=unit.layers,
+        batch_size=unit.batch_size,
+        show_progress=False,
+        replay_only=True,
+    )
+    encoder = StoreEncoder(source, layer=unit.layer, dim=unit.dim, normalize=unit.normalize)
+    cache = AtomicResultCache(unit.output)
+    task = _task(unit.task, unit.data_dir)
+    if not pending_slices(task, [encoder], cache):
+        return ScoreReport(unit.key, unit.task, unit.layer, unit.dim, True, None, 0.0, os.getpid())
+    if not task.data_loaded:
+        task.load_data()
+    score = score_slice(encoder, task, cache, unit.batch_size)
+    return ScoreReport(
+        key=unit.key,
+        task=unit.task,
+        layer=unit.layer,
+        dim=unit.dim,
+        skipped=False,
+        main_score=score,
+        seconds=time.perf_counter() - t0,
+        pid=os.getpid(),
+    )

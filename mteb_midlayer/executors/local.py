@@ -1,0 +1,101 @@
+"""Executors on this machine: in the calling process, or in a pool of worker processes."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from . import base
+
+U = TypeVar("U")
+R = TypeVar("R")
+
+
+def available_cores() -> int:
+    """The cores this process may run on (its affinity mask, not the machine's count)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - macOS
+        return max(1, os.cpu_count() or 1)
+
+
+class SerialExecutor:
+    """Each unit in this process, one after another, as it is asked for (today's behaviour)."""
+
+    name = "serial"
+
+    def map(
+        self, fn: Callable[[U], R], units: Sequence[U], *, gpu: bool
+    ) -> Iterator[tuple[U, R | BaseException]]:
+        for unit in units:
+            try:
+                yield unit, fn(unit)
+            except KeyboardInterrupt:
+                raise
+            except Exception as exc:
+                yield unit, exc
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _init_worker(threads: int, devices: Any) -> None:
+    base.limit_threads(threads)
+    if devices is not None:
+        base.set_device(devices.get())
+
+
+class ProcessExecutor:
+    """`jobs` worker processes (`spawn`, one torch/BLAS thread each).
+
+    With `devices` (e.g. ``["cuda:0", "cuda:1"]``) there is one worker per device and each
+    worker's encode units run on its own device. Work is submitted when `map` is called.
+    """
+
+    name = "process"
+
+    def __init__(
+        self, jobs: int | None = None, *, devices: Sequence[str] | None = None, threads: int = 1
+    ) -> None:
+        if devices is not None and not devices:
+            raise ValueError("devices must name at least one device, e.g. cuda:0,cuda:1.")
+        self.devices = list(devices) if devices else None
+        self.jobs = len(self.devices) if self.devices else (jobs or available_cores())
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}.")
+        ctx = mp.get_context("spawn")
+        queue = None
+        if self.devices:
+            queue = ctx.Queue()
+            for device in self.devices:
+                queue.put(device)
+        self._pool = cf.ProcessPoolExecutor(
+            max_workers=self.jobs,
+            mp_context=ctx,
+            initializer=_init_worker,
+            initargs=(threads, queue),
+        )
+
+    def map(
+        self, fn: Callable[[U], R], units: Sequence[U], *, gpu: bool
+    ) -> Iterator[tuple[U, R | BaseException]]:
+        futures = {self._pool.submit(fn, unit): unit for unit in units}
+        return self._collect(futures)
+
+    @staticmethod
+    def _collect(futures: dict[cf.Future, Any]) -> Iterator[tuple[Any, Any]]:
+        for future in cf.as_completed(futures):
+            exc = future.exception()
+            yield futures[future], (exc if exc is not None else future.result())
+
+    def shutdown(self, cancel: bool = False) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=cancel)
+
+    def __enter__(self) -> ProcessExecutor:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown(cancel=exc[0] is not None)
