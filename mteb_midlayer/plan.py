@@ -130,6 +130,8 @@ class Plan:
     encode: list[EncodeUnit] = field(default_factory=list)
     score: list[ScoreUnit] = field(default_factory=list)
     texts: dict[str, list[TaskTexts]] = field(default_factory=dict)
+    #: slices per task whose result already stands (no unit)
+    done: dict[str, int] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
 
     def encode_for(self, task: str) -> list[EncodeUnit]:
@@ -140,7 +142,8 @@ class Plan:
 
     @property
     def tasks(self) -> list[str]:
-        return list(dict.fromkeys([u.task for u in self.encode] + [u.task for u in self.score]))
+        names = [u.task for u in self.encode] + [u.task for u in self.score] + list(self.done)
+        return list(dict.fromkeys(names))
 
     def summary(self) -> str:
         """What `sweep --dry-run` prints: unit counts, then texts and slices per task."""
@@ -151,10 +154,13 @@ class Plan:
         enc = Counter(u.task for u in self.encode)
         sco = Counter(u.task for u in self.score)
         width = max([len(t) for t in self.tasks] + [4])
-        lines.append(f"  {'task':<{width}}  texts  encode_units  slices")
+        lines.append(f"  {'task':<{width}}  {'texts':>6}  encode_units  slices  done")
         for task in self.tasks:
             n_texts = sum(len(t.texts) for t in self.texts.get(task, []))
-            lines.append(f"  {task:<{width}}  {n_texts:>5}  {enc[task]:>12}  {sco[task]:>6}")
+            lines.append(
+                f"  {task:<{width}}  {n_texts:>6}  {enc[task]:>12}  {sco[task]:>6}"
+                f"  {self.done.get(task, 0):>4}"
+            )
         for task, reason in self.failures.items():
             lines.append(f"  {task}: cannot run ({reason})")
         return "\n".join(lines)

@@ -10,6 +10,8 @@ most one shard of embeddings and the slice in flight.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import json
 import logging
 import traceback
 import warnings
@@ -20,11 +22,13 @@ from typing import Any
 
 import mteb
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from .encoder import resolve_dim
 from .layers import resolve_layers
 from .model import LayerModel, dtype_name, warn_constant_pooling
+from .plan import Plan, ScoreUnit, encode_units, record_requests, texts_path, write_texts
 from .pooling import check_pooling
 from .replay import EmbeddingSource, StoreEncoder
 from .results import AtomicResultCache, task_fingerprint, unfinished_reason
@@ -162,8 +166,17 @@ def sweep(
     shard_size: int | None = None,
     show_progress: bool = True,
     raise_error: bool = False,
+    jobs: int = 1,
+    devices: Sequence[str] | str | None = None,
+    dry_run: bool = False,
 ) -> pd.DataFrame:
     """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
+
+    The sweep is first written down as a plan of work units (`plan.py`): encode units (a
+    shard of a task's texts, every layer) and score units (one `(task, slice)`). `jobs` > 1
+    scores the slices of a task in that many worker processes while this process encodes the
+    next task; `devices` (e.g. ``"cuda:0,cuda:1"``) encodes in one worker process per device.
+    `dry_run` returns an empty table with the plan in `attrs["plan"]` and runs nothing.
 
     `pooling` and `normalize` default to the model's own (a sentence-transformers model's
     Pooling and Normalize modules), so the last layer scores exactly as the published model.
@@ -205,7 +218,11 @@ def sweep(
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise NotADirectoryError(f"--output {output} is a file; name a folder for the results.")
-    output.mkdir(parents=True, exist_ok=True)
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}.")
+    device_list = parse_devices(devices)
+    if not dry_run:
+        output.mkdir(parents=True, exist_ok=True)
     source = EmbeddingSource(
         lm,
         output / "store",
@@ -215,7 +232,22 @@ def sweep(
         shard_size=shard_size,
         show_progress=show_progress,
     )
-    run_plan(plan, source, output, raise_error=raise_error, show_progress=show_progress)
+    units = plan_units(plan, source, output, dry_run=dry_run, raise_error=raise_error)
+    if dry_run:
+        table = pd.DataFrame()
+        table.attrs["plan"] = units
+        table.attrs["failures"] = dict(plan.failures)
+        return table
+    n_encoded = run_units(
+        units,
+        plan,
+        lm,
+        output,
+        jobs=jobs,
+        devices=device_list,
+        raise_error=raise_error,
+        show_progress=show_progress,
+    )
     long = layer_results(output, model=lm.name, revision=lm.revision, pooling=pooling)
     long = long[long["task"].isin([t.metadata.name for t in plan.tasks])]
     long = long[long["layer"].isin(plan.layers) & long["dim"].isin(plan.dims)]
@@ -227,7 +259,8 @@ def sweep(
     ]
     table = layer_table(long, tasks=[t.metadata.name for t in plan.tasks])
     table.attrs["failures"] = dict(plan.failures)
-    table.attrs["n_encoded"] = source.n_encoded
+    table.attrs["n_encoded"] = n_encoded
+    table.attrs["plan"] = units
     return table
 
 
@@ -250,10 +283,14 @@ def slice_identity(encoder: StoreEncoder, data: str) -> dict[str, Any]:
 
 
 def pending_slices(
-    task: Any, encoders: Sequence[StoreEncoder], cache: AtomicResultCache
+    task: Any,
+    encoders: Sequence[StoreEncoder],
+    cache: AtomicResultCache,
+    *,
+    remove_stale: bool = True,
 ) -> list[StoreEncoder]:
-    """The slices of `task` to (re)compute; a stale or broken result is removed, with a
-    warning naming the file and why."""
+    """The slices of `task` to (re)compute; a stale or broken result is removed (unless
+    `remove_stale` is off, as in a dry run), with a warning naming the file and why."""
     data = task_fingerprint(task)
     pending = []
     for encoder in encoders:
@@ -263,7 +300,7 @@ def pending_slices(
         reason = unfinished_reason(path, task, identity)
         if reason is None:
             continue
-        if reason != "missing":
+        if reason != "missing" and remove_stale:
             logger.warning("Recomputing %s: %s.", path, reason)
             path.unlink()
         pending.append(encoder)
@@ -288,74 +325,226 @@ def score_slice(
     return float(results[0].get_score()) if results else None
 
 
-def run_plan(
+def parse_devices(devices: Sequence[str] | str | None) -> list[str] | None:
+    """``"cuda:0,cuda:1"`` -> one encode worker per entry (`None`: encode in this process)."""
+    if devices is None:
+        return None
+    items = devices.split(",") if isinstance(devices, str) else list(devices)
+    out = [d.strip() for d in items if d.strip()]
+    if not out:
+        raise ValueError("--devices names no device; give e.g. cuda:0,cuda:1.")
+    for device in out:
+        try:
+            torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"--devices: {device!r} is not a device ({exc}).") from None
+    return out
+
+
+def request_spec(lm: LayerModel) -> dict[str, Any]:
+    """The spec a fresh process loads `lm` from: its resolved spec, with a local folder's
+    fingerprint taken off the revision (loading adds it again) and the device left to it."""
+    spec = lm.current_spec()
+    revision = spec.revision
+    if revision and revision.startswith("local-"):
+        revision = None
+    elif revision and "-local-" in revision:
+        revision = revision.split("-local-")[0]
+    elif revision and revision.startswith("weights-"):
+        revision = None
+    return spec.replace(revision=revision, device=None).to_dict()
+
+
+def _store_digest(resolved: dict[str, Any], pooling: str) -> str:
+    """A short name for the store configuration the plan's texts files belong to."""
+    raw = json.dumps([resolved, pooling], sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
+
+
+def _data_dir(task: Any) -> str | None:
+    folder = getattr(task, "local_data_dir", None)
+    return str(Path(folder).parent) if folder is not None else None
+
+
+def plan_units(
     plan: SweepPlan,
     source: EmbeddingSource,
     output: Path,
     *,
+    dry_run: bool = False,
     raise_error: bool = False,
-    show_progress: bool = True,
-) -> None:
-    """Evaluate every slice on every task; a failing task is recorded and skipped."""
+) -> Plan:
+    """Write down every unit of the sweep before anything runs.
+
+    Per task: the slices whose result does not stand become score units; if any, mteb is run
+    once with a recording encoder to learn the task's texts (`plan.record_requests`), which
+    are written under `<output>/plan/` (not in a dry run) and cut into encode units of one
+    store shard each. A task that cannot be planned is recorded in `plan.failures`.
+    """
+    lm = source.lm
+    model = request_spec(lm)
+    resolved = lm.current_spec().to_dict()
+    digest = _store_digest(resolved, source.pooling)
     cache = AtomicResultCache(output)
     encoders = [
         StoreEncoder(source, layer=layer, dim=dim, normalize=plan.normalize)
         for layer, dim in plan.slices
     ]
-    bar = tqdm(
-        total=len(plan.tasks) * len(encoders),
-        desc="Scoring",
-        unit="slice",
-        disable=not show_progress,
-    )
+    units = Plan(failures=plan.failures)
+    for task in plan.tasks:
+        name = task.metadata.name
+        try:
+            pending = pending_slices(task, encoders, cache, remove_stale=not dry_run)
+            units.done[name] = len(encoders) - len(pending)
+            if not pending:
+                continue
+            loaded_here = not task.data_loaded
+            if loaded_here:
+                task.load_data()
+            try:
+                requests = record_requests(task, lm.prompts, lm.name)
+            finally:
+                if loaded_here:
+                    task.unload_data()
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            raise_if_disk_full(exc, output)
+            if raise_error:
+                raise
+            plan.failures[name] = f"{type(exc).__name__}: {exc}"
+            logger.error("Task %s cannot be planned: %s", name, exc)
+            continue
+        units.texts[name] = requests
+        depends = []
+        for texts in requests:
+            path = texts_path(output, digest, name, texts.prompt_type)
+            if not dry_run:
+                write_texts(path, texts)
+            new = encode_units(
+                texts,
+                path,
+                source.shard_size,
+                model=model,
+                resolved=resolved,
+                data_dir=_data_dir(task),
+                store_root=str(source.root),
+                layers=tuple(source.layers),
+                pooling=source.pooling,
+                batch_size=source.batch_size,
+            )
+            units.encode.extend(new)
+            depends.extend(u.key for u in new)
+        units.score.extend(
+            ScoreUnit(
+                model=model,
+                resolved=resolved,
+                n_parameters=lm.n_parameters,
+                hidden_size=lm.hidden_size,
+                task=name,
+                data_dir=_data_dir(task),
+                store_root=str(source.root),
+                output=str(output),
+                layer=enc.layer,
+                dim=enc.dim,
+                normalize=enc.normalize,
+                pooling=source.pooling,
+                layers=tuple(source.layers),
+                batch_size=source.batch_size,
+                depends_on=tuple(depends),
+            )
+            for enc in pending
+        )
+    return units
+
+
+def run_units(
+    units: Plan,
+    plan: SweepPlan,
+    lm: LayerModel,
+    output: Path,
+    *,
+    jobs: int = 1,
+    devices: Sequence[str] | None = None,
+    raise_error: bool = False,
+    show_progress: bool = True,
+) -> int:
+    """Run the plan as a pipeline; return how many texts went through the network.
+
+    Task by task: its encode units run (in this process, or one worker per device), then its
+    score units are handed to the scoring executor (`jobs` worker processes) and this process
+    goes on encoding the next task. With `jobs=1` a task's slices are scored here, one after
+    another, before the next task is encoded. A failing unit fails its task, not the sweep.
+    """
+    from .executors.base import run_encode_unit, run_score_unit, seed_model, seed_task
+    from .executors.local import ProcessExecutor, SerialExecutor
+
+    for unit in units.encode[:1]:
+        seed_model(unit.model, lm)
+    n_encoded = 0
+    total = sum(units.done.values()) + len(units.score)
+    bar = tqdm(total=total, desc="Scoring", unit="slice", disable=not show_progress)
+    bar.update(sum(units.done.values()))
+
+    def failed(task: str, exc: BaseException) -> None:
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
+        raise_if_disk_full(exc, output)  # stops the run: every later task would fail
+        if raise_error:
+            raise exc
+        if task not in plan.failures:
+            plan.failures[task] = f"{type(exc).__name__}: {exc}"
+            trace = "".join(traceback.format_exception(exc))
+            logger.error("Task %s failed: %s\n%s", task, plan.failures[task], trace)
+
+    def scored(results: Iterator[tuple[ScoreUnit, Any]]) -> None:
+        for unit, result in results:
+            bar.update(1)
+            if isinstance(result, BaseException):
+                failed(unit.task, result)
+
+    encoder: Any = ProcessExecutor(devices=devices) if devices else SerialExecutor()
+    scorer: Any = ProcessExecutor(jobs=jobs) if jobs > 1 else SerialExecutor()
+    in_flight = []
+    ok = False
     try:
         for task in plan.tasks:
-            task_name = task.metadata.name
-            try:
-                pending = pending_slices(task, encoders, cache)
-                # Load once for all slices (mteb.evaluate leaves preloaded data alone).
-                if pending and not task.data_loaded:
-                    task.load_data()
-            except KeyboardInterrupt:
-                raise
-            except Exception as exc:
-                raise_if_disk_full(exc, output)  # stops the run: every later task would fail
-                if raise_error:
-                    raise
-                plan.failures[task_name] = f"{type(exc).__name__}: {exc}"
-                logger.error("Task %s failed to load: %s", task_name, exc)
-                bar.update(len(encoders))
+            name = task.metadata.name
+            if name in plan.failures or not units.score_for(name):
                 continue
-            bar.update(len(encoders) - len(pending))
-            if pending and task.superseded_by:
+            if task.superseded_by:
                 logger.warning(
                     "%s is superseded by %s in mteb; scoring %s as named.",
-                    task_name,
+                    name,
                     task.superseded_by,
-                    task_name,
+                    name,
                 )
-            for encoder in pending:
-                bar.set_postfix_str(f"{task_name} L{encoder.layer} d{encoder.dim}")
-                try:
-                    score_slice(encoder, task, cache, source.batch_size)
-                except KeyboardInterrupt:
-                    raise
-                except Exception as exc:
-                    raise_if_disk_full(exc, output)  # stops the run: every later task would fail
-                    if raise_error:
-                        raise
-                    reason = f"{type(exc).__name__}: {exc}"
-                    plan.failures[task_name] = reason
-                    logger.error(
-                        "Task %s failed: %s\n%s", task_name, reason, traceback.format_exc()
-                    )
-                    bar.update(len(pending) - pending.index(encoder))
-                    break
-                bar.update(1)
-            if task.data_loaded:
-                task.unload_data()
+            bar.set_postfix_str(f"encoding {name}")
+            for unit, result in encoder.map(run_encode_unit, units.encode_for(name), gpu=True):
+                if isinstance(result, BaseException):
+                    failed(unit.task, result)
+                else:
+                    n_encoded += result.n_encoded
+            if name in plan.failures:
+                bar.update(len(units.score_for(name)))
+                continue
+            bar.set_postfix_str(f"scoring {name}")
+            if isinstance(scorer, SerialExecutor):
+                seed_task(name, _data_dir(task), task)
+                scored(scorer.map(run_score_unit, units.score_for(name), gpu=False))
+                if task.data_loaded:
+                    task.unload_data()
+            else:
+                in_flight.append(scorer.map(run_score_unit, units.score_for(name), gpu=False))
+        for results in in_flight:
+            scored(results)
+        ok = True
     finally:
         bar.close()
+        for executor in (encoder, scorer):
+            if isinstance(executor, ProcessExecutor):
+                executor.shutdown(cancel=not ok)
+    return n_encoded
 
 
 class _SupersededFilter(logging.Filter):

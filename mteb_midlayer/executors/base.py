@@ -91,6 +91,18 @@ def seed_model(spec: dict[str, Any], lm: Any) -> None:
     _MODELS[_model_key(spec)] = lm
 
 
+def seed_task(name: str, data_dir: str | None, task: Any) -> None:
+    """Hand this process's task object to `run_score_unit` (the serial executor reuses the
+    driver's, so tasks given as objects need not be rebuildable from their name)."""
+    key = f"{name}\0{data_dir}"
+    if key not in _TASK or _TASK[key] is not task:
+        for old in _TASK.values():
+            if old.data_loaded and old is not task:
+                old.unload_data()
+        _TASK.clear()
+        _TASK[key] = task
+
+
 def set_device(device: str) -> None:
     """Pin this worker process's encode units to `device` (one worker per GPU)."""
     _DEVICE[:] = [device]
