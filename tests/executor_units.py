@@ -42,3 +42,29 @@ def run_toy_unit(unit: ToyUnit) -> int:
     tmp.write_text(str(unit.value**2))
     tmp.replace(out)  # write-once: a reader sees the whole file or none
     return unit.value**2
+
+
+def crash_first(fn, marker_dir: str, unit):
+    """Run `fn(unit)`, but the first call anywhere (a marker file decides) kills its own worker
+    by SIGKILL first: a worker dying in the middle of a sweep."""
+    marker = Path(marker_dir) / "crashed"
+    try:
+        fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return fn(unit)
+    os.write(fd, str(os.getpid()).encode())
+    os.close(fd)
+    os.kill(os.getpid(), signal.SIGKILL)
+    raise AssertionError("unreachable")
+
+
+class CrashFirstExecutor:
+    """Wraps an executor so that the first unit of the first `map` kills its worker."""
+
+    def __init__(self, inner, marker_dir: str) -> None:
+        self.inner, self.marker_dir, self.name = inner, marker_dir, inner.name
+
+    def map(self, fn, units, *, gpu: bool):
+        import functools
+
+        return self.inner.map(functools.partial(crash_first, fn, self.marker_dir), units, gpu=gpu)

@@ -173,16 +173,16 @@ def submitit_local():
 def test_submitit_local_runs_units_and_says_so(submitit_local, tmp_path):
     out = tmp_path / "out"
     executor = make_executor(
-        "submitit", roots=[out], folder=tmp_path / "logs", cluster="local", poll_s=0.2
+        "submitit", roots=[out], folder=tmp_path / "logs", cluster="local", parallelism=3
     )
     assert "no Slurm found" in executor.note and "local executor" in executor.note
-    results = run_all(executor, toy_units(out, crash=1, fail=2), gpu=True)
+    results = run_all(executor, toy_units(out, n=3, crash=1, fail=2), gpu=True)
     crashed, failed = results.pop("u1"), results.pop("u2")
     assert isinstance(failed, ToyUnitError)  # the unit's own exception, not a log text
     assert isinstance(crashed, Exception) and not isinstance(crashed, ToyUnitError)
-    assert results == {"u0": 0, "u3": 9}
-    rerun = run_all(executor, toy_units(out), gpu=False)
-    assert rerun == {"u0": 0, "u1": 1, "u2": 4, "u3": 9}
+    assert results == {"u0": 0}
+    rerun = run_all(executor, toy_units(out, n=3), gpu=False)
+    assert rerun == {"u0": 0, "u1": 1, "u2": 4}
 
 
 # ---- the CLI flags
@@ -239,3 +239,93 @@ def test_cli_builds_submitit_executor_and_says_where(submitit_local, tmp_path, c
         "no Slurm found" if executor.cluster == "local" else "Slurm job arrays on partition gpu"
     )
     assert expected in capsys.readouterr().err
+
+
+# ---- the sweep's own units (plan.py) on Ray and submitit: same files, same scores as local
+
+SWEEP = dict(tasks=["BIOSSES"], layers="0,6", show_progress=False)
+
+
+def result_files(output: Path) -> list[str]:
+    """The mteb result files (and their identities) under a results root, relative."""
+    skip = {"store", "plan", "submitit"}
+    return sorted(
+        str(p.relative_to(output))
+        for p in output.rglob("*.json")
+        if p.relative_to(output).parts[0] not in skip
+    )
+
+
+def scores(output: Path):
+    from mteb_midlayer.tables import layer_results
+
+    long = layer_results(output)
+    return long.set_index(["task", "layer", "dim"])["score"].sort_index()
+
+
+@pytest.fixture(scope="module")
+def local_sweep(tmp_path_factory, minilm_path, shared_data):
+    from mteb_midlayer.sweep import sweep
+
+    out = tmp_path_factory.mktemp("local")
+    sweep(minilm_path, data_dir=shared_data, output=out, **SWEEP)
+    return out
+
+
+def run_plan_on(executor, model: str, data_dir: Path, output: Path, **opts) -> dict:
+    """The sweep's units for `output` (its dry-run plan, with the task texts written as a real
+    run writes them), run through `executor`: encode units, then score units."""
+    from mteb_midlayer.executors import run_encode_unit, run_score_unit
+    from mteb_midlayer.plan import write_texts
+    from mteb_midlayer.sweep import sweep
+
+    plan = sweep(model, data_dir=data_dir, output=output, dry_run=True, **SWEEP, **opts)
+    plan = plan.attrs["plan"]
+    for unit in plan.encode:
+        (texts,) = [t for t in plan.texts[unit.task] if t.prompt_type == unit.prompt_type]
+        write_texts(Path(unit.texts_file), texts)
+    done = [*executor.map(run_encode_unit, plan.encode, gpu=True)]
+    done += executor.map(run_score_unit, plan.score, gpu=False)
+    return {unit.key: result for unit, result in done}
+
+
+def assert_same_results(output: Path, reference: Path) -> None:
+    assert result_files(output) == result_files(reference)
+    got, want = scores(output), scores(reference)
+    assert len(want) == 2 and list(got.index) == list(want.index)
+    assert got.to_numpy() == pytest.approx(want.to_numpy(), abs=2e-6)
+
+
+@pytest.mark.slow
+def test_ray_sweep_units_kill_a_worker_then_rerun(
+    ray_local, local_sweep, minilm_path, shared_data, tmp_path
+):
+    from ray.exceptions import WorkerCrashedError
+
+    from tests.executor_units import CrashFirstExecutor
+
+    out = tmp_path / "ray"
+    ray_exec = make_executor("ray", roots=[out], max_retries=0)
+    crashing = CrashFirstExecutor(ray_exec, str(tmp_path))
+    first = run_plan_on(crashing, minilm_path, shared_data, out, shard_size=64)
+    crashed = [r for r in first.values() if isinstance(r, WorkerCrashedError)]
+    assert len(crashed) == 1  # the first encode unit's worker died; the others ran
+    assert len(first) == 3 + 2  # 183 distinct texts in shards of 64, then 2 slices
+    rerun = run_plan_on(ray_exec, minilm_path, shared_data, out, shard_size=64)
+    encoded = [r.n_encoded for r in rerun.values() if hasattr(r, "n_encoded")]
+    assert 0 < sum(encoded) <= 64  # only the dead worker's shard is encoded again
+    assert not [r for r in rerun.values() if isinstance(r, BaseException)]
+    assert_same_results(out, local_sweep)
+
+
+@pytest.mark.slow
+def test_submitit_local_runs_the_sweep_units(
+    submitit_local, local_sweep, minilm_path, shared_data, tmp_path
+):
+    out = tmp_path / "sub"
+    executor = make_executor(
+        "submitit", roots=[out], folder=tmp_path / "logs", cluster="local", poll_s=0.5
+    )
+    results = run_plan_on(executor, minilm_path, shared_data, out)
+    assert not [r for r in results.values() if isinstance(r, BaseException)], results
+    assert_same_results(out, local_sweep)
