@@ -115,6 +115,23 @@ def build_parser() -> argparse.ArgumentParser:
         help="texts per store shard; a crash loses at most one "
         "(default: up to 2048, fewer so that a shard stays under 256 MiB)",
     )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="worker processes scoring a task's slices while the next task is encoded "
+        "(default: the cores available; 1 = score in this process)",
+    )
+    p.add_argument(
+        "--devices",
+        help="encode in one worker process per device, e.g. cuda:0,cuda:1 "
+        "(default: in this process, on --device)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the plan (encode and score units, texts and slices per task) and exit",
+    )
     _add_executor_options(p)
 
     p = sub.add_parser(
@@ -216,6 +233,7 @@ def _print_failures(failures: dict[str, str]) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .executors.local import available_cores
     from .sweep import sweep
 
     table = sweep(
@@ -224,7 +242,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         dims=args.dims,
         normalize=args.normalize,
         shard_size=args.shard_size,
+        jobs=args.jobs if args.jobs is not None else available_cores(),
+        devices=args.devices,
+        dry_run=args.dry_run,
     )
+    if args.dry_run:
+        print(table.attrs["plan"].summary())
+        return _print_failures(table.attrs.get("failures") or {})
     _print_table(table)
     print(f"\nEncoded {table.attrs.get('n_encoded', 0)} new texts; the rest came from the store.")
     print(f"Results: {args.output} (mteb.ResultCache({str(args.output)!r}) reads them)")
@@ -363,6 +387,11 @@ def executor_kwargs(args: argparse.Namespace) -> dict:
         )
     if args.executor == "local":
         return {}
+    if getattr(args, "devices", None):
+        raise ValueError(
+            f"--devices is for the local executor (one worker per GPU here); --executor "
+            f"{args.executor} places each encode unit on a GPU itself"
+        )
     roots = [args.output]
     if args.executor == "ray":
         executor = make_executor("ray", roots=roots, address=args.ray_address)

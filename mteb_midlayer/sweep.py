@@ -232,22 +232,24 @@ def sweep(
         shard_size=shard_size,
         show_progress=show_progress,
     )
-    units = plan_units(plan, source, output, dry_run=dry_run, raise_error=raise_error)
     if dry_run:
+        units = plan_units(plan, source, output, dry_run=True, raise_error=raise_error)
         table = pd.DataFrame()
         table.attrs["plan"] = units
         table.attrs["failures"] = dict(plan.failures)
         return table
-    n_encoded = run_units(
-        units,
-        plan,
-        lm,
-        output,
-        jobs=jobs,
-        devices=device_list,
-        raise_error=raise_error,
-        show_progress=show_progress,
-    )
+    with local_executors(jobs, device_list) as (encoder, scorer):
+        units = plan_units(plan, source, output, raise_error=raise_error)
+        n_encoded = run_units(
+            units,
+            plan,
+            lm,
+            output,
+            encoder=encoder,
+            scorer=scorer,
+            raise_error=raise_error,
+            show_progress=show_progress,
+        )
     long = layer_results(output, model=lm.name, revision=lm.revision, pooling=pooling)
     long = long[long["task"].isin([t.metadata.name for t in plan.tasks])]
     long = long[long["layer"].isin(plan.layers) & long["dim"].isin(plan.dims)]
@@ -385,7 +387,10 @@ def plan_units(
     model = request_spec(lm)
     resolved = lm.current_spec().to_dict()
     digest = _store_digest(resolved, source.pooling)
-    cache = AtomicResultCache(output)
+    absent = not output.exists()
+    cache = AtomicResultCache(output)  # mteb's cache makes its folder
+    if dry_run and absent:
+        output.rmdir()
     encoders = [
         StoreEncoder(source, layer=layer, dim=dim, normalize=plan.normalize)
         for layer, dim in plan.slices
@@ -464,8 +469,8 @@ def run_units(
     lm: LayerModel,
     output: Path,
     *,
-    jobs: int = 1,
-    devices: Sequence[str] | None = None,
+    encoder: Any = None,
+    scorer: Any = None,
     raise_error: bool = False,
     show_progress: bool = True,
 ) -> int:
@@ -473,11 +478,15 @@ def run_units(
 
     Task by task: its encode units run (in this process, or one worker per device), then its
     score units are handed to the scoring executor (`jobs` worker processes) and this process
-    goes on encoding the next task. With `jobs=1` a task's slices are scored here, one after
-    another, before the next task is encoded. A failing unit fails its task, not the sweep.
+    goes on encoding the next task. With a `SerialExecutor` scorer (the default) a task's
+    slices are scored here, one after another, before the next task is encoded. Any
+    `executors.base.Executor` fits either role. A failing unit fails its task, not the sweep.
     """
     from .executors.base import run_encode_unit, run_score_unit, seed_model, seed_task
-    from .executors.local import ProcessExecutor, SerialExecutor
+    from .executors.local import SerialExecutor
+
+    encoder = encoder or SerialExecutor()
+    scorer = scorer or SerialExecutor()
 
     for unit in units.encode[:1]:
         seed_model(unit.model, lm)
@@ -503,10 +512,7 @@ def run_units(
             if isinstance(result, BaseException):
                 failed(unit.task, result)
 
-    encoder: Any = ProcessExecutor(devices=devices) if devices else SerialExecutor()
-    scorer: Any = ProcessExecutor(jobs=jobs) if jobs > 1 else SerialExecutor()
     in_flight = []
-    ok = False
     try:
         for task in plan.tasks:
             name = task.metadata.name
@@ -538,13 +544,31 @@ def run_units(
                 in_flight.append(scorer.map(run_score_unit, units.score_for(name), gpu=False))
         for results in in_flight:
             scored(results)
-        ok = True
     finally:
         bar.close()
-        for executor in (encoder, scorer):
-            if isinstance(executor, ProcessExecutor):
-                executor.shutdown(cancel=not ok)
     return n_encoded
+
+
+@contextlib.contextmanager
+def local_executors(jobs: int, devices: Sequence[str] | None) -> Iterator[tuple[Any, Any]]:
+    """(encode executor, score executor) on this machine: worker processes where asked for
+    (`jobs` > 1 scorers; one encoder per device), else this process. Workers start at once
+    and are shut down on exit (pending units cancelled when an error leaves the block)."""
+    from .executors.local import ProcessExecutor, SerialExecutor
+
+    encoder = ProcessExecutor(devices=devices) if devices else SerialExecutor()
+    try:
+        scorer = ProcessExecutor(jobs=jobs) if jobs > 1 else SerialExecutor()
+    except BaseException:
+        encoder.shutdown(cancel=True)
+        raise
+    failed = True
+    try:
+        yield encoder, scorer
+        failed = False
+    finally:
+        for executor in (encoder, scorer):
+            executor.shutdown(cancel=failed)
 
 
 class _SupersededFilter(logging.Filter):

@@ -199,6 +199,14 @@ def test_cli_slurm_flags_without_submitit_are_refused():
         executor_kwargs(args)
 
 
+def test_cli_devices_only_with_the_local_executor():
+    from mteb_midlayer.cli import build_parser, executor_kwargs
+
+    args = build_parser().parse_args(["sweep", "--executor", "submitit", "--devices", "cuda:0"])
+    with pytest.raises(ValueError, match="--devices is for the local executor"):
+        executor_kwargs(args)
+
+
 def test_cli_missing_extra_is_one_line(monkeypatch, capsys):
     import sys
 

@@ -38,7 +38,7 @@ class SerialExecutor:
             except Exception as exc:
                 yield unit, exc
 
-    def shutdown(self) -> None:
+    def shutdown(self, cancel: bool = False) -> None:
         pass
 
 
@@ -46,6 +46,12 @@ def _init_worker(threads: int, devices: Any) -> None:
     base.limit_threads(threads)
     if devices is not None:
         base.set_device(devices.get())
+    # the imports a unit needs (seconds: torch, mteb), paid while the driver still plans
+    import mteb_midlayer.sweep  # noqa: F401
+
+
+def _started() -> int:
+    return os.getpid()
 
 
 class ProcessExecutor:
@@ -78,6 +84,8 @@ class ProcessExecutor:
             initializer=_init_worker,
             initargs=(threads, queue),
         )
+        # start every worker now, so their start-up overlaps the driver's planning/encoding
+        self._warm = [self._pool.submit(_started) for _ in range(self.jobs)]
 
     def map(
         self, fn: Callable[[U], R], units: Sequence[U], *, gpu: bool
