@@ -337,3 +337,20 @@ def test_submitit_local_runs_the_sweep_units(
     results = run_plan_on(executor, minilm_path, shared_data, out)
     assert not [r for r in results.values() if isinstance(r, BaseException)], results
     assert_same_results(out, local_sweep)
+
+
+@pytest.mark.slow
+def test_cli_sweep_through_ray_equals_local(
+    ray_local, local_sweep, minilm_path, shared_data, tmp_path, monkeypatch, capsys
+):
+    from mteb_midlayer.cli import main
+
+    monkeypatch.chdir(tmp_path)  # a relative --output: workers get absolute paths
+    argv = ["sweep", minilm_path, "--tasks", "BIOSSES", "--data-dir", str(shared_data)]
+    argv += ["--layers", "0,6", "--output", "out", "--executor", "ray", "--shard-size", "100"]
+    assert main(argv) == 0
+    assert "Encoded 183 new texts" in capsys.readouterr().out
+    assert_same_results(tmp_path / "out", local_sweep)
+    assert main(argv) == 0  # a rerun computes nothing
+    assert "Encoded 0 new texts" in capsys.readouterr().out
+    assert not list((tmp_path / "out").glob(".midlayer-probe-*"))

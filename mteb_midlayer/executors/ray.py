@@ -133,31 +133,40 @@ class RayExecutor:
     def map(
         self, fn: Callable[[U], R], units: Sequence[U], *, gpu: bool
     ) -> Iterator[tuple[U, R | BaseException]]:
-        """Submit every unit, then yield each as it finishes. Closing the iterator early (an
-        interrupted driver) cancels the units still queued."""
+        """Submit every unit now (so several maps can be in flight), then yield each as it
+        finishes. Closing the iterator early (an interrupted driver) cancels the units still
+        queued; the probe files are removed once the iterator ends."""
         units = list(units)
         if not units:
-            return
+            return iter(())
         self.connect()
-        ray = self.ray
-        with shared_probes(self.roots) as probes:
-            if probes:
-                self.check_nodes(probes)
-            task = ray.remote(run_checked).options(
+        probes = shared_probes(self.roots)
+        written = probes.__enter__()
+        try:
+            if written:
+                self.check_nodes(written)
+            task = self.ray.remote(run_checked).options(
                 num_cpus=1,
                 num_gpus=self.num_gpus_per_encode if gpu else 0,
                 max_retries=self.max_retries,
                 retry_exceptions=False,
             )
-            pending = {task.remote(fn, unit, probes): unit for unit in units}
-            try:
-                while pending:
-                    done, _ = ray.wait(list(pending), num_returns=1)
-                    unit = pending.pop(done[0])
-                    yield unit, self._outcome(done[0])
-            finally:
-                for ref in pending:
-                    ray.cancel(ref)
+            pending = {task.remote(fn, unit, written): unit for unit in units}
+        except BaseException:
+            probes.__exit__(None, None, None)
+            raise
+        return self._collect(pending, probes)
+
+    def _collect(self, pending: dict[Any, Any], probes: Any) -> Iterator[tuple[Any, Any]]:
+        try:
+            while pending:
+                done, _ = self.ray.wait(list(pending), num_returns=1)
+                unit = pending.pop(done[0])
+                yield unit, self._outcome(done[0])
+        finally:
+            for ref in pending:
+                self.ray.cancel(ref)
+            probes.__exit__(None, None, None)
 
     def _outcome(self, ref: Any) -> Any:
         """The unit's result, or the exception it raised / the worker crash Ray reports."""

@@ -140,37 +140,53 @@ class SubmititExecutor:
     def map(
         self, fn: Callable[[U], R], units: Sequence[U], *, gpu: bool
     ) -> Iterator[tuple[U, R | BaseException]]:
-        """Submit the units, then yield each as its job ends. On Slurm, one job array; locally,
-        at most `parallelism` (default 2) subprocesses at a time. Closing the iterator early
-        cancels the jobs still running."""
+        """Submit the units now, then yield each as its job ends. On Slurm, one job array;
+        locally, at most `parallelism` (default 2) subprocesses at a time (the rest are
+        submitted as those end). Closing the iterator early cancels the jobs still running;
+        the probe files are removed once the iterator ends."""
         units = list(units)
         if not units:
-            return
+            return iter(())
         executor = self._executor(gpu)
-        with shared_probes(self.roots) as probes:
+        probes = shared_probes(self.roots)
+        written = probes.__enter__()
+        try:
             if self.on_slurm:
                 n = len(units)
-                jobs = executor.map_array(run_checked, [fn] * n, units, [probes] * n)
-                queue: list[tuple[U, Any]] = []
+                jobs = executor.map_array(run_checked, [fn] * n, units, [written] * n)
                 running = list(zip(units, jobs, strict=True))
+                queue: list[Any] = []
             else:
-                queue = list(units)
-                running = []
-            try:
-                while queue or running:
-                    while queue and len(running) < (self.parallelism or 2):
-                        unit = queue.pop(0)
-                        running.append((unit, executor.submit(run_checked, fn, unit, probes)))
-                    done = [(u, j) for u, j in running if j.done()]
-                    if not done:
-                        time.sleep(self.poll_s)
-                        continue
-                    for unit, job in done:
-                        running.remove((unit, job))
-                        yield unit, _result(job)
-            finally:
-                for _, job in running:
-                    job.cancel(check=False)
+                running, queue = [], list(units)
+                self._top_up(executor, fn, written, running, queue)
+        except BaseException:
+            probes.__exit__(None, None, None)
+            raise
+        return self._collect(executor, fn, written, running, queue, probes)
+
+    def _top_up(self, executor: Any, fn: Any, probes: Any, running: list, queue: list) -> None:
+        """Locally: start queued units until `parallelism` jobs run."""
+        while queue and len(running) < (self.parallelism or 2):
+            unit = queue.pop(0)
+            running.append((unit, executor.submit(run_checked, fn, unit, probes)))
+
+    def _collect(
+        self, executor: Any, fn: Any, written: Any, running: list, queue: list, probes: Any
+    ) -> Iterator[tuple[Any, Any]]:
+        try:
+            while running:
+                done = [(u, j) for u, j in running if j.done()]
+                if not done:
+                    time.sleep(self.poll_s)
+                    continue
+                running[:] = [(u, j) for u, j in running if not any(j is d for _, d in done)]
+                for unit, job in done:
+                    yield unit, _result(job)
+                self._top_up(executor, fn, written, running, queue)
+        finally:
+            for _, job in running:
+                job.cancel(check=False)
+            probes.__exit__(None, None, None)
 
 
 def _result(job: Any) -> Any:
