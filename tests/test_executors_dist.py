@@ -354,3 +354,42 @@ def test_cli_sweep_through_ray_equals_local(
     assert main(argv) == 0  # a rerun computes nothing
     assert "Encoded 0 new texts" in capsys.readouterr().out
     assert not list((tmp_path / "out").glob(".midlayer-probe-*"))
+
+
+@pytest.mark.slow
+def test_cli_metrics_through_ray_equals_local(ray_local, minilm_path, shared_data, tmp_path):
+    import pandas as pd
+
+    from mteb_midlayer.cli import main
+    from mteb_midlayer.metrics.driver import layer_metrics
+
+    opts = dict(tasks=["BIOSSES"], layers="0,6", n=40, metrics="dataset_entropy,effective_rank")
+    local = layer_metrics(
+        minilm_path, data_dir=shared_data, output=tmp_path / "local", show_progress=False, **opts
+    )
+    argv = [
+        "metrics",
+        minilm_path,
+        "--tasks",
+        "BIOSSES",
+        "--data-dir",
+        str(shared_data),
+        "--layers",
+        "0,6",
+    ]
+    argv += [
+        "--n",
+        "40",
+        "--metrics",
+        "dataset_entropy,effective_rank",
+        "--output",
+        str(tmp_path / "ray"),
+    ]
+    assert main([*argv, "--executor", "ray"]) == 0
+    got = pd.read_parquet(tmp_path / "ray" / "metrics")
+    keys = ["dataset", "layer", "metric", "variant"]
+    got, want = (df.sort_values(keys).reset_index(drop=True) for df in (got, local))
+    assert len(want) == 2 * 3 and want["value"].notna().all()  # entropy raw + normalized, rank
+    pd.testing.assert_frame_equal(got, want, check_exact=False, atol=1e-6, rtol=0)
+    names = sorted(p.name for p in (tmp_path / "ray" / "metrics").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "local" / "metrics").iterdir())

@@ -273,6 +273,7 @@ def layer_metrics(
     overwrite: bool = False,
     show_progress: bool = True,
     raise_error: bool = False,
+    executor: Any = None,
 ) -> pd.DataFrame:
     """Compute the layer metrics of `model` on each task; write and return tidy rows.
 
@@ -284,6 +285,8 @@ def layer_metrics(
     recomputed; an unreadable file is recomputed with a warning. A task that fails is recorded
     in `df.attrs["failures"]` (name -> reason) and the others still run.
     `df.attrs["timings"]` holds seconds per phase (encoding, each metric) of what was computed.
+    `executor` (`executors.make_executor("ray" | "submitit", roots=[output])`): one unit per
+    task, each loading the model in its worker (`metrics/units.py`); else all here.
     """
     from ..sweep import select_tasks
 
@@ -329,6 +332,23 @@ def layer_metrics(
         "max_length": lm.max_length,
         "dtype": str(lm.dtype),
     }
+    if executor is not None:
+        from ..sweep import request_spec
+        from .units import metrics_units, run_metrics_units
+
+        units = metrics_units(
+            lm, task_objects, request_spec(lm), settings=settings,
+            out_dir=str(out_dir.absolute()), chosen=tuple(chosen), layers=tuple(layer_list),
+            pooling=pooling, n=n, seed=seed, alpha=alpha, n_views=n_views,
+            batch_size=batch_size, overwrite=overwrite,
+        )  # fmt: skip
+        frames, seconds = run_metrics_units(executor, units, failures, raise_error=raise_error)
+        result = (
+            pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROW_COLUMNS)
+        )
+        result.attrs["timings"] = seconds
+        result.attrs["failures"] = failures
+        return result
     timer = Timer(lm.device)
     frames = []
     for task in tqdm(task_objects, desc="Metrics", unit="task", disable=not show_progress):
