@@ -180,9 +180,7 @@ def test_submitit_local_runs_units_and_says_so(submitit_local, tmp_path):
     crashed, failed = results.pop("u1"), results.pop("u2")
     assert isinstance(failed, ToyUnitError)  # the unit's own exception, not a log text
     assert isinstance(crashed, Exception) and not isinstance(crashed, ToyUnitError)
-    assert results == {"u0": 0}
-    rerun = run_all(executor, toy_units(out, n=3), gpu=False)
-    assert rerun == {"u0": 0, "u1": 1, "u2": 4}
+    assert results == {"u0": 0}  # (a rerun after a dead job: the sweep-units test below)
 
 
 # ---- the CLI flags
