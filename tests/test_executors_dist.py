@@ -278,10 +278,8 @@ def local_sweep(tmp_path_factory, minilm_path, shared_data):
     return out
 
 
-def run_plan_on(executor, model: str, data_dir: Path, output: Path, **opts) -> dict:
-    """The sweep's units for `output` (its dry-run plan, with the task texts written as a real
-    run writes them), run through `executor`: encode units, then score units."""
-    from mteb_midlayer.executors import run_encode_unit, run_score_unit
+def planned(model: str, data_dir: Path, output: Path, **opts):
+    """The sweep's plan for `output` (dry run), with the task texts written as a real run does."""
     from mteb_midlayer.plan import write_texts
     from mteb_midlayer.sweep import sweep
 
@@ -290,6 +288,15 @@ def run_plan_on(executor, model: str, data_dir: Path, output: Path, **opts) -> d
     for unit in plan.encode:
         (texts,) = [t for t in plan.texts[unit.task] if t.prompt_type == unit.prompt_type]
         write_texts(Path(unit.texts_file), texts)
+    return plan
+
+
+def run_plan_on(executor, model: str, data_dir: Path, output: Path, **opts) -> dict:
+    """The sweep's units for `output` (its dry-run plan, with the task texts written as a real
+    run writes them), run through `executor`: encode units, then score units."""
+    from mteb_midlayer.executors import run_encode_unit, run_score_unit
+
+    plan = planned(model, data_dir, output, **opts)
     done = [*executor.map(run_encode_unit, plan.encode, gpu=True)]
     done += executor.map(run_score_unit, plan.score, gpu=False)
     return {unit.key: result for unit, result in done}
@@ -322,6 +329,23 @@ def test_ray_sweep_units_kill_a_worker_then_rerun(
     assert 0 < sum(encoded) <= 64  # only the dead worker's shard is encoded again
     assert not [r for r in rerun.values() if isinstance(r, BaseException)]
     assert_same_results(out, local_sweep)
+
+
+@pytest.mark.slow
+def test_ray_two_maps_of_the_same_units_encode_each_text_once(
+    ray_local, minilm_path, shared_data, tmp_path
+):
+    from mteb_midlayer.executors import run_encode_unit
+
+    plan = planned(minilm_path, shared_data, tmp_path / "twice", shard_size=64)
+    executor = make_executor("ray", roots=[tmp_path / "twice"])
+    first = executor.map(run_encode_unit, plan.encode, gpu=True)  # both in flight at once,
+    second = executor.map(run_encode_unit, plan.encode, gpu=True)  # as two drivers would be
+    reports = [result for _, result in [*first, *second]]
+    assert len(reports) == 6 and not [r for r in reports if isinstance(r, BaseException)]
+    assert sum(r.n_encoded for r in reports) == 183  # claimed: each shard encoded once
+    shards = sorted(p.name for p in (tmp_path / "twice" / "store").rglob("*.npy"))
+    assert len(shards) == 3, shards
 
 
 @pytest.mark.slow
