@@ -1,0 +1,252 @@
+"""Executors and work units: serial and process pools, claims, and sweeps that equal a serial one."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mteb_midlayer.executors import base, claims
+from mteb_midlayer.executors.local import ProcessExecutor, SerialExecutor
+from mteb_midlayer.model import LayerModel
+from mteb_midlayer.plan import TaskTexts, encode_units, write_texts
+from mteb_midlayer.replay import store_key
+from mteb_midlayer.store import EmbeddingStore
+from mteb_midlayer.sweep import request_spec, sweep
+
+from .conftest import REPO
+
+CLASSIFICATION = "TweetSentimentExtractionClassification"
+
+
+def _square(x: int) -> int:
+    if x == 3:
+        raise ValueError("three")
+    time.sleep(0.3 if x == 0 else 0.0)
+    return x * x
+
+
+def _threads(_: int) -> tuple[int, str | None]:
+    import torch
+
+    return torch.get_num_threads(), (base._DEVICE or [None])[0]
+
+
+def test_serial_executor_yields_results_and_exceptions_in_order():
+    out = list(SerialExecutor().map(_square, [1, 3, 2], gpu=False))
+    assert [u for u, _ in out] == [1, 3, 2]
+    assert out[0][1] == 1 and out[2][1] == 4
+    assert isinstance(out[1][1], ValueError) and str(out[1][1]) == "three"
+
+
+@pytest.mark.slow
+def test_process_executor_completion_order_one_thread_and_devices():
+    with ProcessExecutor(jobs=2) as ex:
+        out = list(ex.map(_square, [0, 1, 3], gpu=False))
+        assert {u: r for u, r in out if not isinstance(r, BaseException)} == {0: 0, 1: 1}
+        assert out[-1][0] == 0  # the slow unit completes last
+        assert isinstance(dict(out)[3], ValueError)
+        assert {r for _, r in ex.map(_threads, range(4), gpu=False)} == {(1, None)}
+    with ProcessExecutor(devices=["cpu", "cpu"]) as ex:
+        assert ex.jobs == 2
+        assert {r for _, r in ex.map(_threads, range(4), gpu=True)} == {(1, "cpu")}
+    with pytest.raises(ValueError, match="at least one device"):
+        ProcessExecutor(devices=[])
+
+
+# ------------------------------------------------------------------------------------ claims
+def _write_claim(path: Path, pid: int, host: str, age_s: float = 0.0) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"pid": pid, "host": host, "time": time.time() - age_s}))
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path):
+    import socket
+
+    path = tmp_path / "c" / "unit.claim"
+    assert claims.try_claim(path) and not claims.try_claim(path)
+    assert not claims.take_over_if_stale(path)  # held by this live process
+    claims.release(path)
+    assert not path.exists()
+
+    _write_claim(path, _dead_pid(), socket.gethostname())
+    assert claims.take_over_if_stale(path) and claims.try_claim(path)
+    path.unlink()
+    _write_claim(path, os.getpid(), "another-host", age_s=10.0)
+    assert not claims.take_over_if_stale(path, stale_s=60)  # cannot tell; not old yet
+    assert claims.take_over_if_stale(path, stale_s=5)  # older than stale_s
+    path.write_text("")  # torn: its holder died between create and write
+    assert not claims.take_over_if_stale(path, grace_s=60)
+    assert claims.take_over_if_stale(path, grace_s=0)
+
+
+@pytest.fixture(scope="module")
+def minilm(minilm_path):
+    return LayerModel.load(minilm_path, device="cpu")
+
+
+def _unit(lm: LayerModel, tmp_path: Path, texts: list[str]):
+    tt = TaskTexts(task="T", prompt_type=None, texts=tuple(texts))
+    write_texts(tmp_path / "texts.json", tt)
+    (unit,) = encode_units(
+        tt, tmp_path / "texts.json", len(texts), model=request_spec(lm),
+        resolved=lm.current_spec().to_dict(), data_dir=None, store_root=str(tmp_path / "store"),
+        layers=(0, 6), pooling="mean", batch_size=8,
+    )  # fmt: skip
+    base.seed_model(unit.model, lm)
+    return unit
+
+
+def test_encode_unit_waits_for_a_live_claim_then_does_only_what_is_missing(minilm, tmp_path):
+    unit = _unit(minilm, tmp_path, [f"sentence number {i}" for i in range(5)])
+    path = base.claim_path(unit)
+    assert claims.try_claim(path)  # a live holder (this process) has the unit
+    threading.Timer(1.0, claims.release, [path]).start()
+    report = base.run_encode_unit(unit, poll_s=0.1)
+    assert report.waited_s >= 0.8 and report.n_encoded == 5 and not path.exists()
+    store = EmbeddingStore(unit.store_root, store_key(minilm, "mean", None))
+    assert len(store) == 5
+    assert base.run_encode_unit(unit).n_encoded == 0  # written: nothing to do
+    assert len(list(Path(unit.store_root).rglob("shards/**/*.json"))) == 1
+
+
+def test_encode_unit_takes_over_a_dead_holders_claim(minilm, tmp_path):
+    import socket
+
+    unit = _unit(minilm, tmp_path, ["a", "b", "c"])
+    _write_claim(base.claim_path(unit), _dead_pid(), socket.gethostname())
+    assert base.run_encode_unit(unit, poll_s=0.05).n_encoded == 3
+
+
+def test_a_worker_with_another_model_refuses_the_unit(minilm, tmp_path):
+    unit = _unit(minilm, tmp_path, ["a"])
+    other = dict(unit.resolved, revision="other")
+    with pytest.raises(base.UnitError, match="revision"):
+        base.run_encode_unit(type(unit)(**{**unit.__dict__, "resolved": other}))
+
+
+# ----------------------------------------------------------------------------- whole sweeps
+@pytest.fixture(scope="module")
+def data_dir(shared_data, tmp_path_factory) -> Path:
+    """BIOSSES and a small cut of a classification task."""
+    root = tmp_path_factory.mktemp("data")
+    shutil.copytree(shared_data / "BIOSSES", root / "BIOSSES")
+    (root / CLASSIFICATION).mkdir()
+    for split, n in (("train", 120), ("test", 60)):
+        lines = (shared_data / CLASSIFICATION / f"{split}.jsonl").read_text().splitlines()
+        (root / CLASSIFICATION / f"{split}.jsonl").write_text("\n".join(lines[:n]) + "\n")
+    return root
+
+
+def _results(out: Path) -> dict[str, dict]:
+    """Slice folder/task -> the JSON scores (everything but times)."""
+    return {
+        f"{p.parent.name}/{p.stem}": json.loads(p.read_text())["scores"]
+        for p in (out / "results").rglob("*.json")
+        if p.parent.name.startswith("dim_") and p.name != "model_meta.json"
+    }
+
+
+@pytest.mark.slow
+def test_jobs_and_devices_give_bit_identical_results(minilm_path, data_dir, tmp_path):
+    kwargs = dict(
+        tasks=["BIOSSES", CLASSIFICATION], data_dir=data_dir, layers=[0, 6], dims=[384, 64],
+        shard_size=64, show_progress=False,
+    )  # fmt: skip
+    serial = sweep(minilm_path, output=tmp_path / "serial", jobs=1, **kwargs)
+    pooled = sweep(minilm_path, output=tmp_path / "pooled", jobs=2, devices="cpu,cpu", **kwargs)
+    assert serial.attrs["failures"] == pooled.attrs["failures"] == {}
+    assert serial.attrs["n_encoded"] == pooled.attrs["n_encoded"] == 183 + 180
+    a, b = _results(tmp_path / "serial"), _results(tmp_path / "pooled")
+    assert len(a) == 8 and a == b  # every score, not only the main one, bit for bit
+    assert serial.equals(pooled)
+
+
+def _cli(out: Path, data: Path, jobs: int) -> list[str]:
+    return [
+        sys.executable, "-m", "mteb_midlayer.cli", "sweep", "minilm",
+        "--tasks", f"BIOSSES,{CLASSIFICATION}", "--data-dir", str(data), "--layers", "0,6",
+        "--output", str(out), "--shard-size", "16", "--batch-size", "16", "--device", "cpu",
+        "--jobs", str(jobs),
+    ]  # fmt: skip
+
+
+def _env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "PYTHONPATH": str(REPO),
+    }
+
+
+def _stored_texts(out: Path) -> int:
+    markers = (out / "store").rglob("shards/**/*.json")
+    return sum(json.loads(m.read_text())["n"] for m in markers)
+
+
+def _encoded(stdout: str) -> int:
+    return int(stdout.split("Encoded ")[1].split()[0])
+
+
+@pytest.mark.slow
+def test_two_drivers_on_one_output_encode_each_text_once(data_dir, tmp_path):
+    out = tmp_path / "out"
+    procs = [
+        subprocess.Popen(
+            _cli(out, data_dir, 1),
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    stdouts = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    assert _stored_texts(out) == 183 + 180  # every text once, not once per driver
+    assert sum(_encoded(s) for s in stdouts) == 183 + 180
+    table = [s.split("Encoded ")[0] for s in stdouts]
+    assert table[0] == table[1]  # both drivers print the same scores
+    assert len(_results(out)) == 4
+    assert not list((out / "store" / "claims").glob("*.claim"))
+
+
+@pytest.mark.slow
+def test_killed_driver_loses_at_most_its_unit(data_dir, tmp_path):
+    out = tmp_path / "killed"
+    proc = subprocess.Popen(
+        _cli(out, data_dir, 2), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.monotonic() + 300
+    while _stored_texts(out) < 3 * 16 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, "the sweep finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    before = _stored_texts(out)
+    assert before >= 3 * 16 and not _results(out)
+
+    resumed = subprocess.run(
+        _cli(out, data_dir, 2), env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert _encoded(resumed.stdout) == 183 + 180 - before  # nothing written was recomputed
+    assert _stored_texts(out) == 183 + 180
+    clean = tmp_path / "clean"
+    subprocess.run(_cli(clean, data_dir, 1), env=_env(), capture_output=True, check=True)
+    assert _results(out) == _results(clean)
