@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .executors import EXECUTORS, make_executor
 from .metrics.driver import METRICS
 from .model import EMBEDDED_ALIAS
 from .pooling import POOLINGS
@@ -158,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="how retrieval/reranking tasks search: faiss (extra 'cpu' or 'gpu'), torch "
         "(mteb's exact default), auto = faiss when installed",
     )
+    _add_executor_options(p)
 
     p = sub.add_parser(
         "metrics", help="unsupervised layer metrics (entropy, curvature, LiDAR, ...)"
@@ -185,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="one worker process per device, each computing whole tasks, e.g. cuda:0,cuda:1 "
         "(default: in this process, on --device)",
     )
+    _add_executor_options(p)
 
     p = sub.add_parser("mirror", help="write tasks' data (from the Hub) into the --data-dir layout")
     p.add_argument("tasks", nargs="*", help="mteb task names (or give --benchmark)")
@@ -270,6 +273,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     table = sweep(
         **_common(args),
+        **executor_kwargs(args),
         dims=args.dims,
         normalize=args.normalize,
         shard_size=args.shard_size,
@@ -292,8 +296,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     from .metrics.driver import layer_metrics
     from .sweep import parse_devices
 
+    engine = executor_kwargs(args).get("executor")  # --executor ray | submitit
     devices = parse_devices(args.devices)
-    executor = ProcessExecutor(devices=devices) if devices else None
+    local = ProcessExecutor(devices=devices) if devices and engine is None else None
     try:
         df = layer_metrics(
             **_common(args),
@@ -304,11 +309,11 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             seed=args.seed,
             n_views=args.n_views,
             overwrite=args.overwrite,
-            executor=executor,
+            executor=engine or local,
         )
     finally:
-        if executor is not None:
-            executor.shutdown()
+        if local is not None:
+            local.shutdown()
     wide = df.pivot_table(index=["dataset", "metric", "variant"], columns="layer", values="value")
     _print_table(wide)
     print(f"\nRows: {args.output / 'metrics'} (pd.read_parquet reads the folder)")
@@ -367,6 +372,94 @@ def cmd_table(args: argparse.Namespace) -> int:
         pd.concat(tables, names=keys).to_csv(args.csv)
         print(f"\nwrote {args.csv}")
     return 0
+
+
+# ---- executors: where the units of `sweep` and `metrics` run (mteb_midlayer/executors/)
+
+
+def _add_executor_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group(
+        "executor",
+        "where the units run; the results folder must be on a filesystem every "
+        "worker sees (checked with a probe file)",
+    )
+    g.add_argument(
+        "--executor",
+        choices=list(EXECUTORS),
+        default="local",
+        help="local (this machine, the default), ray (pip install 'mteb-midlayer[ray]'), "
+        "submitit (Slurm job arrays; pip install 'mteb-midlayer[slurm]')",
+    )
+    g.add_argument(
+        "--ray-address",
+        help="join this Ray cluster (e.g. auto, ray://head:10001); default: start a local one",
+    )
+    g.add_argument("--slurm-partition", help="Slurm partition of the job arrays")
+    g.add_argument(
+        "--slurm-gpus-per-task",
+        type=int,
+        default=1,
+        help="GPUs per encode job (score jobs take none); default 1",
+    )
+    g.add_argument(
+        "--slurm-time",
+        default="60",
+        help="time limit per job: minutes, H:MM:SS or D-HH:MM:SS (default 60)",
+    )
+    g.add_argument(
+        "--slurm-folder",
+        type=Path,
+        help="submitit's logs and pickles (default: OUTPUT/submitit, on the shared filesystem)",
+    )
+
+
+def _executor_options_given(args: argparse.Namespace) -> list[str]:
+    """Flags of a distributed executor given without it (they would be ignored silently)."""
+    given = []
+    if args.ray_address is not None and args.executor != "ray":
+        given.append("--ray-address")
+    if args.executor != "submitit":
+        given += [
+            flag
+            for flag, value, default in (
+                ("--slurm-partition", args.slurm_partition, None),
+                ("--slurm-gpus-per-task", args.slurm_gpus_per_task, 1),
+                ("--slurm-time", args.slurm_time, "60"),
+                ("--slurm-folder", args.slurm_folder, None),
+            )
+            if value != default
+        ]
+    return given
+
+
+def executor_kwargs(args: argparse.Namespace) -> dict:
+    """`{"executor": ...}` for `sweep`/`layer_metrics`; empty for the default local run."""
+    stray = _executor_options_given(args)
+    if stray:
+        raise ValueError(
+            f"{', '.join(stray)} only apply with another --executor (got {args.executor})"
+        )
+    if args.executor == "local":
+        return {}
+    if getattr(args, "devices", None):
+        raise ValueError(
+            f"--devices is for the local executor (one worker per GPU here); --executor "
+            f"{args.executor} places each encode unit on a GPU itself"
+        )
+    roots = [args.output]
+    if args.executor == "ray":
+        executor = make_executor("ray", roots=roots, address=args.ray_address)
+    else:
+        executor = make_executor(
+            "submitit",
+            roots=roots,
+            folder=args.slurm_folder or args.output / "submitit",
+            partition=args.slurm_partition,
+            gpus_per_task=args.slurm_gpus_per_task,
+            time=args.slurm_time,
+        )
+        print(executor.note, file=sys.stderr)
+    return {"executor": executor}
 
 
 # ---- leaderboard: publish results folders as Markdown, CSV, one HTML page and plots

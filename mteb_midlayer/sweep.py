@@ -183,6 +183,7 @@ def sweep(
     search_backend: str = "auto",  # issue 14: retrieval/reranking search, auto | faiss | torch
     final_norm: Sequence[str] | str = "last",
     max_tokens_per_batch: int | None = None,
+    executor: Any = None,
 ) -> pd.DataFrame:
     """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
 
@@ -190,6 +191,8 @@ def sweep(
     shard of a task's texts, every layer) and score units (one `(task, slice)`). `jobs` > 1
     scores the slices of a task in that many worker processes while this process encodes the
     next task; `devices` (e.g. ``"cuda:0,cuda:1"``) encodes in one worker process per device.
+    `executor` (e.g. `executors.make_executor("ray", roots=[output])`) runs every unit on an
+    engine instead (Ray, Slurm); `jobs` and `devices` are then unused.
     `dry_run` returns an empty table with the plan in `attrs["plan"]` and runs nothing.
 
     `pooling` and `normalize` default to the model's own (a sentence-transformers model's
@@ -225,6 +228,9 @@ def sweep(
     pooling = check_pooling(pooling or (spec and spec.pooling) or lm.default_pooling)
     warn_constant_pooling(lm, pooling)
     normalize = lm.default_normalize if normalize is None else bool(normalize)
+    if executor is not None:  # a worker elsewhere would resolve a relative path from its own cwd
+        output = Path(output).absolute()
+        data_dir = Path(data_dir).absolute() if data_dir else None
     failures: dict[str, str] = {}
     task_objects = select_tasks(tasks, benchmark, data_dir, failures)
     plan = SweepPlan(
@@ -265,7 +271,13 @@ def sweep(
         table.attrs["failures"] = dict(plan.failures)
         return table
     timings: dict[str, float] = {}
-    with local_executors(jobs, device_list) as (encoder, scorer):
+    # An engine's executor (`executors.make_executor("ray" | "submitit")`) runs both kinds.
+    executors = (
+        contextlib.nullcontext((executor, executor))
+        if executor is not None
+        else local_executors(jobs, device_list)
+    )
+    with executors as (encoder, scorer):
         t0 = time.perf_counter()
         units = plan_units(
             plan, source, output, raise_error=raise_error, search_backend=search_backend

@@ -1,9 +1,18 @@
 """Where a sweep's work units run: in this process, in local worker processes, or on an engine.
 
 `base.Executor` is the interface (`map` units to results in completion order); `local` holds
-`SerialExecutor` (the default) and `ProcessExecutor`. The work functions `run_encode_unit` and
-`run_score_unit` (and `run_metrics_unit`) are module-level in `base` so any engine can pickle them.
+`SerialExecutor` (the default) and `ProcessExecutor`; `ray` the `RayExecutor`, `slurm` the
+`SubmititExecutor` (Slurm job arrays). The work functions `run_encode_unit` and
+`run_score_unit` (and `run_metrics_unit`) are module-level in `base` so any engine can pickle them. `make_executor`
+builds one by name, so the CLI and the Python API pick them the same way; Ray and submitit are
+imported only when chosen.
 """
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from .base import (
     EncodeReport,
@@ -13,11 +22,54 @@ from .base import (
     run_metrics_unit,
     run_score_unit,
 )
+from .extras import MissingExtraError
+from .probe import SharedFilesystemError
+
+EXECUTORS = ("local", "ray", "submitit")
+
+
+class UnknownExecutorError(ValueError):
+    def __init__(self, name: str) -> None:
+        self.name = name
+        super().__init__(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+def make_executor(name: str, *, roots: Sequence[Path | str] = (), **opts: Any) -> Any:
+    """The executor called `name`, built from `opts`; `roots` (the result root and the store)
+    are probed on every worker of a distributed executor.
+
+    local: `SerialExecutor` (this process), or with `jobs` or `devices` a `ProcessExecutor`. ray: `address`, `num_gpus_per_encode`,
+    `max_retries`, and `ray.init` keywords. submitit: `folder`, `partition`, `gpus_per_task`,
+    `time`, `cluster`, `parallelism`, `slurm_options`.
+    """
+    if name == "local":
+        from .local import ProcessExecutor, SerialExecutor
+
+        if opts.get("jobs") or opts.get("devices"):
+            return ProcessExecutor(**opts)
+        if opts:
+            raise ValueError(f"the local executor takes jobs or devices, got {sorted(opts)}")
+        return SerialExecutor()
+    if name == "ray":
+        from .ray import RayExecutor
+
+        return RayExecutor(roots=roots, **opts)
+    if name == "submitit":
+        from .slurm import SubmititExecutor
+
+        return SubmititExecutor(roots=roots, **opts)
+    raise UnknownExecutorError(name)
+
 
 __all__ = [
+    "EXECUTORS",
     "EncodeReport",
     "Executor",
+    "MissingExtraError",
     "ScoreReport",
+    "SharedFilesystemError",
+    "UnknownExecutorError",
+    "make_executor",
     "run_encode_unit",
     "run_metrics_unit",
     "run_score_unit",

@@ -300,6 +300,9 @@ def layer_metrics(
     recomputed; an unreadable file is recomputed with a warning. A task that fails is recorded
     in `df.attrs["failures"]` (name -> reason) and the others still run.
     `df.attrs["timings"]` holds seconds per phase (encoding, each metric) of what was computed.
+    `executor` (`executors.make_executor("ray" | "submitit", roots=[output])`): one unit per
+    task (`plan.MetricsUnit`, run by `executors.base.run_metrics_unit` in a worker that loads the
+    model); else all here.
     """
     from ..sweep import select_tasks
 
