@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batching import check_batch_limits
+from ..frames import METRIC_COLUMNS
 from ..layers import check_final_norms, resolve_layers
 from ..model import LayerModel, warn_constant_pooling
 from ..pooling import check_pooling
@@ -52,20 +53,8 @@ TOKEN_METRICS = frozenset({"prompt_entropy", "curvature", "curvature_abs"})
 #: Token-level metrics with one value per text, scored batch by batch in the forward pass.
 _PER_TEXT = {"curvature": F.curvature_per_text, "curvature_abs": F.curvature_abs_per_text}
 VIEW_METRICS = frozenset({"infonce", "lidar", "dime"})
-ROW_COLUMNS = [
-    "model",
-    "revision",
-    "dataset",
-    "layer",
-    "metric",
-    "variant",
-    "value",
-    "n",
-    "pooling",
-    "alpha",
-    "seed",
-    "final_norm",
-]
+#: One tidy row per (model, revision, dataset, layer, metric, variant): the metrics frame's schema.
+ROW_COLUMNS = list(METRIC_COLUMNS)
 
 
 def parse_metrics(metrics: Sequence[str] | str | None) -> list[str]:
