@@ -45,6 +45,42 @@ def resolve_search_backend(backend: str = "auto") -> str:
     return backend
 
 
+def faiss_gpus() -> int:
+    """GPUs faiss can use: 0 with faiss-cpu (no `get_num_gpus`) or on a host without one."""
+    import faiss
+
+    get = getattr(faiss, "get_num_gpus", None)
+    return int(get()) if get is not None else 0
+
+
+def to_gpus(index: Any) -> Any:
+    """`index` on every GPU faiss sees (faiss-gpu: `index_cpu_to_all_gpus`), else unchanged.
+
+    A flat index is exact on either device, so scores do not depend on where it lives.
+    """
+    import faiss
+
+    if faiss_gpus() < 1 or not hasattr(faiss, "index_cpu_to_all_gpus"):
+        return index
+    return faiss.index_cpu_to_all_gpus(index)
+
+
+def gpu_faiss_index(encoder: Any) -> Any:
+    """mteb's `FaissSearchIndex` for `encoder`, its flat index placed on the GPUs when faiss-gpu
+    has any (mteb builds it on the CPU)."""
+    from mteb.models.search_encoder_index import FaissSearchIndex
+
+    class _Index(FaissSearchIndex):
+        def add_documents(self, embeddings: Any, idxs: list[str]) -> None:
+            fresh = self.index is None
+            super().add_documents(embeddings, idxs)
+            if fresh and self.index is not None:
+                # Moved after the first batch is added; later batches add on the GPU copy.
+                self.index = to_gpus(self.index)
+
+    return _Index(encoder)
+
+
 class FaissSearch:
     """mteb's `SearchProtocol` for one encoder: a fresh flat faiss index per indexed corpus."""
 
@@ -54,11 +90,10 @@ class FaissSearch:
 
     def index(self, corpus: Any, **kwargs: Any) -> None:
         from mteb.models import SearchEncoderWrapper
-        from mteb.models.search_encoder_index import FaissSearchIndex
 
         # A new index each time: a search that failed midway never leaves stale documents.
         self._wrapper = SearchEncoderWrapper(
-            self.encoder, index_backend=FaissSearchIndex(self.encoder)
+            self.encoder, index_backend=gpu_faiss_index(self.encoder)
         )
         self._wrapper.index(corpus, **kwargs)
 

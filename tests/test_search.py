@@ -174,3 +174,33 @@ def test_sweep_refuses_missing_faiss_before_any_work(monkeypatch, tmp_path):
     with pytest.raises(FaissMissingError, match="pip install 'mteb-midlayer\\[cpu\\]'"):
         sweep("no/such-model", tasks=["SciFact"], output=tmp_path, search_backend="faiss")
     assert not any(tmp_path.iterdir())
+
+
+def test_faiss_index_moves_to_the_gpus_faiss_gpu_sees(monkeypatch):
+    """With faiss-gpu and a GPU, the flat index is copied onto the GPUs once, after the first
+    batch; without one it stays on the CPU. (faiss-cpu here: the GPU calls are stand-ins that
+    record the move and keep the CPU index, which gives the same exact results.)"""
+    faiss = pytest.importorskip("faiss")
+    import numpy as np
+    from mteb.models.model_meta import ScoringFunction
+
+    from mteb_midlayer import search
+
+    class _Enc:
+        class mteb_model_meta:
+            similarity_fn_name = ScoringFunction.COSINE
+
+    moved = []
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 0, raising=False)
+    cpu = search.gpu_faiss_index(_Enc())
+    cpu.add_documents(np.eye(4, dtype=np.float32), list("abcd"))
+    assert isinstance(cpu.index, faiss.IndexFlatIP) and search.faiss_gpus() == 0
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 2, raising=False)
+    monkeypatch.setattr(
+        faiss, "index_cpu_to_all_gpus", lambda index: moved.append(index) or index, raising=False
+    )
+    gpu = search.gpu_faiss_index(_Enc())
+    gpu.add_documents(np.eye(4, dtype=np.float32), list("abcd"))
+    gpu.add_documents(np.eye(4, dtype=np.float32)[::-1].copy(), list("efgh"))
+    assert len(moved) == 1 and gpu.index.ntotal == 8
