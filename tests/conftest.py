@@ -89,3 +89,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared MTEB data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def fresh_process_max_diff(folder, texts, want, tmp_path) -> float:
+    """Max |SentenceTransformer(folder).encode(texts) - want| in a fresh Python process that
+    imports sentence-transformers only (asserts mteb_midlayer is never imported there)."""
+    import json
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    np.save(tmp_path / "want.npy", want)
+    code = (
+        "import sys, json, numpy as np\n"
+        "from sentence_transformers import SentenceTransformer\n"
+        f"texts = json.loads({json.dumps(json.dumps(list(texts)))})\n"
+        f"got = SentenceTransformer({str(folder)!r}, device='cpu').encode(texts)\n"
+        f"want = np.load({str(tmp_path / 'want.npy')!r})\n"
+        "assert not any(m.startswith('mteb_midlayer') for m in sys.modules), 'imported us'\n"
+        "print(float(np.abs(got - want).max()))\n"
+    )
+    run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return float(run.stdout.strip().splitlines()[-1])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import mteb
 import numpy as np
@@ -17,7 +15,7 @@ from mteb_midlayer.cli import main
 from mteb_midlayer.export import ExportError, export
 from mteb_midlayer.tasks.local import local_task
 
-from .conftest import tiny_model, tiny_tokenizer
+from .conftest import fresh_process_max_diff, tiny_model, tiny_tokenizer
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -96,21 +94,7 @@ def test_bert_export_loads_in_a_fresh_process_with_sentence_transformers_only(tm
     out = tmp_path / "out"
     export(src, out, layer=3, dim=20, pooling="mean", normalize=True)
     want = _reference(src, layer=3, dim=20, pooling="mean", normalize=True)
-    np.save(tmp_path / "want.npy", want)
-    code = (
-        "import sys, json, numpy as np\n"
-        "from sentence_transformers import SentenceTransformer\n"
-        f"texts = json.loads({json.dumps(json.dumps(TEXTS))})\n"
-        f"got = SentenceTransformer({str(out)!r}, device='cpu').encode(texts)\n"
-        f"want = np.load({str(tmp_path / 'want.npy')!r})\n"
-        "assert not any(m.startswith('mteb_midlayer') for m in sys.modules), 'imported us'\n"
-        "print(float(np.abs(got - want).max()))\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert float(run.stdout.strip().splitlines()[-1]) <= 1e-5
+    assert fresh_process_max_diff(out, TEXTS, want, tmp_path) <= 1e-5
 
 
 @pytest.mark.slow

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -18,7 +16,7 @@ from mteb_midlayer.results import identity_path
 from mteb_midlayer.sweep import sweep
 from mteb_midlayer.tables import layer_results
 
-from .conftest import tiny_model, tiny_tokenizer
+from .conftest import fresh_process_max_diff, tiny_model, tiny_tokenizer
 
 TEXTS = [
     "A man is playing a guitar.",
@@ -223,21 +221,7 @@ def test_every_exports_a_plain_truncated_model_that_sentence_transformers_loads_
     want = LayerEncoder(
         str(src), layer=2, pooling="mean", final_norm="every", device="cpu", dtype="float32"
     ).embed(TEXTS)
-    np.save(tmp_path / "want.npy", want)
-    code = (
-        "import sys, json, numpy as np\n"
-        "from sentence_transformers import SentenceTransformer\n"
-        f"texts = json.loads({json.dumps(json.dumps(TEXTS))})\n"
-        f"got = SentenceTransformer({str(out)!r}, device='cpu').encode(texts)\n"
-        f"want = np.load({str(tmp_path / 'want.npy')!r})\n"
-        "assert not any(m.startswith('mteb_midlayer') for m in sys.modules), 'imported us'\n"
-        "print(float(np.abs(got - want).max()))\n"
-    )
-    run = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=tmp_path
-    )
-    assert run.returncode == 0, run.stderr[-2000:]
-    assert float(run.stdout.strip().splitlines()[-1]) <= 1e-5
+    assert fresh_process_max_diff(out, TEXTS, want, tmp_path) <= 1e-5
 
 
 def test_cli_sweep_final_norm_then_select_exports_the_every_slice(shared_data, tmp_path, capsys):
