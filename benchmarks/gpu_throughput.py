@@ -9,7 +9,7 @@ For the packaged MiniLM and randomly initialised models of Pythia-410m's and a 1
   (b) our all-layer encode: `LayerModel.iter_batches` over layers 0..L, mean-pooled;
   (c) per-layer runs: one `iter_batches` per layer (each exits early after its layer).
 Batch by batch, interleaved, best of `--repeats` for (a) and (b).
-Prints tokens/s of (a) and (b) and a/b = tok/s(b) / tok/s(a) (goal >= 0.9), and c/b.
+Prints tokens/s of (a) and (b), b/a = tok/s(b) / tok/s(a) (goal >= 0.9), and the time of c / b.
 Memory: one forward pass of a big batch in a fresh process, all layers kept then pooled (the
 old path) vs pooled inside each layer's capture (now): peak RSS growth on CPU,
 `torch.cuda.max_memory_allocated` on GPU, plus the bytes of captured tensors held at the end.
@@ -244,7 +244,7 @@ def main() -> None:
         line = (
             f"{name:12s} L={lm.n_layers:2d} d={lm.hidden_size:4d} {dtype_name(lm.dtype):8s} "
             f"bare {r['tokens'] / r['bare']:9.0f} tok/s | all-layer encode "
-            f"{r['tokens'] / r['encode']:9.0f} tok/s | a/b = {r['bare'] / r['encode']:.3f}"
+            f"{r['tokens'] / r['encode']:9.0f} tok/s | b/a = {r['bare'] / r['encode']:.3f}"
         )
         if not args.skip_per_layer:  # one run each vs the mean all-layer run (both unpicked)
             line += f" | per-layer runs / sweep = {r['per_layer'] / r['encode_mean']:.2f}"
