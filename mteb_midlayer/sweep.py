@@ -14,10 +14,12 @@ import contextlib
 import hashlib
 import json
 import logging
+import queue
+import threading
 import time
 import traceback
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -582,15 +584,18 @@ def run_units(
     for key in ("encode_s", "score_s", "drain_s"):
         clock.setdefault(key, 0.0)
 
-    def scored(results: Iterator[tuple[ScoreUnit, Any]]) -> None:
+    def scored(results: Iterable[tuple[ScoreUnit | None, Any]], counted: bool = False) -> None:
         for unit, result in results:
-            bar.update(1)
+            if unit is None:  # the executor itself broke (not one unit): stop the run
+                raise result
+            if not counted:
+                bar.update(1)
             if isinstance(result, BaseException):
                 failed(unit.task, result)
             else:
                 clock["score_s"] += result.seconds
 
-    in_flight = []
+    in_flight = _ScoreDrain(bar)
     try:
         for task in plan.tasks:
             name = task.metadata.name
@@ -610,6 +615,7 @@ def run_units(
                 else:
                     n_encoded += result.n_encoded
                     clock["encode_s"] += result.seconds
+            scored(in_flight.ready(), counted=True)  # earlier tasks' slices finished meanwhile
             if name in plan.failures:
                 bar.update(len(units.score_for(name)))
                 continue
@@ -620,14 +626,57 @@ def run_units(
                 if task.data_loaded:
                     task.unload_data()
             else:
-                in_flight.append(scorer.map(run_score_unit, units.score_for(name), gpu=False))
+                in_flight.add(scorer.map(run_score_unit, units.score_for(name), gpu=False))
         t0 = time.perf_counter()
-        for results in in_flight:
-            scored(results)
+        scored(in_flight.wait(), counted=True)
         clock["drain_s"] += time.perf_counter() - t0
     finally:
         bar.close()
     return n_encoded
+
+
+class _ScoreDrain:
+    """Score results of the tasks in flight, read as they finish by one thread per task.
+
+    The driver is busy encoding the next task meanwhile; these threads only move the progress
+    bar and queue each `(unit, result)`. Failures are handled by the driver when it takes them
+    (`ready` between tasks, `wait` at the end), in its own thread, so `raise_error` and a full
+    disk still stop the run there. An executor that breaks as a whole is queued as
+    `(None, exception)`.
+    """
+
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+        self._done: queue.Queue = queue.Queue()
+        self._threads: list[threading.Thread] = []
+
+    def add(self, results: Iterator[tuple[ScoreUnit, Any]]) -> None:
+        thread = threading.Thread(target=self._pump, args=(results,), daemon=True)
+        thread.start()
+        self._threads.append(thread)
+
+    def _pump(self, results: Iterator[tuple[ScoreUnit, Any]]) -> None:
+        try:
+            for item in results:
+                self._bar.update(1)
+                self._done.put(item)
+        except BaseException as exc:  # handed to the driver's thread
+            self._done.put((None, exc))
+
+    def ready(self) -> list[tuple[ScoreUnit | None, Any]]:
+        """What has finished so far, without waiting."""
+        items = []
+        while True:
+            try:
+                items.append(self._done.get_nowait())
+            except queue.Empty:
+                return items
+
+    def wait(self) -> list[tuple[ScoreUnit | None, Any]]:
+        """Everything, once every task in flight is scored."""
+        for thread in self._threads:
+            thread.join()
+        return self.ready()
 
 
 @contextlib.contextmanager

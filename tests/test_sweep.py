@@ -220,3 +220,42 @@ def test_sweep_matches_layer_encoder_on_mock_tasks_with_prompts(minilm, tmp_path
             assert table.loc[layer, name] == pytest.approx(
                 res.task_results[0].get_score(), abs=1e-6
             )
+
+
+def test_score_results_are_taken_as_they_finish_not_at_the_end():
+    """With worker scorers the bar moves while the driver encodes the next task; a broken
+    executor reaches the driver as (None, exception)."""
+    import io
+    import threading
+
+    from tqdm import tqdm
+
+    from mteb_midlayer.sweep import _ScoreDrain
+
+    gate = threading.Event()
+
+    def results():
+        yield "unit-1", "report-1"
+        gate.wait(10)
+        yield "unit-2", "report-2"
+
+    def broken():
+        yield "unit-3", "report-3"
+        raise RuntimeError("worker pool broke")
+
+    bar = tqdm(total=3, file=io.StringIO())
+    drain = _ScoreDrain(bar)
+    drain.add(results())
+    deadline = time.monotonic() + 10
+    while bar.n < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert bar.n == 1
+    assert drain.ready() == [("unit-1", "report-1")]  # without waiting for unit-2
+    assert drain.ready() == []
+    drain.add(broken())
+    gate.set()
+    rest = drain.wait()
+    assert bar.n == 3
+    assert ("unit-2", "report-2") in rest and ("unit-3", "report-3") in rest
+    (error,) = [item for item in rest if item[0] is None]
+    assert isinstance(error[1], RuntimeError) and "broke" in str(error[1])
