@@ -115,6 +115,8 @@ class ScoreUnit:
     final_norms: tuple[str, ...] = ("last",)
     search_backend: str = "torch"
     depends_on: tuple[str, ...] = ()
+    #: the driver's task subsets (e.g. English only), so a worker rebuilds the same task
+    hf_subsets: tuple[str, ...] | None = None
 
     @property
     def key(self) -> str:
@@ -148,6 +150,8 @@ class MetricsUnit:
     batch_size: int = 32
     overwrite: bool = False
     final_norms: tuple[str, ...] = ("last",)
+    #: the driver's task subsets (e.g. English only), so a worker rebuilds the same task
+    hf_subsets: tuple[str, ...] | None = None
     max_tokens_per_batch: int | None = None
 
     @property

@@ -442,6 +442,8 @@ def plan_units(
     are written under `<output>/plan/` (not in a dry run) and cut into encode units of one
     store shard each. A task that cannot be planned is recorded in `plan.failures`.
     """
+    from .executors.base import task_subsets
+
     lm = source.lm
     model = request_spec(lm)
     resolved = lm.current_spec().to_dict()
@@ -518,6 +520,7 @@ def plan_units(
                 n_layers=lm.n_layers,
                 task=name,
                 data_dir=_data_dir(task),
+                hf_subsets=task_subsets(task),
                 store_root=str(source.root),
                 output=str(output),
                 layer=enc.layer,

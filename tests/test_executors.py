@@ -305,3 +305,27 @@ def test_metrics_units_in_a_worker_equal_the_driver(minilm_path, data_dir, tmp_p
     assert a[key].equals(b[key].reset_index(drop=True))
     assert a["value"].to_numpy() == pytest.approx(b["value"].to_numpy(), rel=1e-6)
     assert len(list((tmp_path / "there" / "metrics").glob("*.parquet"))) == 2
+
+
+@pytest.mark.slow
+def test_workers_score_the_subsets_the_driver_planned(minilm_path, shared_data, tmp_path):
+    """The default sweep keeps a multilingual task's English subsets; a scoring worker that
+    rebuilt the task from its name alone asked the store for German texts never encoded."""
+    name = "AmazonCounterfactualClassification"
+    for subset in ("en", "de"):
+        (tmp_path / "data" / name / subset).mkdir(parents=True)
+        for split, n in (("train", 120), ("test", 60)):
+            lines = (shared_data / name / subset / f"{split}.jsonl").read_text().splitlines()
+            (tmp_path / "data" / name / subset / f"{split}.jsonl").write_text(
+                "\n".join(lines[:n]) + "\n"
+            )
+    table = sweep(minilm_path, data_dir=tmp_path / "data", output=tmp_path / "out", layers=[6],
+                  jobs=2, show_progress=False)  # fmt: skip
+    assert table.attrs["failures"] == {}
+    assert {u.hf_subsets for u in table.attrs["plan"].score} == {("en",)}
+    (result,) = [p for p in (tmp_path / "out").rglob(f"{name}.json") if p.parent.name != "identity"]
+    assert [s["hf_subset"] for s in json.loads(result.read_text())["scores"]["test"]] == ["en"]
+    # a worker's rebuilt task is the driver's: same subsets, same folder
+    task = base._task(name, str(tmp_path / "data"), ("en",))
+    assert task.hf_subsets == ["en"] and task.local_data_dir == tmp_path / "data" / name
+    assert base._task(name, str(tmp_path / "data")).hf_subsets == ["en", "de"]

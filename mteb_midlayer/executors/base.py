@@ -95,7 +95,7 @@ def seed_model(spec: dict[str, Any], lm: Any) -> None:
 def seed_task(name: str, data_dir: str | None, task: Any) -> None:
     """Hand this process's task object to `run_score_unit` (the serial executor reuses the
     driver's, so tasks given as objects need not be rebuildable from their name)."""
-    key = f"{name}\0{data_dir}"
+    key = _task_key(name, data_dir, task_subsets(task))
     if key not in _TASK or _TASK[key] is not task:
         for old in _TASK.values():
             if old.data_loaded and old is not task:
@@ -177,17 +177,36 @@ class ModelInfo:
         return self.resolved["name"]
 
 
-def _task(name: str, data_dir: str | None) -> Any:
-    """The task object, built once per task in this process (only the last one is kept)."""
-    key = f"{name}\0{data_dir}"
+def task_subsets(task: Any) -> tuple[str, ...] | None:
+    """The subsets a task object evaluates (what a worker must rebuild), None if it has none."""
+    subsets = getattr(task, "hf_subsets", None)
+    return tuple(subsets) if subsets else None
+
+
+def _task_key(name: str, data_dir: str | None, hf_subsets: Sequence[str] | None) -> str:
+    return f"{name}\0{data_dir}\0{','.join(hf_subsets or [])}"
+
+
+def _task(name: str, data_dir: str | None, hf_subsets: Sequence[str] | None = None) -> Any:
+    """The task object the driver planned, built once per task in this process (only the
+    last one is kept): the same data folder and the same subsets (the default sweep keeps
+    only English subsets, which a task rebuilt from its name alone would not)."""
+    key = _task_key(name, data_dir, hf_subsets)
     if key not in _TASK:
-        from ..sweep import select_tasks
+        import mteb
+
+        from ..sweep import _localize, select_tasks
 
         for old in _TASK.values():
             if old.data_loaded:
                 old.unload_data()
         _TASK.clear()
-        _TASK[key] = select_tasks([name], None, data_dir)[0]
+        task = select_tasks([name], None, data_dir)[0]
+        if hf_subsets and task_subsets(task) != tuple(hf_subsets):
+            task = mteb.get_task(name, hf_subsets=list(hf_subsets))
+            if data_dir is not None:
+                task = _localize([task], Path(data_dir), None)[0]
+        _TASK[key] = task
     return _TASK[key]
 
 
@@ -313,7 +332,7 @@ def run_score_unit(unit: ScoreUnit) -> ScoreReport:
         final_norm=unit.final_norm,
     )
     cache = AtomicResultCache(unit.output)
-    task = _task(unit.task, unit.data_dir)
+    task = _task(unit.task, unit.data_dir, unit.hf_subsets)
     if not pending_slices(task, [encoder], cache, unit.search_backend):
         return ScoreReport(unit.key, unit.task, unit.layer, unit.dim, True, None, 0.0, os.getpid())
     if not task.data_loaded:
@@ -339,7 +358,7 @@ def run_metrics_unit(unit: MetricsUnit) -> Any:
     from ..metrics.driver import Timer, _task_metrics
 
     lm = _load_model(unit)
-    task = _task(unit.task, unit.data_dir)
+    task = _task(unit.task, unit.data_dir, unit.hf_subsets)
     timer = Timer(lm.device)
     try:
         parts = [

@@ -395,7 +395,7 @@ def _run_units(
     **options: Any,
 ) -> list[pd.DataFrame]:
     """One `MetricsUnit` per task, run by `executor`; rows in task order, failures recorded."""
-    from ..executors.base import run_metrics_unit, seed_model
+    from ..executors.base import run_metrics_unit, seed_model, task_subsets
     from ..plan import MetricsUnit
     from ..sweep import _data_dir, request_spec
 
@@ -405,6 +405,7 @@ def _run_units(
             resolved=lm.current_spec().to_dict(),
             task=task.metadata.name,
             data_dir=_data_dir(task),
+            hf_subsets=task_subsets(task),
             output=str(out_dir),
             settings=settings,
             metrics=tuple(chosen),
