@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from mteb.models.abs_encoder import AbsEncoder
 
-from .encoder import check_final_norm, prompted_texts, slice_and_normalize, slice_meta
+from .encoder import check_final_norm, resolve_prompt, slice_and_normalize, slice_meta
 from .layers import check_final_norms
 from .model import LayerModel
 from .store import EmbeddingStore, StoreKey
@@ -57,7 +57,8 @@ def store_key(
     lm: LayerModel, pooling: str, prompt_type: str | None, final_norm: str = "last"
 ) -> StoreKey:
     """The store configuration, from the model's resolved spec (its revision fingerprints a
-    local folder's files). Prompts need no field: each text is hashed with its prompt."""
+    local folder's files). Prompts need no field: each text is hashed with its prompt; whether
+    the prompt's tokens are pooled does (`include_prompt`, a field only when False)."""
     spec = lm.current_spec()
     return StoreKey(
         model=spec.name,
@@ -67,6 +68,7 @@ def store_key(
         max_length=spec.max_length,
         dtype=spec.dtype,
         final_norm=final_norm,
+        include_prompt=spec.include_prompt is not False,
     )
 
 
@@ -115,10 +117,16 @@ class EmbeddingSource:
         return self._stores[prompt_type, final_norm]
 
     def fill(
-        self, texts: Sequence[str], prompt_type: str | None, namespace: tuple[str, ...]
+        self,
+        texts: Sequence[str],
+        prompt_type: str | None,
+        namespace: tuple[str, ...],
+        prompt: str = "",
     ) -> None:
         """Make sure every text has every sweep layer under every final norm in the store (one
-        pass for the texts any setting lacks)."""
+        pass for the texts any setting lacks). `prompt`: what every text starts with (mteb
+        picks one per task and prompt type); pooling leaves its tokens out when the model's
+        `include_prompt` is False."""
         stores = {norm: self.store(prompt_type, norm) for norm in self.final_norms}
         missing = sorted({i for st in stores.values() for i in st.missing(texts, self.layers)})
         if not missing:
@@ -139,6 +147,7 @@ class EmbeddingSource:
                 batch_size=self.batch_size,
                 max_tokens_per_batch=self.max_tokens_per_batch,
                 final_norms=self.final_norms,
+                prompts=prompt,
                 show_progress=self.show_progress,
                 desc=f"Encoding {'/'.join(namespace)} [{start // self.shard_size + 1}]",
             ):
@@ -197,12 +206,13 @@ class StoreEncoder(AbsEncoder):
         prompt_type: PromptType | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        texts = prompted_texts(inputs, self.model_prompts, task_metadata, prompt_type)
+        prompt = resolve_prompt(self.model_prompts, task_metadata, prompt_type)
+        texts = [prompt + text for batch in inputs for text in batch["text"]]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         kind = prompt_type.value if prompt_type is not None else None
         namespace = (task_metadata.name, hf_split, hf_subset)
-        self.source.fill(texts, kind, namespace)
+        self.source.fill(texts, kind, namespace, prompt)
         raw = self.source.store(kind, self.final_norm).read(texts, self.layer, self.dim)
         return slice_and_normalize(raw, self.dim, self.normalize)
 

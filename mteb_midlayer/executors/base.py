@@ -262,7 +262,7 @@ def run_encode_unit(
                 for store in stores:
                     store.refresh()
                 namespace = (unit.task, unit.prompt_type or "none")
-                source.fill(texts, unit.prompt_type, namespace)
+                source.fill(texts, unit.prompt_type, namespace, unit.prompt)
             finally:
                 claims.release(path)
             break
