@@ -152,6 +152,37 @@ def test_texts_of_several_prompts_in_token_budget_batches(tmp_path):
         next(lm.iter_batches(TEXTS, [1], "mean", prompts="qry: "))
 
 
+def test_out_of_memory_back_off_keeps_each_texts_prompt(tmp_path):
+    """Batches re-planned after an out-of-memory error still leave out each text's own prompt."""
+    from .test_model import _failing_forward
+
+    path, _ = build(tmp_path, "mean")
+    lm = LayerModel.load(str(path), device="cpu")
+    prompts = [PROMPTS["query"], PROMPTS["document"]] * 2
+    texts = [p + t for p, t in zip(prompts, TEXTS, strict=True)]
+
+    def run() -> torch.Tensor:
+        out = torch.zeros(len(texts), lm.hidden_size)
+        for batch in lm.iter_batches(texts, [2, 4], "mean", prompts=prompts, batch_size=4):
+            out[batch.indices] = batch.pooled[2] + 10 * batch.pooled[4]
+        return out
+
+    expected = run()
+    calls: list[int] = []
+    _failing_forward(lm, max_rows=1, calls=calls)
+    got = run()
+    assert calls[:3] == [4, 2, 1] and lm.oom_halvings == 2
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+    want = torch.stack([pool_one(lm, t, p) for p, t in zip(prompts, texts, strict=True)])
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-5)
+
+
+def pool_one(lm: LayerModel, text: str, prompt: str) -> torch.Tensor:
+    """One text alone (no padding, no batch), layers 2 + 10 x 4, its prompt left out."""
+    (batch,) = lm.iter_batches([text], [2, 4], "mean", prompts=prompt)
+    return (batch.pooled[2] + 10 * batch.pooled[4])[0]
+
+
 # ----------------------------------------------------------------------------- the option
 def test_include_prompt_is_a_validated_spec_option(tmp_path):
     with pytest.raises(ValueError, match="include_prompt must be True, False or None"):
