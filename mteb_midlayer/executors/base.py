@@ -145,7 +145,7 @@ def _load_model(unit: EncodeUnit | MetricsUnit) -> Any:
         _MODELS[key] = LayerModel.load(spec=ModelSpec.from_dict(spec))
     lm = _MODELS[key]
     have = lm.current_spec()
-    for field in ("name", "revision", "dtype", "max_length"):
+    for field in ("name", "revision", "dtype", "max_length", "include_prompt"):
         if getattr(have, field) != unit.resolved.get(field):
             raise UnitError(
                 f"The worker's model has {field}={getattr(have, field)!r}, the plan "
