@@ -131,6 +131,11 @@ def resolve_prompt(
     return get_prompt(prompts, task_metadata, prompt_type) or ""
 
 
+def loader_texts(inputs: DataLoader) -> list[str]:
+    """The texts of an mteb batch loader, in order."""
+    return [text for batch in inputs for text in batch["text"]]
+
+
 def prompted_texts(
     inputs: DataLoader,
     prompts: dict[str, str] | None,
@@ -139,7 +144,7 @@ def prompted_texts(
 ) -> list[str]:
     """The texts of an mteb batch loader, each with the prompt mteb's rules pick prepended."""
     prompt = resolve_prompt(prompts, task_metadata, prompt_type)
-    return [prompt + text for batch in inputs for text in batch["text"]]
+    return [prompt + text for text in loader_texts(inputs)]
 
 
 class LayerEncoder(AbsEncoder):
@@ -282,9 +287,10 @@ class LayerEncoder(AbsEncoder):
         **kwargs: Any,
     ) -> np.ndarray:
         prompt = resolve_prompt(self.model_prompts, task_metadata, prompt_type)
-        texts = [text for batch in inputs for text in batch["text"]]
         return self.embed(
-            texts, batch_size=kwargs.get("batch_size") or self.batch_size, prompt=prompt
+            loader_texts(inputs),
+            batch_size=kwargs.get("batch_size") or self.batch_size,
+            prompt=prompt,
         )
 
     def __repr__(self) -> str:

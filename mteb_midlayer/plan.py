@@ -291,7 +291,7 @@ def record_requests(task: Any, prompts: dict[str, str] | None, name: str) -> lis
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ModelMeta
 
-    from .encoder import resolve_prompt
+    from .encoder import loader_texts, resolve_prompt
 
     seen: dict[str | None, dict[str, None]] = {}
     prompt_of: dict[str | None, str] = {}
@@ -307,7 +307,7 @@ def record_requests(task: Any, prompts: dict[str, str] | None, name: str) -> lis
         def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
                    prompt_type: Any = None, **kwargs: Any) -> np.ndarray:  # fmt: skip
             prompt = resolve_prompt(prompts, task_metadata, prompt_type)
-            texts = [prompt + text for batch in inputs for text in batch["text"]]
+            texts = [prompt + text for text in loader_texts(inputs)]
             kind = prompt_type.value if prompt_type is not None else None
             if prompt_of.setdefault(kind, prompt) != prompt:
                 raise ValueError(

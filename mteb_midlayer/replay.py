@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from mteb.models.abs_encoder import AbsEncoder
 
-from .encoder import check_final_norm, resolve_prompt, slice_and_normalize, slice_meta
+from .encoder import (
+    check_final_norm,
+    loader_texts,
+    resolve_prompt,
+    slice_and_normalize,
+    slice_meta,
+)
 from .layers import check_final_norms
 from .model import LayerModel
 from .store import EmbeddingStore, StoreKey
@@ -207,7 +213,7 @@ class StoreEncoder(AbsEncoder):
         **kwargs: Any,
     ) -> np.ndarray:
         prompt = resolve_prompt(self.model_prompts, task_metadata, prompt_type)
-        texts = [prompt + text for batch in inputs for text in batch["text"]]
+        texts = [prompt + text for text in loader_texts(inputs)]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         kind = prompt_type.value if prompt_type is not None else None
