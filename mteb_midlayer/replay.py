@@ -78,6 +78,16 @@ def store_key(
     )
 
 
+def store_entries(texts: Sequence[str], prompt: str, include_prompt: bool) -> list[str]:
+    """What the store hashes for each prompted text. With prompt tokens pooled, the text alone
+    (the exact model input). Left out, a vector also depends on where the prompt ends ("ab" +
+    "c" and "a" + "bc" are one input, two vectors), so the prompt's length in characters leads
+    the text: `"<n>\0<text>"`, one entry per (prompt, text) pair."""
+    if include_prompt:
+        return list(texts)
+    return [f"{len(prompt)}\0{text}" for text in texts]
+
+
 class EmbeddingSource:
     """Store plus (optionally) the network that fills it: shared by all slices of a sweep.
 
@@ -122,6 +132,10 @@ class EmbeddingSource:
             self._stores[prompt_type, final_norm] = EmbeddingStore(self.root, key)
         return self._stores[prompt_type, final_norm]
 
+    def entries(self, texts: Sequence[str], prompt: str = "") -> list[str]:
+        """The store's entries for `texts` (each starting with `prompt`): `store_entries`."""
+        return store_entries(texts, prompt, self.lm.current_spec().include_prompt is not False)
+
     def fill(
         self,
         texts: Sequence[str],
@@ -134,12 +148,14 @@ class EmbeddingSource:
         picks one per task and prompt type); pooling leaves its tokens out when the model's
         `include_prompt` is False."""
         stores = {norm: self.store(prompt_type, norm) for norm in self.final_norms}
-        missing = sorted({i for st in stores.values() for i in st.missing(texts, self.layers)})
+        entries = self.entries(texts, prompt)
+        missing = sorted({i for st in stores.values() for i in st.missing(entries, self.layers)})
         if not missing:
             return
         if self.replay_only:
             raise KeyError(f"{len(missing)} texts of {namespace} are not in the store {stores}.")
         todo = list(dict.fromkeys(texts[i] for i in missing))
+        entry_of = dict(zip(texts, entries, strict=True))
         for start in range(0, len(todo), self.shard_size):
             chunk = todo[start : start + self.shard_size]
             pooled = {
@@ -161,7 +177,9 @@ class EmbeddingSource:
                     stacked = torch.stack([by_layer[layer] for layer in self.layers])
                     pooled[norm][:, batch.indices] = stacked.cpu()
             for norm, store in stores.items():
-                store.write(namespace, chunk, pooled[norm].numpy(), self.layers)
+                store.write(
+                    namespace, [entry_of[t] for t in chunk], pooled[norm].numpy(), self.layers
+                )
             self.n_encoded += len(chunk)
 
 
@@ -219,7 +237,8 @@ class StoreEncoder(AbsEncoder):
         kind = prompt_type.value if prompt_type is not None else None
         namespace = (task_metadata.name, hf_split, hf_subset)
         self.source.fill(texts, kind, namespace, prompt)
-        raw = self.source.store(kind, self.final_norm).read(texts, self.layer, self.dim)
+        entries = self.source.entries(texts, prompt)
+        raw = self.source.store(kind, self.final_norm).read(entries, self.layer, self.dim)
         return slice_and_normalize(raw, self.dim, self.normalize)
 
     def __repr__(self) -> str:

@@ -18,7 +18,7 @@ from mteb_midlayer.cli import build_parser, model_spec
 from mteb_midlayer.encoder import LayerEncoder, experiment_kwargs
 from mteb_midlayer.model import LayerModel
 from mteb_midlayer.pooling import ST_POOLING, exclude_prompt, pool
-from mteb_midlayer.replay import store_key
+from mteb_midlayer.replay import EmbeddingSource, StoreEncoder, store_entries, store_key
 from mteb_midlayer.spec import ModelSpec, SpecConflictError, merge_spec
 from mteb_midlayer.store import EmbeddingStore
 from mteb_midlayer.tables import layer_results
@@ -257,7 +257,8 @@ def test_sweep_stores_and_scores_prompted_vectors_apart(tmp_path):
         store = EmbeddingStore(out / "store", store_key(lm, "mean", kind))
         raw = [t.removeprefix(texts.prompt) for t in texts.texts]
         want = st.encode(raw, prompt_name=kind)
-        np.testing.assert_allclose(store.read(list(texts.texts), 4, 32), want, atol=1e-5)
+        entries = store_entries(texts.texts, texts.prompt, include_prompt=False)
+        np.testing.assert_allclose(store.read(entries, 4, 32), want, atol=1e-5)
         other = EmbeddingStore(out / "store", store_key(pooled_lm, "mean", kind))
         assert np.abs(other.read(list(texts.texts), 4, 32) - want).max() > 0.1
     rows = layer_results(out)
@@ -265,6 +266,31 @@ def test_sweep_stores_and_scores_prompted_vectors_apart(tmp_path):
     identities = [json.loads(identity_path(p).read_text()) for p in out.rglob("experiments/*/*.json")
                   if p.name != "model_meta.json"]  # fmt: skip
     assert sorted(i["include_prompt"] for i in identities) == [False, True]
+
+
+def test_one_input_under_two_prompts_is_two_store_entries(tmp_path):
+    """ "qry: " + "x" and "qry:" + " x" are one model input; with the prompt left out they are
+    two vectors, so the store keeps them apart (and never mixes them up on replay)."""
+    from mteb.mocks.mock_tasks import MockRetrievalTask
+    from mteb.types import PromptType
+
+    path, st = build(tmp_path, "mean")
+    lm = LayerModel.load(str(path), device="cpu")
+    source = EmbeddingSource(
+        lm, tmp_path / "store", pooling="mean", layers=[4], show_progress=False
+    )
+    meta = MockRetrievalTask().metadata
+    got = {}
+    for prompt, text in (("qry: ", "x y"), ("qry:", " x y")):
+        enc = StoreEncoder(source, layer=4, dim=32, model_prompts={"query": prompt})
+        got[prompt] = enc.encode(
+            [{"text": [text]}], task_metadata=meta, hf_split="t", hf_subset="d",
+            prompt_type=PromptType.query,
+        )  # fmt: skip
+        np.testing.assert_allclose(got[prompt], st.encode([text], prompt=prompt), atol=1e-5)
+    assert source.n_encoded == 2 and np.abs(got["qry: "] - got["qry:"]).max() > 0.01
+    assert store_entries(["ab"], "a", include_prompt=False) == ["1\0ab"]
+    assert store_entries(["ab"], "a", include_prompt=True) == ["ab"]
 
 
 @pytest.mark.parametrize(("mode", "layer"), [("mean", 4), ("cls", 2), ("lasttoken", 3)])

@@ -250,7 +250,8 @@ def run_encode_unit(
     def complete() -> bool:
         for store in stores:
             store.refresh()
-        return not any(store.missing(texts, source.layers) for store in stores)
+        entries = source.entries(texts, unit.prompt)
+        return not any(store.missing(entries, source.layers) for store in stores)
 
     path = claim_path(unit)
     waited = 0.0
