@@ -168,8 +168,9 @@ class LayerModel:
     spec: ModelSpec | None = None
     #: Times an out-of-memory error halved the batches; later calls start from the halved size.
     oom_halvings: int = field(default=0, init=False, repr=False, compare=False)
+    #: `prompt_length` per (prompt, max length): tokenized once per process.
     _prompt_lengths: dict[tuple[str, int], int] = field(
-        default_factory=dict, init=False, repr=False
+        default_factory=dict, init=False, repr=False, compare=False
     )
 
     # ------------------------------------------------------------------ loading
