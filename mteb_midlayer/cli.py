@@ -76,6 +76,26 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="run the model repository's own code (models that need it, e.g. some Hub encoders)",
     )
+    _add_prompt_tokens_option(p)
+
+
+def _add_prompt_tokens_option(p: argparse.ArgumentParser) -> None:
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
+        "--exclude-prompt-tokens",
+        dest="include_prompt",
+        action="store_false",
+        default=None,
+        help="leave each text's prompt tokens out of its vector, as sentence-transformers' "
+        "Pooling(include_prompt=False) (default: the model's own Pooling setting, else include)",
+    )
+    group.add_argument(
+        "--include-prompt-tokens",
+        dest="include_prompt",
+        action="store_true",
+        default=None,
+        help="pool prompt tokens too, whatever the model's Pooling says",
+    )
 
 
 def _add_pass_options(p: argparse.ArgumentParser) -> None:
@@ -209,7 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--csv",
         type=Path,
         help="also write the tables here, as one CSV keyed by model, revision, pooling, "
-        "normalize, final_norm, max_length, dtype, prompts and layer",
+        "normalize, final_norm, max_length, dtype, prompts, include_prompt and layer",
     )
 
     _add_leaderboard_parser(sub)
@@ -242,6 +262,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
         dtype=args.dtype,
         max_length=args.max_length,
         trust_remote_code=args.trust_remote_code,
+        include_prompt=args.include_prompt,
     )
 
 
@@ -356,14 +377,18 @@ def cmd_table(args: argparse.Namespace) -> int:
         "max_length",
         "dtype",
         "prompts",
+        "include_prompt",
     ]
-    long = long.fillna({"max_length": 0, "dtype": "", "prompts": "", "final_norm": "last"})
+    long = long.fillna(
+        {"max_length": 0, "dtype": "", "prompts": "", "final_norm": "last", "include_prompt": True}
+    )
     tables = {}
     for key, group in long.groupby(keys):
-        model, revision, pooling, normalize, final_norm, max_length, dtype, prompts = key
+        model, revision, pooling, normalize, final_norm, max_length, dtype, prompts, incl = key
         print(
             f"\n{model} @ {revision}  pooling={pooling} normalize={normalize} "
             f"final_norm={final_norm} max_length={max_length} dtype={dtype} prompts={prompts}"
+            + ("" if incl else " include_prompt=False")
         )
         tables[key] = layer_table(group)
         _print_table(tables[key])
@@ -590,6 +615,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--results", type=Path, help="results folder: its scores go into the card")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty OUT")
     p.add_argument("--trust-remote-code", action="store_true")
+    _add_prompt_tokens_option(p)
 
 
 def _select_tasks(args: argparse.Namespace) -> list[str] | None:
@@ -658,6 +684,7 @@ def cmd_select(args: argparse.Namespace) -> int:
             results=args.results,
             final_norm=str(chosen.get("final_norm") or "last"),
             max_length=int(chosen.get("max_length") or 0) or None,
+            include_prompt=None if bool(chosen.get("include_prompt", True)) else False,
         )
         _print_export(result)
     return 0
@@ -679,6 +706,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         trust_remote_code=args.trust_remote_code,
         results=args.results,
         final_norm=args.final_norm,
+        include_prompt=args.include_prompt,
     )
     _print_export(result)
     return 0

@@ -17,7 +17,7 @@ from .layers import check_final_norms, resolve_layer
 from .model import LayerModel, check_texts, dtype_name, warn_constant_pooling
 from .pooling import check_pooling
 from .search import attach_search_backend
-from .spec import ModelSpec, prompts_hash
+from .spec import ModelSpec, excludes_prompt, prompts_hash
 
 if TYPE_CHECKING:
     from mteb.abstasks.task_metadata import TaskMetadata
@@ -55,19 +55,24 @@ def experiment_kwargs(
     dtype: str | None = None,
     prompts: dict[str, str] | None = None,
     final_norm: str = "last",
+    include_prompt: bool = True,
 ) -> dict[str, Any]:
     """What tells one slice of a model from another in mteb's result folders.
 
     Short values only (mteb hashes folder names over 200 characters): the prompts go in as an
     8-hex hash; the model's weights are in the revision folder above; the task data's
     fingerprint is in the run identity beside each result (`results.py`). `final_norm` is
-    named only when it is not the default "last", so folders written before it keep their names.
+    named only when it is not the default "last", so folders written before it keep their names;
+    so is `include_prompt` (only `False`, given when prompts are used and their tokens are left
+    out of the vectors: `spec.excludes_prompt`).
     """
     out: dict[str, Any] = {"layer": layer, "dim": dim, "pooling": pooling, "normalize": normalize}
     if final_norm != "last":
         out["final_norm"] = final_norm
     if max_length is not None:
         out |= {"max_length": max_length, "dtype": dtype, "prompts": prompts_hash(prompts)}
+    if not include_prompt:
+        out["include_prompt"] = False
     return out
 
 
@@ -92,7 +97,15 @@ def slice_meta(
     """`ModelMeta` of the model's resolved spec, with the slice in `experiment_kwargs`."""
     spec = lm.current_spec()
     kwargs = experiment_kwargs(
-        layer, dim, pooling, normalize, spec.max_length, spec.dtype, prompts, final_norm
+        layer,
+        dim,
+        pooling,
+        normalize,
+        spec.max_length,
+        spec.dtype,
+        prompts,
+        final_norm,
+        include_prompt=not excludes_prompt(spec.include_prompt, prompts),
     )
     return ModelMeta.create_empty(
         overwrites=dict(
@@ -118,6 +131,11 @@ def resolve_prompt(
     return get_prompt(prompts, task_metadata, prompt_type) or ""
 
 
+def loader_texts(inputs: DataLoader) -> list[str]:
+    """The texts of an mteb batch loader, in order."""
+    return [text for batch in inputs for text in batch["text"]]
+
+
 def prompted_texts(
     inputs: DataLoader,
     prompts: dict[str, str] | None,
@@ -126,7 +144,7 @@ def prompted_texts(
 ) -> list[str]:
     """The texts of an mteb batch loader, each with the prompt mteb's rules pick prepended."""
     prompt = resolve_prompt(prompts, task_metadata, prompt_type)
-    return [prompt + text for batch in inputs for text in batch["text"]]
+    return [prompt + text for text in loader_texts(inputs)]
 
 
 class LayerEncoder(AbsEncoder):
@@ -144,6 +162,8 @@ class LayerEncoder(AbsEncoder):
     `final_norm`: "last" (inner layers raw, our convention) or "every" (the model's final norm
     applied at every layer, as the model truncated to `layer` blocks gives it); a slice option.
     `max_tokens_per_batch`: batch by a budget of padded tokens (not part of any identity).
+    `include_prompt`: False leaves prompt tokens out of the vectors (sentence-transformers'
+    `Pooling(include_prompt=False)`); `None` takes the model's own Pooling setting, else True.
     `search_backend`: how mteb searches retrieval/reranking tasks (`auto`: faiss when installed).
     Only the blocks up to `layer` run.
     """
@@ -170,6 +190,7 @@ class LayerEncoder(AbsEncoder):
         search_backend: str = "auto",  # issue 14: retrieval search, auto | faiss | torch
         final_norm: str = "last",
         max_tokens_per_batch: int | None = None,
+        include_prompt: bool | None = None,
     ) -> None:
         if pooling is not None:
             check_pooling(pooling)
@@ -185,6 +206,7 @@ class LayerEncoder(AbsEncoder):
             dtype=dtype,
             max_length=max_length,
             trust_remote_code=trust_remote_code,
+            include_prompt=include_prompt,
         )
         self.lm = lm
         self.model = lm.model
@@ -220,11 +242,18 @@ class LayerEncoder(AbsEncoder):
             "max_length": self.lm.max_length,
             "dtype": dtype_name(self.lm.dtype),
             "final_norm": self.final_norm,
+            "include_prompt": not self.lm.excludes_prompt(self.model_prompts),
         }
 
-    def embed(self, texts: Sequence[str], *, batch_size: int | None = None) -> np.ndarray:
-        """`(len(texts), dim)` float32 embeddings, outside mteb."""
-        texts = check_texts(texts)
+    def embed(
+        self, texts: Sequence[str], *, batch_size: int | None = None, prompt: str = ""
+    ) -> np.ndarray:
+        """`(len(texts), dim)` float32 embeddings, outside mteb.
+
+        `prompt` is prepended to every text, as `SentenceTransformer.encode(prompt=...)`; with
+        `include_prompt` False its tokens are then left out of the vectors.
+        """
+        texts = [prompt + text for text in check_texts(texts)]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         # Each distinct text runs once (pair and retrieval tasks repeat many).
@@ -238,6 +267,7 @@ class LayerEncoder(AbsEncoder):
             show_progress=self.show_progress,
             max_tokens_per_batch=self.max_tokens_per_batch,
             final_norms=(self.final_norm,),
+            prompts=prompt,
         ):
             pooled = batch.pooled[self.layer]
             out[batch.indices] = slice_and_normalize(pooled, self.dim, self.normalize)
@@ -256,8 +286,12 @@ class LayerEncoder(AbsEncoder):
         prompt_type: PromptType | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        texts = prompted_texts(inputs, self.model_prompts, task_metadata, prompt_type)
-        return self.embed(texts, batch_size=kwargs.get("batch_size") or self.batch_size)
+        prompt = resolve_prompt(self.model_prompts, task_metadata, prompt_type)
+        return self.embed(
+            loader_texts(inputs),
+            batch_size=kwargs.get("batch_size") or self.batch_size,
+            prompt=prompt,
+        )
 
     def __repr__(self) -> str:
         return (

@@ -69,6 +69,9 @@ class ExportResult:
     needs_mteb_midlayer: bool
     max_abs_diff: float
     final_norm: str = "last"
+    #: False: the folder has prompts and its Pooling leaves their tokens out
+    #: (`include_prompt=False`); as the results frame's `include_prompt` column.
+    include_prompt: bool = True
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -128,6 +131,7 @@ def build(
     normalize: bool,
     max_length: int,
     prompts: dict[str, str] | None,
+    include_prompt: bool = True,
 ) -> Any:
     """The `SentenceTransformer` of a saved cut backbone, from sentence-transformers' modules."""
     from sentence_transformers import SentenceTransformer
@@ -144,7 +148,7 @@ def build(
 
     cls = RawStreamTransformer if raw else Transformer
     modules: list[nn.Module] = [cls(str(backbone), max_seq_length=max_length)]
-    modules.append(Pooling(hidden, pooling_mode=ST_POOLING[pooling], include_prompt=True))
+    modules.append(Pooling(hidden, pooling_mode=ST_POOLING[pooling], include_prompt=include_prompt))
     if dim < hidden:
         modules.append(
             Dense(
@@ -167,8 +171,8 @@ def needs_raw_stream(model: nn.Module, layer: int, n_layers: int, setting: str) 
 
 
 def slice_scores(results: str | Path | None, result: ExportResult) -> pd.DataFrame | None:
-    """The task rows of exactly this slice (model, layer, dim, pooling, normalize, final_norm)
-    in `results`."""
+    """The task rows of exactly this slice (model, layer, dim, pooling, normalize, final_norm,
+    include_prompt) in `results`."""
     if results is None:
         return None
     df = scores_frame(results, model=result.model)
@@ -178,6 +182,7 @@ def slice_scores(results: str | Path | None, result: ExportResult) -> pd.DataFra
         & (df["pooling"] == result.pooling)
         & (df["normalize"] == result.normalize)
         & (df["final_norm"] == result.final_norm)
+        & (df["include_prompt"] == result.include_prompt)
     )
     if result.revision is not None:
         keep &= df["revision"] == result.revision
@@ -201,6 +206,7 @@ def model_card(result: ExportResult, scores: pd.DataFrame | None = None) -> str:
         f"| pooling | {result.pooling} |",
         f"| normalize | {result.normalize} |",
         f"| final norm | {result.final_norm} |",
+        f"| prompt tokens pooled | {result.include_prompt} |",
         f"| max length | {result.max_length} tokens |",
         f"| max abs difference from LayerEncoder (probe texts) | {result.max_abs_diff:.1e} |",
         "",
@@ -248,12 +254,15 @@ def export(
     results: str | Path | None = None,
     probe_texts: Sequence[str] = PROBE_TEXTS,
     final_norm: str = "last",
+    include_prompt: bool | None = None,
 ) -> ExportResult:
     """Write layer `layer` (first `dim` coordinates) of `model` to `out` as a sentence-transformers
     folder, checked against `LayerEncoder` on `probe_texts` (fp32, CPU).
 
     `final_norm`: the slice's setting. "every" exports the plain truncated model (its final
     norm kept), which loads with sentence-transformers alone for every architecture.
+    `include_prompt`: False writes `Pooling(include_prompt=False)` (default: the model's own);
+    with prompts, the check also runs on the probe texts under each of the model's prompts.
 
     `results`: a results folder (`sweep --output`); the slice's task scores there go into the
     model card.
@@ -268,6 +277,7 @@ def export(
         dtype="float32",
         max_length=max_length,
         trust_remote_code=trust_remote_code,
+        include_prompt=include_prompt,
     )
     try:
         encoder = LayerEncoder(
@@ -280,7 +290,8 @@ def export(
         )
     except (ValueError, TypeError) as e:
         raise ExportError(str(e)) from None
-    expected = encoder.embed(list(probe_texts))
+    prompts = ["", *sorted(set((lm.prompts or {}).values()))]
+    expected = {p: encoder.embed(list(probe_texts), prompt=p) for p in prompts}
     n_layers, hidden = lm.n_layers, lm.hidden_size
     raw = needs_raw_stream(lm.model, encoder.layer, n_layers, encoder.final_norm)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -296,9 +307,9 @@ def export(
             normalize=encoder.normalize,
             max_length=lm.max_length,
             prompts=lm.prompts,
+            include_prompt=lm.include_prompt,
         )
-        got = st.encode(list(probe_texts), convert_to_numpy=True, batch_size=len(probe_texts))
-        diff = float(np.max(np.abs(got - expected)))
+        diff = max(_max_diff(st, probe_texts, p, want) for p, want in expected.items())
         if not diff <= CHECK_ATOL:
             raise ExportError(
                 f"unsupported architecture {type(lm.model).__name__}: the exported slice differs "
@@ -318,6 +329,7 @@ def export(
             needs_mteb_midlayer=raw,
             max_abs_diff=diff,
             final_norm=encoder.final_norm,
+            include_prompt=not lm.excludes_prompt(),
         )
         final = work / "model"
         st.save(str(final), create_model_card=False)
@@ -328,3 +340,11 @@ def export(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _max_diff(st: Any, texts: Sequence[str], prompt: str, want: np.ndarray) -> float:
+    """Largest |SentenceTransformer.encode(texts, prompt=prompt) - want|."""
+    got = st.encode(
+        list(texts), prompt=prompt or None, convert_to_numpy=True, batch_size=len(texts)
+    )
+    return float(np.max(np.abs(got - want)))

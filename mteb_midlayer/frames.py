@@ -21,8 +21,9 @@ from pathlib import Path
 import pandas as pd
 
 #: The settings of a run besides the slice: two runs that differ only here (another
-#: `--max-length`, `--dtype` or prompt set) are two configurations, never one.
-RUN_COLUMNS = ["max_length", "dtype", "prompts"]
+#: `--max-length`, `--dtype`, prompt set or `--exclude-prompt-tokens`) are two configurations,
+#: never one. `include_prompt` is False only for results whose prompt tokens were left out.
+RUN_COLUMNS = ["max_length", "dtype", "prompts", "include_prompt"]
 #: What tells one configuration of a model from another (besides layer and dim). The first
 #: five are issue 12's JSON contract keys; the run columns follow them.
 CONFIG_COLUMNS = ["model", "revision", "pooling", "normalize", "final_norm", *RUN_COLUMNS]
@@ -40,7 +41,7 @@ SCORE_COLUMNS = [
 ]
 #: What a run column holds for results written before it was recorded (so that groupings and
 #: equality work: no NaN in a configuration).
-RUN_DEFAULTS = {"max_length": 0, "dtype": "", "prompts": ""}
+RUN_DEFAULTS = {"max_length": 0, "dtype": "", "prompts": "", "include_prompt": True}
 #: The metrics frame: one row per (model, revision, dataset, layer, metric, variant).
 METRIC_COLUMNS = [
     "model",

@@ -32,7 +32,7 @@ from .batching import (
 )
 from .layers import base_model, capture_layers, check_final_norms, find_blocks
 from .pooling import ST_POOLING, check_pooling, pool
-from .spec import ModelSpec, SpecConflictError, merge_spec
+from .spec import ModelSpec, SpecConflictError, excludes_prompt, merge_spec
 
 logger = logging.getLogger(__name__)
 
@@ -161,10 +161,17 @@ class LayerModel:
     default_normalize: bool = False
     prompts: dict[str, str] | None = None
     n_parameters: int | None = None
+    #: Pool prompt tokens too; False leaves each text's prompt out of its vector, as
+    #: sentence-transformers' `Pooling(include_prompt=False)` (see `prompt_length`).
+    include_prompt: bool = True
     #: The resolved spec this model was loaded from (see `current_spec`).
     spec: ModelSpec | None = None
     #: Times an out-of-memory error halved the batches; later calls start from the halved size.
     oom_halvings: int = field(default=0, init=False, repr=False, compare=False)
+    #: `prompt_length` per (prompt, max length): tokenized once per process.
+    _prompt_lengths: dict[tuple[str, int], int] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -182,6 +189,7 @@ class LayerModel:
         trust_remote_code: bool = False,
         prompts: dict[str, str] | None = None,
         pooling: str | None = None,
+        include_prompt: bool | None = None,
     ) -> LayerModel:
         """Load from a Hub id / local path, a `transformers` model, or a `SentenceTransformer`.
 
@@ -204,6 +212,7 @@ class LayerModel:
             trust_remote_code=trust_remote_code,
             prompts=prompts,
             pooling=pooling,
+            include_prompt=include_prompt,
         )
         device = spec.device or default_device()
         torch_dtype = resolve_dtype(spec.dtype, device)
@@ -279,6 +288,7 @@ class LayerModel:
             max_length=int(resolved_max),
             prompts=resolved_prompts,
             pooling=spec.pooling or st_defaults.get("pooling", "mean"),
+            include_prompt=_first_set(spec.include_prompt, st_defaults.get("include_prompt"), True),
         )
         return cls(
             model=net,
@@ -292,6 +302,7 @@ class LayerModel:
             default_normalize=st_defaults.get("normalize", False),
             prompts=dict(resolved_prompts) if resolved_prompts else None,
             n_parameters=sum(p.numel() for p in net.parameters()),
+            include_prompt=bool(resolved.include_prompt),
             spec=resolved,
         )
 
@@ -333,6 +344,8 @@ class LayerModel:
                 raise SpecConflictError("device", wanted.device, str(self.device))
         if wanted.trust_remote_code and not have.trust_remote_code:
             raise SpecConflictError("trust_remote_code", True, False)
+        if wanted.include_prompt is not None and wanted.include_prompt != self.include_prompt:
+            raise SpecConflictError("include_prompt", wanted.include_prompt, self.include_prompt)
 
     def current_spec(self) -> ModelSpec:
         """The resolved spec, with the fields a caller may have set on the object since."""
@@ -345,7 +358,13 @@ class LayerModel:
             device=str(self.device),
             prompts=self.prompts or None,
             pooling=self.default_pooling,
+            include_prompt=self.include_prompt,
         )
+
+    def excludes_prompt(self, prompts: dict[str, str] | None = None) -> bool:
+        """Whether prompt tokens are left out of this model's vectors under `prompts` (default:
+        the model's own prompts): part of a result's and a store's identity exactly then."""
+        return excludes_prompt(self.include_prompt, self.prompts if prompts is None else prompts)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -380,6 +399,47 @@ class LayerModel:
         filler = _filler_token(self.tokenizer)
         return [ids if ids else [filler] for ids in encoded]
 
+    def prompt_length(self, prompt: str) -> int:
+        """Tokens of `prompt` that pooling leaves out when `include_prompt` is False.
+
+        sentence-transformers' rule (`Transformer._get_prompt_length`): the prompt tokenized
+        alone (special tokens and truncation as for a text), less one trailing special token
+        (a SEP/EOS closes the prompt alone, not the prompted text). So a leading CLS/BOS is
+        left out too, and the count is the prompt's own, whatever the text after it merges with.
+        """
+        if not prompt:
+            return 0
+        key = (prompt, int(self.max_length))
+        if key not in self._prompt_lengths:
+            ids = self.tokenizer(
+                [prompt],
+                add_special_tokens=True,
+                truncation=True,
+                max_length=self.max_length,
+                return_attention_mask=False,
+                return_token_type_ids=False,
+            )["input_ids"][0]
+            special = set(getattr(self.tokenizer, "all_special_ids", None) or ())
+            self._prompt_lengths[key] = len(ids) - int(bool(ids) and ids[-1] in special)
+        return self._prompt_lengths[key]
+
+    def prompt_lengths(
+        self, texts: Sequence[str], prompts: str | Sequence[str] | None
+    ) -> list[int]:
+        """Per text, how many leading tokens pooling leaves out (all 0 when prompt tokens are
+        pooled). `prompts`: the prompt each text starts with (one for all, or one per text)."""
+        if self.include_prompt or not prompts:
+            return [0] * len(texts)
+        per_text = [prompts] * len(texts) if isinstance(prompts, str) else list(prompts)
+        if len(per_text) != len(texts):
+            raise ValueError(f"Got {len(per_text)} prompts for {len(texts)} texts.")
+        for i, (text, prompt) in enumerate(zip(texts, per_text, strict=True)):
+            if not isinstance(prompt, str) or not text.startswith(prompt):
+                raise ValueError(
+                    f"texts[{i}] does not start with its prompt {prompt!r}: pass the prompted texts."
+                )
+        return [self.prompt_length(prompt) for prompt in per_text]
+
     def iter_batches(
         self,
         texts: Sequence[str],
@@ -393,6 +453,7 @@ class LayerModel:
         max_tokens_per_batch: int | None = None,
         final_norms: Sequence[str] = ("last",),
         check_finite: bool = True,
+        prompts: str | Sequence[str] | None = None,
     ) -> Iterator[Batch]:
         """Run the network once per batch of similar-length texts, longest first.
 
@@ -402,12 +463,15 @@ class LayerModel:
         `max_tokens_per_batch`: batches by a budget of padded tokens instead of `batch_size`.
         `final_norms`: `Batch.pooled` holds the first, `Batch.by_final_norm` all (one pass).
         `check_finite`: a NaN/inf vector raises `NonFiniteError` naming layer and text.
+        `prompts`: the prompt each text starts with (one string for all, or one per text);
+        with `include_prompt` False its tokens are left out of every pooled vector.
         On out-of-memory the batch is halved (said once per model) and the run goes on.
         """
         check_pooling(pooling)
         check_batch_limits(batch_size, max_tokens_per_batch)
         norms = check_final_norms(final_norms)
         texts = check_texts(texts)
+        skip = self.prompt_lengths(texts, prompts)
         ids = self.tokenize(texts)
         lengths = [len(row) for row in ids]
         order = length_order(lengths)
@@ -421,6 +485,7 @@ class LayerModel:
                 try:
                     batch = self._run_batch(
                         [ids[i] for i in chunk],
+                        [skip[i] for i in chunk],
                         chunk,
                         layers,
                         pooling,
@@ -448,6 +513,7 @@ class LayerModel:
     def _run_batch(
         self,
         rows: list[list[int]],
+        skip: list[int],
         chunk: list[int],
         layers: Sequence[int],
         pooling: str,
@@ -455,14 +521,16 @@ class LayerModel:
         norms: tuple[str, ...],
         accepted: set[str],
     ) -> Batch:
-        """One forward pass; each layer pooled (and its real tokens cut out) as it is captured."""
+        """One forward pass; each layer pooled (and its real tokens cut out) as it is captured.
+        `skip`: per row, the prompt tokens pooling leaves out."""
         inputs = self._collate(rows, accepted)
         mask = inputs["attention_mask"]
         keep = mask.bool()
+        prompt_lengths = torch.tensor(skip, device=mask.device) if any(skip) else None
         pool_set, token_set = set(layers), set(token_layers)
 
         def reduce(layer: int, setting: str, state: torch.Tensor):
-            pooled = pool(state, mask, pooling) if layer in pool_set else None
+            pooled = pool(state, mask, pooling, prompt_lengths) if layer in pool_set else None
             tokens = None
             if layer in token_set and setting == norms[0]:
                 hidden = state.float()
@@ -545,6 +613,11 @@ def warn_constant_pooling(lm: LayerModel, pooling: str) -> None:
             lm.name,
             model_type,
         )
+
+
+def _first_set(*values: Any) -> Any:
+    """The first value that is not None (an explicit False counts as set)."""
+    return next(v for v in values if v is not None)
 
 
 def _forward_params(model: nn.Module) -> set[str]:
@@ -652,7 +725,8 @@ def _unpack_sentence_transformer(
     """The transformer module's network and tokenizer, plus the pooling/normalize it implies.
 
     The pooling is read from the model's own `Pooling` module (`pooling_mode`), so every mode
-    sentence-transformers has maps to the same maths in `pooling.pool`.
+    sentence-transformers has maps to the same maths in `pooling.pool`; so is its
+    `include_prompt` (False: prompt tokens are left out, `LayerModel.prompt_length`).
     """
     first = st[0]
     net = getattr(first, "auto_model", None) or getattr(first, "model", None)
@@ -676,11 +750,7 @@ def _unpack_sentence_transformer(
                     f"This model concatenates pooling modes {mode}; we pool one mode per "
                     "vector: choose one with pooling=... (--pooling)."
                 )
-            if not getattr(module, "include_prompt", True) and prompts:
-                logger.warning(
-                    "This model's Pooling excludes prompt tokens (include_prompt=False); we pool "
-                    "them, so prompted texts differ from SentenceTransformer.encode."
-                )
+            defaults["include_prompt"] = bool(getattr(module, "include_prompt", True))
         elif kind == "Normalize":
             defaults["normalize"] = True
         else:

@@ -63,6 +63,9 @@ class EncodeUnit:
     texts_digest: str = ""
     final_norms: tuple[str, ...] = ("last",)
     max_tokens_per_batch: int | None = None
+    #: What every text starts with (mteb's prompt for this task and prompt type); pooling
+    #: leaves its tokens out when the model's `include_prompt` is False.
+    prompt: str = ""
 
     @property
     def n_texts(self) -> int:
@@ -161,11 +164,13 @@ class MetricsUnit:
 
 @dataclass(frozen=True)
 class TaskTexts:
-    """The distinct texts a task sends the encoder for one prompt type, in first-asked order."""
+    """The distinct texts a task sends the encoder for one prompt type, in first-asked order,
+    each starting with `prompt` (the one mteb's rules pick for this task and prompt type)."""
 
     task: str
     prompt_type: str | None
     texts: tuple[str, ...]
+    prompt: str = ""
 
     @property
     def digest(self) -> str:
@@ -275,6 +280,7 @@ def encode_units(
             start=start,
             stop=min(start + shard_size, len(texts.texts)),
             texts_digest=texts.digest,
+            prompt=texts.prompt,
             **common,
         )
         for start in range(0, len(texts.texts), shard_size)
@@ -289,9 +295,10 @@ def record_requests(task: Any, prompts: dict[str, str] | None, name: str) -> lis
     from mteb.models.abs_encoder import AbsEncoder
     from mteb.models.model_meta import ModelMeta
 
-    from .encoder import prompted_texts
+    from .encoder import loader_texts, resolve_prompt
 
     seen: dict[str | None, dict[str, None]] = {}
+    prompt_of: dict[str | None, str] = {}
 
     class Recorder(AbsEncoder):
         def __init__(self) -> None:
@@ -303,8 +310,14 @@ def record_requests(task: Any, prompts: dict[str, str] | None, name: str) -> lis
 
         def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
                    prompt_type: Any = None, **kwargs: Any) -> np.ndarray:  # fmt: skip
-            texts = prompted_texts(inputs, prompts, task_metadata, prompt_type)
+            prompt = resolve_prompt(prompts, task_metadata, prompt_type)
+            texts = [prompt + text for text in loader_texts(inputs)]
             kind = prompt_type.value if prompt_type is not None else None
+            if prompt_of.setdefault(kind, prompt) != prompt:
+                raise ValueError(
+                    f"{task_metadata.name} asks for prompt type {kind} with two prompts "
+                    f"({prompt_of[kind]!r}, {prompt!r}); the store keeps one per prompt type."
+                )
             bucket = seen.setdefault(kind, {})
             for t in texts:
                 bucket.setdefault(t, None)
@@ -324,7 +337,9 @@ def record_requests(task: Any, prompts: dict[str, str] | None, name: str) -> lis
             encode_kwargs={"batch_size": 512, "show_progress_bar": False},
         )
     return [
-        TaskTexts(task=task.metadata.name, prompt_type=kind, texts=tuple(bucket))
+        TaskTexts(
+            task=task.metadata.name, prompt_type=kind, texts=tuple(bucket), prompt=prompt_of[kind]
+        )
         for kind, bucket in seen.items()
     ]
 

@@ -42,7 +42,26 @@ def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return attention_mask.long().argmax(dim=1)
 
 
-def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> torch.Tensor:
+def exclude_prompt(attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -> torch.Tensor:
+    """`attention_mask` with the first `prompt_lengths[i]` real tokens of row `i` zeroed.
+
+    sentence-transformers' `Pooling(include_prompt=False)` rule, per row instead of per batch
+    (texts of one batch may carry prompts of different lengths): positions before the first
+    real token plus the prompt length are dropped, so left and right padding agree.
+    """
+    mask = attention_mask.long()
+    lengths = prompt_lengths.to(device=mask.device, dtype=torch.long).view(-1, 1)
+    positions = torch.arange(mask.shape[1], device=mask.device).view(1, -1)
+    start = first_token_index(mask).view(-1, 1)
+    return mask.masked_fill(positions < start + lengths, 0)
+
+
+def pool(
+    hidden: torch.Tensor,
+    attention_mask: torch.Tensor,
+    pooling: str,
+    prompt_lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Pool `hidden` (B, T, D) with `attention_mask` (B, T) into (B, D), in float32.
 
     `cls` is the first *real* token, so left-padded batches pool the same token as
@@ -51,9 +70,15 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     divides the sum by sqrt(length). Half-precision states are never copied whole to float32:
     sums accumulate in float32, `max`/`cls`/`last` select in the states' dtype (exact) and
     convert only the (B, D) result.
+
+    `prompt_lengths` (B,): tokens of each row's prompt, left out of the vector as
+    sentence-transformers' `include_prompt=False` does (`exclude_prompt`); `weightedmean` keeps
+    the remaining tokens' original position weights, and a row left with no token pools to
+    zeros (`cls`: its first token, as sentence-transformers).
     """
     check_pooling(pooling)
-    mask = attention_mask.to(hidden.device).bool()
+    real = attention_mask.to(hidden.device).bool()
+    mask = real if prompt_lengths is None else exclude_prompt(real, prompt_lengths).bool()
     rows = torch.arange(hidden.shape[0], device=hidden.device)
     if pooling in ("mean", "mean_sqrt_len"):
         kept = hidden.masked_fill(~mask.unsqueeze(-1), 0)
@@ -63,7 +88,7 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
     if pooling == "weightedmean":
         kept = hidden.masked_fill(~mask.unsqueeze(-1), 0).float()
         positions = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=torch.float32)
-        offset = first_token_index(mask).to(torch.float32).view(-1, 1, 1)
+        offset = first_token_index(real).to(torch.float32).view(-1, 1, 1)
         weights = mask.unsqueeze(-1).to(torch.float32) * (positions.view(1, -1, 1) - offset)
         return (kept * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
     if pooling == "max":
@@ -72,4 +97,5 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str) -> to
         return torch.where(torch.isinf(out) & (out < 0), torch.zeros_like(out), out)
     if pooling == "cls":
         return hidden[rows, first_token_index(mask)].float()
-    return hidden[rows, last_token_index(mask)].float()
+    last = hidden[rows, last_token_index(mask)].float()
+    return last * mask.any(dim=1, keepdim=True)

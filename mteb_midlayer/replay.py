@@ -17,7 +17,13 @@ import numpy as np
 import torch
 from mteb.models.abs_encoder import AbsEncoder
 
-from .encoder import check_final_norm, prompted_texts, slice_and_normalize, slice_meta
+from .encoder import (
+    check_final_norm,
+    loader_texts,
+    resolve_prompt,
+    slice_and_normalize,
+    slice_meta,
+)
 from .layers import check_final_norms
 from .model import LayerModel
 from .store import EmbeddingStore, StoreKey
@@ -57,7 +63,8 @@ def store_key(
     lm: LayerModel, pooling: str, prompt_type: str | None, final_norm: str = "last"
 ) -> StoreKey:
     """The store configuration, from the model's resolved spec (its revision fingerprints a
-    local folder's files). Prompts need no field: each text is hashed with its prompt."""
+    local folder's files). Prompts need no field: each text is hashed with its prompt; whether
+    the prompt's tokens are pooled does (`include_prompt`, a field only when False)."""
     spec = lm.current_spec()
     return StoreKey(
         model=spec.name,
@@ -67,7 +74,18 @@ def store_key(
         max_length=spec.max_length,
         dtype=spec.dtype,
         final_norm=final_norm,
+        include_prompt=spec.include_prompt is not False,
     )
+
+
+def store_entries(texts: Sequence[str], prompt: str, include_prompt: bool) -> list[str]:
+    """What the store hashes for each prompted text. With prompt tokens pooled, the text alone
+    (the exact model input). Left out, a vector also depends on where the prompt ends ("ab" +
+    "c" and "a" + "bc" are one input, two vectors), so the prompt's length in characters leads
+    the text: `"<n>\0<text>"`, one entry per (prompt, text) pair."""
+    if include_prompt:
+        return list(texts)
+    return [f"{len(prompt)}\0{text}" for text in texts]
 
 
 class EmbeddingSource:
@@ -114,18 +132,30 @@ class EmbeddingSource:
             self._stores[prompt_type, final_norm] = EmbeddingStore(self.root, key)
         return self._stores[prompt_type, final_norm]
 
+    def entries(self, texts: Sequence[str], prompt: str = "") -> list[str]:
+        """The store's entries for `texts` (each starting with `prompt`): `store_entries`."""
+        return store_entries(texts, prompt, self.lm.current_spec().include_prompt is not False)
+
     def fill(
-        self, texts: Sequence[str], prompt_type: str | None, namespace: tuple[str, ...]
+        self,
+        texts: Sequence[str],
+        prompt_type: str | None,
+        namespace: tuple[str, ...],
+        prompt: str = "",
     ) -> None:
         """Make sure every text has every sweep layer under every final norm in the store (one
-        pass for the texts any setting lacks)."""
+        pass for the texts any setting lacks). `prompt`: what every text starts with (mteb
+        picks one per task and prompt type); pooling leaves its tokens out when the model's
+        `include_prompt` is False."""
         stores = {norm: self.store(prompt_type, norm) for norm in self.final_norms}
-        missing = sorted({i for st in stores.values() for i in st.missing(texts, self.layers)})
+        entries = self.entries(texts, prompt)
+        missing = sorted({i for st in stores.values() for i in st.missing(entries, self.layers)})
         if not missing:
             return
         if self.replay_only:
             raise KeyError(f"{len(missing)} texts of {namespace} are not in the store {stores}.")
         todo = list(dict.fromkeys(texts[i] for i in missing))
+        entry_of = dict(zip(texts, entries, strict=True))
         for start in range(0, len(todo), self.shard_size):
             chunk = todo[start : start + self.shard_size]
             pooled = {
@@ -139,6 +169,7 @@ class EmbeddingSource:
                 batch_size=self.batch_size,
                 max_tokens_per_batch=self.max_tokens_per_batch,
                 final_norms=self.final_norms,
+                prompts=prompt,
                 show_progress=self.show_progress,
                 desc=f"Encoding {'/'.join(namespace)} [{start // self.shard_size + 1}]",
             ):
@@ -146,7 +177,9 @@ class EmbeddingSource:
                     stacked = torch.stack([by_layer[layer] for layer in self.layers])
                     pooled[norm][:, batch.indices] = stacked.cpu()
             for norm, store in stores.items():
-                store.write(namespace, chunk, pooled[norm].numpy(), self.layers)
+                store.write(
+                    namespace, [entry_of[t] for t in chunk], pooled[norm].numpy(), self.layers
+                )
             self.n_encoded += len(chunk)
 
 
@@ -197,13 +230,15 @@ class StoreEncoder(AbsEncoder):
         prompt_type: PromptType | None = None,
         **kwargs: Any,
     ) -> np.ndarray:
-        texts = prompted_texts(inputs, self.model_prompts, task_metadata, prompt_type)
+        prompt = resolve_prompt(self.model_prompts, task_metadata, prompt_type)
+        texts = [prompt + text for text in loader_texts(inputs)]
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         kind = prompt_type.value if prompt_type is not None else None
         namespace = (task_metadata.name, hf_split, hf_subset)
-        self.source.fill(texts, kind, namespace)
-        raw = self.source.store(kind, self.final_norm).read(texts, self.layer, self.dim)
+        self.source.fill(texts, kind, namespace, prompt)
+        entries = self.source.entries(texts, prompt)
+        raw = self.source.store(kind, self.final_norm).read(entries, self.layer, self.dim)
         return slice_and_normalize(raw, self.dim, self.normalize)
 
     def __repr__(self) -> str:

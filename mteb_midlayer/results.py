@@ -34,7 +34,7 @@ IDENTITY_FOLDER = "identity"
 #: rounding level only).
 RECORDED_ONLY = frozenset({"n_layers", "search_backend"})
 #: What a key absent from an older identity file meant then.
-IDENTITY_DEFAULTS = {"final_norm": "last"}
+IDENTITY_DEFAULTS = {"final_norm": "last", "include_prompt": True}
 
 
 def read_identity(result_path: Path) -> dict[str, Any] | None:

@@ -18,7 +18,14 @@ from typing import Any
 
 from .pooling import POOLINGS
 
-__all__ = ["DTYPE_NAMES", "ModelSpec", "SpecConflictError", "merge_spec", "prompts_hash"]
+__all__ = [
+    "DTYPE_NAMES",
+    "ModelSpec",
+    "SpecConflictError",
+    "excludes_prompt",
+    "merge_spec",
+    "prompts_hash",
+]
 
 #: dtype spellings accepted on the command line and in the API, with their canonical name.
 DTYPE_NAMES = {
@@ -51,6 +58,12 @@ def prompts_hash(prompts: Mapping[str, str] | None) -> str:
     return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:8]
 
 
+def excludes_prompt(include_prompt: bool | None, prompts: Mapping[str, str] | None) -> bool:
+    """Whether prompt tokens are left out of the vectors: only `include_prompt=False` *with*
+    prompts changes a vector, so only then is it part of a result's or a store's identity."""
+    return include_prompt is False and bool(prompts)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What to load and how. `None` means "the model's own default" (resolved at load).
@@ -59,6 +72,9 @@ class ModelSpec:
     model object passed in directly. `revision`: Hub commit; for a local folder a label that is
     combined with a fingerprint of its files. `pooling`: mean | cls | last | max | weightedmean |
     mean_sqrt_len (default: the sentence-transformers Pooling module, else mean).
+    `include_prompt`: pool the prompt's tokens too (`True`), or leave them out as
+    sentence-transformers' `Pooling(include_prompt=False)` does (INSTRUCTOR-style models);
+    default: the sentence-transformers Pooling module's setting, else True.
     """
 
     source: str | None = None
@@ -70,6 +86,7 @@ class ModelSpec:
     device: str | None = None
     prompts: Mapping[str, str] | None = None
     trust_remote_code: bool = False
+    include_prompt: bool | None = None
 
     def __post_init__(self) -> None:
         if self.source is not None:
@@ -107,6 +124,10 @@ class ModelSpec:
             )
         if not isinstance(self.trust_remote_code, bool):
             raise ValueError(f"trust_remote_code must be a bool, got {self.trust_remote_code!r}.")
+        if self.include_prompt is not None and not isinstance(self.include_prompt, bool):
+            raise ValueError(
+                f"include_prompt must be True, False or None, got {self.include_prompt!r}."
+            )
 
     @property
     def is_local(self) -> bool:
@@ -130,16 +151,22 @@ class ModelSpec:
 
 
 def merge_spec(spec: ModelSpec | None, **options: Any) -> ModelSpec:
-    """`spec` with the keyword options that are set (not None/False); a set option that differs
-    from a set spec field is a `SpecConflictError` naming it."""
-    given = {k: v for k, v in options.items() if v is not None and v is not False}
+    """`spec` with the keyword options that are set (not None, nor False where False is the
+    default); a set option that differs from a set spec field is a `SpecConflictError` naming it."""
+    given = {k: v for k, v in options.items() if v is not None and not _is_default_false(k, v)}
     if spec is None:
         return ModelSpec(**given)
     changes = {}
     for key, value in given.items():
         current = getattr(spec, key)
         candidate = getattr(ModelSpec(**{key: value}), key)  # normalised (dtype spellings)
-        if current is not None and current is not False and current != candidate:
+        if current is not None and not _is_default_false(key, current) and current != candidate:
             raise SpecConflictError(key, value, current)
         changes[key] = candidate
     return spec.replace(**changes) if changes else spec
+
+
+def _is_default_false(key: str, value: Any) -> bool:
+    """`False` for a field whose default is `False` (trust_remote_code) means "not set"."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelSpec)}
+    return value is False and defaults.get(key) is False

@@ -85,6 +85,9 @@ class StoreKey:
     #: "last" or "every" (see `layers.capture_layers`); left out of the dict when "last", so
     #: stores written before the option keep their digest.
     final_norm: str = "last"
+    #: False: each text's prompt tokens are left out of its vectors (sentence-transformers'
+    #: `include_prompt=False`); left out of the dict when True, so older stores keep their digest.
+    include_prompt: bool = True
 
     def __post_init__(self) -> None:
         for name in ("model", "revision", "pooling", "dtype", "final_norm"):
@@ -93,6 +96,8 @@ class StoreKey:
                 raise ValueError(f"StoreKey.{name} must be a non-empty string, got {value!r}")
         if self.prompt_type is not None and not isinstance(self.prompt_type, str):
             raise ValueError(f"StoreKey.prompt_type must be str or None, got {self.prompt_type!r}")
+        if not isinstance(self.include_prompt, bool):
+            raise ValueError(f"StoreKey.include_prompt must be a bool, got {self.include_prompt!r}")
         if (
             isinstance(self.max_length, bool)
             or not isinstance(self.max_length, int)
@@ -105,6 +110,8 @@ class StoreKey:
         out = dataclasses.asdict(self)
         if out["final_norm"] == "last":
             del out["final_norm"]
+        if out["include_prompt"]:
+            del out["include_prompt"]
         return out
 
     def digest(self) -> str:

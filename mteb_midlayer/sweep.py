@@ -38,7 +38,7 @@ from .pooling import check_pooling
 from .replay import EmbeddingSource, StoreEncoder
 from .results import AtomicResultCache, task_fingerprint, unfinished_reason
 from .search import resolve_search_backend, with_search_backend
-from .spec import ModelSpec, prompts_hash
+from .spec import ModelSpec, excludes_prompt, prompts_hash
 from .store import raise_if_disk_full
 from .tables import layer_results, layer_table
 
@@ -186,6 +186,7 @@ def sweep(
     final_norm: Sequence[str] | str = "last",
     max_tokens_per_batch: int | None = None,
     executor: Any = None,
+    include_prompt: bool | None = None,
 ) -> pd.DataFrame:
     """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
 
@@ -211,6 +212,9 @@ def sweep(
     `final_norm`: "last", "every" or both ("last,every"): each is its own slice, all from one
     forward pass per text. With several, the table gains a `final_norm` index level.
     `max_tokens_per_batch`: batch by a budget of padded tokens (no effect on any result).
+    `include_prompt`: False leaves prompt tokens out of the vectors (sentence-transformers'
+    `Pooling(include_prompt=False)`; default: the model's own); with prompts, part of every
+    result's and stored vector's identity.
     """
     search_backend = resolve_search_backend(search_backend)  # fail before any work
     final_norms = check_final_norms(final_norm)
@@ -226,6 +230,7 @@ def sweep(
         dtype=dtype,
         max_length=max_length,
         trust_remote_code=trust_remote_code,
+        include_prompt=include_prompt,
     )
     pooling = check_pooling(pooling or (spec and spec.pooling) or lm.default_pooling)
     warn_constant_pooling(lm, pooling)
@@ -304,6 +309,7 @@ def sweep(
         (long["max_length"] == lm.max_length)
         & (long["dtype"] == dtype_name(lm.dtype))
         & (long["prompts"] == prompts_hash(lm.prompts))
+        & (long["include_prompt"] == (not lm.excludes_prompt()))
     ]
     table = layer_table(long, tasks=[t.metadata.name for t in plan.tasks])
     table.attrs["failures"] = dict(plan.failures)
@@ -331,6 +337,7 @@ def slice_identity(
         "layer": encoder.layer,
         "dim": encoder.dim,
         "final_norm": encoder.final_norm,
+        "include_prompt": not excludes_prompt(spec.include_prompt, encoder.model_prompts),
         "data": data,
         "n_layers": encoder.source.lm.n_layers,
         "search_backend": search_backend,

@@ -36,6 +36,7 @@ LONG_COLUMNS = [
     "dtype",
     "prompts",
     "final_norm",
+    "include_prompt",
     "n_layers",
 ]
 
@@ -133,6 +134,7 @@ def scan_results(
                     "dtype": kwargs.get("dtype"),
                     "prompts": kwargs.get("prompts"),
                     "final_norm": kwargs.get("final_norm", "last"),
+                    "include_prompt": bool(kwargs.get("include_prompt", True)),
                     "n_layers": _n_layers(identity.get("n_layers")),
                 }
             )

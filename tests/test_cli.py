@@ -38,9 +38,9 @@ def test_sweep_then_table(shared_data, tmp_path, capsys):
     assert code == 0
     assert main(["table", str(out), "--csv", str(tmp_path / "t.csv")]) == 0
     table = pd.read_csv(tmp_path / "t.csv")
-    assert list(table.columns[:9]) == [
+    assert list(table.columns[:10]) == [
         "model", "revision", "pooling", "normalize", "final_norm", "max_length", "dtype",
-        "prompts", "layer",
+        "prompts", "include_prompt", "layer",
     ]  # fmt: skip
     normed = table[table["normalize"]].set_index("layer")
     raw = table[~table["normalize"]].set_index("layer")

@@ -20,6 +20,7 @@ def _scores(rows):
         max_length=128,
         dtype="float32",
         prompts="none",
+        include_prompt=True,
         n_layers=float("nan"),
         dim=8,
         mteb_version="2",

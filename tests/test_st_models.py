@@ -20,8 +20,19 @@ TEXTS = ["a short one", "a somewhat longer sentence, with punctuation!", "x", "m
 ST_MODES = ["cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens"]
 
 
-def build_st(path, mode: str, *, normalize: bool = False, dense: bool = False, **pooling_kw):
-    """A SentenceTransformer of a tiny BERT with `mode` pooling, saved to `path`."""
+def build_st(
+    path,
+    mode: str,
+    *,
+    normalize: bool = False,
+    dense: bool = False,
+    arch: str = "bert",
+    tokenizer=None,
+    prompts: dict[str, str] | None = None,
+    **pooling_kw,
+):
+    """A SentenceTransformer of a tiny `arch` model (BERT by default) with `mode` pooling (and
+    `prompts`), saved to `path`."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import (
         Dense,
@@ -30,16 +41,16 @@ def build_st(path, mode: str, *, normalize: bool = False, dense: bool = False, *
         Transformer,
     )
 
-    base = path.parent / f"{path.name}-bert"
-    tiny_model("bert").save_pretrained(base)
-    tiny_tokenizer().save_pretrained(base)
+    base = path.parent / f"{path.name}-{arch}"
+    tiny_model(arch).save_pretrained(base)
+    (tokenizer or tiny_tokenizer()).save_pretrained(base)
     first = Transformer(str(base), max_seq_length=32)
     modules = [first, Pooling(first.get_embedding_dimension(), pooling_mode=mode, **pooling_kw)]
     if dense:
         modules.append(Dense(32, 8))
     if normalize:
         modules.append(Normalize())
-    SentenceTransformer(modules=modules, device="cpu").save(str(path))
+    SentenceTransformer(modules=modules, device="cpu", prompts=prompts).save(str(path))
     return SentenceTransformer(str(path), device="cpu")
 
 

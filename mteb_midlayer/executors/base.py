@@ -145,7 +145,7 @@ def _load_model(unit: EncodeUnit | MetricsUnit) -> Any:
         _MODELS[key] = LayerModel.load(spec=ModelSpec.from_dict(spec))
     lm = _MODELS[key]
     have = lm.current_spec()
-    for field in ("name", "revision", "dtype", "max_length"):
+    for field in ("name", "revision", "dtype", "max_length", "include_prompt"):
         if getattr(have, field) != unit.resolved.get(field):
             raise UnitError(
                 f"The worker's model has {field}={getattr(have, field)!r}, the plan "
@@ -269,7 +269,8 @@ def run_encode_unit(
     def complete() -> bool:
         for store in stores:
             store.refresh()
-        return not any(store.missing(texts, source.layers) for store in stores)
+        entries = source.entries(texts, unit.prompt)
+        return not any(store.missing(entries, source.layers) for store in stores)
 
     path = claim_path(unit)
     waited = 0.0
@@ -281,7 +282,7 @@ def run_encode_unit(
                 for store in stores:
                     store.refresh()
                 namespace = (unit.task, unit.prompt_type or "none")
-                source.fill(texts, unit.prompt_type, namespace)
+                source.fill(texts, unit.prompt_type, namespace, unit.prompt)
             finally:
                 claims.release(path)
             break

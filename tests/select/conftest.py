@@ -24,6 +24,7 @@ def scores(rows: list[dict], **config) -> pd.DataFrame:
         max_length=128,
         dtype="float32",
         prompts="none",
+        include_prompt=True,
         n_layers=float("nan"),
         dim=8,
         task_type="STS",
