@@ -71,9 +71,22 @@ def test_process_executor_completion_order_one_thread_and_devices():
 
 
 # ------------------------------------------------------------------------------------ claims
-def _write_claim(path: Path, pid: int, host: str, age_s: float = 0.0) -> None:
+def _write_claim(
+    path: Path,
+    pid: int,
+    host: str,
+    age_s: float = 0.0,
+    heartbeat_s: float | None = None,
+    beat_age_s: float | None = None,
+) -> None:
+    """A claim as another holder writes it; `beat_age_s`: how old its last heartbeat is."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": pid, "host": host, "time": time.time() - age_s}))
+    record = {"pid": pid, "host": host, "time": time.time() - age_s}
+    if heartbeat_s is not None:
+        record["heartbeat_s"] = heartbeat_s
+    path.write_text(json.dumps(record))
+    beat = time.time() - (age_s if beat_age_s is None else beat_age_s)
+    os.utime(path, (beat, beat))
 
 
 def _dead_pid() -> int:
@@ -100,6 +113,91 @@ def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path):
     path.write_text("")  # torn: its holder died between create and write
     assert not claims.take_over_if_stale(path, grace_s=60)
     assert claims.take_over_if_stale(path, grace_s=0)
+
+
+def test_another_hosts_claim_is_judged_by_its_heartbeat(tmp_path):
+    path = tmp_path / "c" / "unit.claim"
+    # Dead host: its last heartbeat is 6 min old -> taken over within minutes, not after 6 h.
+    _write_claim(path, os.getpid(), "another-host", age_s=400, heartbeat_s=30, beat_age_s=360)
+    assert claims.read_holder(path).heartbeat_s == 30
+    assert claims.take_over_if_stale(path) and not path.exists()
+    assert claims.try_claim(path)
+    path.unlink()
+    # Alive host: claimed 7 h ago (past DEFAULT_STALE_S) but its heartbeat is fresh -> held.
+    _write_claim(path, os.getpid(), "another-host", age_s=7 * 3600, heartbeat_s=1, beat_age_s=5)
+    assert not claims.take_over_if_stale(path)
+    # The limit is configurable, and never under 3 of the holder's own intervals.
+    assert claims.take_over_if_stale(path, heartbeat_stale_s=2)  # 5 s > max(2 s, 3 x 1 s)
+    _write_claim(path, os.getpid(), "another-host", heartbeat_s=100, beat_age_s=250)
+    assert not claims.take_over_if_stale(path, heartbeat_stale_s=60)  # 250 s < 3 x 100 s
+    _write_claim(path, os.getpid(), "another-host", heartbeat_s=100, beat_age_s=310)
+    assert claims.take_over_if_stale(path, heartbeat_stale_s=60)
+
+
+def test_a_same_host_claim_is_judged_by_its_pid(tmp_path):
+    import socket
+
+    path = tmp_path / "unit.claim"
+    host = socket.gethostname()
+    _write_claim(path, _dead_pid(), host, heartbeat_s=30, beat_age_s=0)  # fresh beat, dead pid
+    assert claims.take_over_if_stale(path)
+    _write_claim(path, os.getpid(), host, heartbeat_s=30, beat_age_s=100)  # alive, beat late
+    assert not claims.take_over_if_stale(path)
+    # ... unless its heartbeat stopped long ago: the pid was reused by another process.
+    _write_claim(path, os.getpid(), host, heartbeat_s=30, beat_age_s=400)
+    assert claims.take_over_if_stale(path)
+
+
+def test_a_claim_beaten_while_being_taken_over_is_put_back(tmp_path, monkeypatch):
+    path = tmp_path / "unit.claim"
+    _write_claim(path, os.getpid(), "another-host", heartbeat_s=30, beat_age_s=400)
+    rename = os.rename
+
+    def beat_then_rename(src, dst):  # the holder's heartbeat lands between check and move
+        os.utime(src)
+        rename(src, dst)
+
+    monkeypatch.setattr(claims.os, "rename", beat_then_rename)
+    assert not claims.take_over_if_stale(path)
+    assert claims.read_holder(path).host == "another-host"
+    assert [p.name for p in tmp_path.iterdir()] == ["unit.claim"]
+
+
+def _wait_until(check, timeout_s: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return check()
+
+
+def test_the_heartbeat_refreshes_the_claim_and_stops_with_it(tmp_path):
+    path = tmp_path / "unit.claim"
+    assert claims.try_claim(path, heartbeat_s=0.05)
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    with claims.holding(path, 0.05) as heart:
+        assert _wait_until(lambda: heart.beats >= 2)
+        assert time.time() - path.stat().st_mtime < 1.0  # refreshed from an hour old
+        assert heart.is_alive() and heart.name.startswith("claim-heartbeat")
+    assert not heart.is_alive() and not heart.lost and not path.exists()
+
+    assert claims.try_claim(path, heartbeat_s=0.05)
+    with pytest.raises(RuntimeError, match="boom"), claims.holding(path, 0.05) as heart:
+        raise RuntimeError("boom")
+    assert not heart.is_alive() and not path.exists()  # stopped and released on an exception
+    with pytest.raises(ValueError, match="heartbeat_s must be > 0"):
+        claims.Heartbeat(path, 0)
+
+
+def test_a_holder_whose_claim_was_taken_over_stops_beating_it(tmp_path):
+    path = tmp_path / "unit.claim"
+    assert claims.try_claim(path, heartbeat_s=0.02)
+    with claims.holding(path, 0.02) as heart:
+        path.unlink()  # taken over: another host claims the unit
+        _write_claim(path, os.getpid(), "another-host", heartbeat_s=30, beat_age_s=100)
+        assert _wait_until(lambda: heart.lost)
+        assert time.time() - path.stat().st_mtime > 90  # the new claim was never beaten
+    assert path.exists()  # and not released by us
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +230,19 @@ def test_encode_unit_waits_for_a_live_claim_then_does_only_what_is_missing(minil
     assert len(list(Path(unit.store_root).rglob("shards/**/*.json"))) == 1
 
 
-def test_encode_unit_takes_over_a_dead_holders_claim(minilm, tmp_path):
+@pytest.mark.parametrize("where", ["this-host", "another-host"])
+def test_encode_unit_takes_over_a_dead_holders_claim(minilm, tmp_path, where):
     import socket
 
     unit = _unit(minilm, tmp_path, ["a", "b", "c"])
-    _write_claim(base.claim_path(unit), _dead_pid(), socket.gethostname())
-    assert base.run_encode_unit(unit, poll_s=0.05).n_encoded == 3
+    if where == "this-host":
+        _write_claim(base.claim_path(unit), _dead_pid(), socket.gethostname())
+    else:  # a host that died 10 minutes ago: no heartbeat since
+        _write_claim(base.claim_path(unit), 1, "dead-host", heartbeat_s=30, beat_age_s=600)
+    report = base.run_encode_unit(unit, poll_s=0.05, heartbeat_s=0.05)
+    assert report.n_encoded == 3 and report.waited_s == 0
+    assert not base.claim_path(unit).exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("claim-heartbeat")]
 
 
 def test_a_worker_with_another_model_refuses_the_unit(minilm, tmp_path):
