@@ -22,7 +22,7 @@ from mteb_midlayer.replay import store_key
 from mteb_midlayer.store import EmbeddingStore
 from mteb_midlayer.sweep import request_spec, sweep
 
-from .conftest import REPO
+from .conftest import REPO, tiny_model, tiny_tokenizer
 
 CLASSIFICATION = "TweetSentimentExtractionClassification"
 
@@ -410,3 +410,65 @@ def test_metrics_units_in_a_worker_equal_the_driver(minilm_path, data_dir, tmp_p
     assert a[key].equals(b[key].reset_index(drop=True))
     assert a["value"].to_numpy() == pytest.approx(b["value"].to_numpy(), rel=1e-6)
     assert len(list((tmp_path / "there" / "metrics").glob("*.parquet"))) == 2
+
+
+class _Recording(SerialExecutor):
+    """The serial executor, keeping the units it was given (what would go to workers)."""
+
+    def __init__(self) -> None:
+        self.units: list = []
+
+    def map(self, fn, units, *, gpu):
+        self.units += list(units)
+        return super().map(fn, units, gpu=gpu)
+
+
+def _result_files(root: Path) -> dict[str, dict]:
+    """Result path under `root/results` (model, revision, slice, task) -> its scores."""
+    return {
+        str(p.relative_to(root / "results")): json.loads(p.read_text()).get("scores")
+        for p in sorted((root / "results").rglob("*.json"))
+        if p.parent.name.startswith("dim_") and p.name != "model_meta.json"
+    }
+
+
+def test_a_relative_model_path_reaches_workers_absolute(data_dir, tmp_path, monkeypatch):
+    from mteb_midlayer.metrics.driver import layer_metrics
+
+    folder = tmp_path / "models" / "my-model"
+    tiny_model("bert", n_layers=2).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    monkeypatch.chdir(folder.parent)
+    kwargs = dict(tasks=["BIOSSES"], data_dir=data_dir, layers=[1], show_progress=False)
+    sweep_kw = dict(kwargs, dims=[32], device="cpu")
+    rel = sweep("./my-model", output="out", executor=_Recording(), **sweep_kw)
+    plan = rel.attrs["plan"]
+    assert {u.model["source"] for u in plan.encode + plan.score} == {str(folder)}
+    assert {u.resolved["source"] for u in plan.encode + plan.score} == {str(folder)}
+    assert all(Path(u.output).is_absolute() for u in plan.score)
+
+    # A worker elsewhere (another working directory, no model loaded yet) can run the units.
+    monkeypatch.chdir(tmp_path)
+    base._MODELS.clear()
+    assert base.run_encode_unit(plan.encode[0]).n_encoded == 0  # loaded, checked, all stored
+    assert base.run_score_unit(plan.score[0]).skipped
+
+    # Results are named as from the absolute path (name local/my-model, a content revision).
+    absolute = sweep(str(folder), output=tmp_path / "abs", **sweep_kw)
+    rel_files, abs_files = _result_files(folder.parent / "out"), _result_files(tmp_path / "abs")
+    assert list(rel_files) == list(abs_files) and len(rel_files) == 1
+    assert next(iter(rel_files)).startswith("local__my-model/local-")
+    assert rel_files == abs_files
+    assert rel.equals(absolute)
+    dry = sweep(str(folder), output=tmp_path / "dry", dry_run=True, **sweep_kw).attrs["plan"]
+    assert [u.key for u in dry.encode] == [u.key for u in plan.encode]  # one claim for both
+
+    # metrics: its units carry absolute model, output and data paths too
+    monkeypatch.chdir(folder.parent)
+    ex = _Recording()
+    metrics_kw = dict(metrics="dataset_entropy", n=8)
+    df = layer_metrics("my-model", output="out", executor=ex, **kwargs, **metrics_kw)
+    (unit,) = ex.units
+    assert unit.model["source"] == str(folder) and unit.output == str(folder.parent / "out/metrics")
+    assert Path(unit.data_dir).is_absolute() and not df.attrs["failures"]
+    assert set(df["model"]) == {"local/my-model"}
