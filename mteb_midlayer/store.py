@@ -745,7 +745,7 @@ class EmbeddingStore:
         """Remove crash debris that no live writer can still need; returns what was removed.
 
         Temp files are removed when their writer (pid in the name) is dead on this host, or
-        they are older than ``grace_s``; an ``.npy`` without its commit marker only when older
+        they are older than ``grace_s`` (`tempfiles.stale_reason`); an ``.npy`` without its commit marker only when older
         than ``grace_s`` (a live writer may be about to commit it).
         """
         grace = self.cleanup_grace_s if grace_s is None else grace_s

@@ -21,12 +21,27 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["DEFAULT_MAX_AGE_S", "TempName", "clean_temp_files", "parse_temp_name", "temp_path"]
+__all__ = [
+    "DEFAULT_MAX_AGE_S",
+    "OUTPUT_FOLDERS",
+    "TempName",
+    "clean_output",
+    "clean_temp_files",
+    "host_tag",
+    "parse_temp_name",
+    "pid_alive",
+    "stale_reason",
+    "temp_path",
+]
 
 logger = logging.getLogger(__name__)
 
 #: A temp file untouched this long is debris even when its writer cannot be checked.
 DEFAULT_MAX_AGE_S = 24 * 3600.0
+#: The folders of an output root that our runs write (mteb results, the store with its
+#: claims, the plan's texts, metric parquets); cleaning stays inside them, so an `--output`
+#: that holds other things (a home folder) is never walked.
+OUTPUT_FOLDERS = ("results", "store", "plan", "metrics")
 
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
 _CURRENT = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<host>.+)-(?P<pid>\d+)-(?P<tag>[0-9a-f]{8})$")
@@ -118,4 +133,12 @@ def clean_temp_files(root: Path | str, *, max_age_s: float = DEFAULT_MAX_AGE_S) 
                 continue  # gone already (another cleaner) or not ours to remove
             logger.info("Removed the stale temp file %s: %s.", path, reason)
             removed.append(path)
+    return removed
+
+
+def clean_output(output: Path | str, *, max_age_s: float = DEFAULT_MAX_AGE_S) -> list[Path]:
+    """`clean_temp_files` on each of `OUTPUT_FOLDERS` of the output root `output`."""
+    removed = []
+    for folder in OUTPUT_FOLDERS:
+        removed += clean_temp_files(Path(output) / folder, max_age_s=max_age_s)
     return removed

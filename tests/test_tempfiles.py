@@ -107,6 +107,7 @@ def _debris(out: Path, dead_pid: int) -> dict[str, Path]:
         "live": out / "results" / f".U.json.tmp-{host}-{os.getpid()}-0badf00d",
         "other_host": out / "metrics" / f".V.parquet.tmp-elsewhere-{dead_pid}-0badf00d",
         "legacy": out / "metrics" / f".tmp-{dead_pid}-W.parquet",  # an older version's, torn
+        "not_ours": out / "notes" / f".a.tmp-{host}-{dead_pid}-0badf00d",  # outside our folders
     }
     for path in files.values():
         path.parent.mkdir(parents=True, exist_ok=True)
