@@ -81,9 +81,10 @@ class ModelSpec:
     """What to load and how. `None` means "the model's own default" (resolved at load).
 
     `source`: Hub id, local folder (made absolute: `absolute_source`), or `"minilm"` (the
-    packaged all-MiniLM-L6-v2); `None` for a model object passed in directly. `revision`: Hub commit; for a local folder a label that is
-    combined with a fingerprint of its files. `pooling`: mean | cls | last | max | weightedmean |
-    mean_sqrt_len (default: the sentence-transformers Pooling module, else mean).
+    packaged all-MiniLM-L6-v2); `None` for a model object passed in directly. `revision`: Hub
+    commit; for a local folder a label that is combined with a fingerprint of its files.
+    `pooling`: mean | cls | last | max | weightedmean | mean_sqrt_len (default: the
+    sentence-transformers Pooling module, else mean).
     """
 
     source: str | None = None

@@ -9,9 +9,9 @@ On-disk layout (one directory per configuration)::
 
 A shard is visible only once its ``.json`` marker exists; the marker is written last, and every
 file is written to a hidden temp file (`tempfiles.temp_path`) in the same directory, fsynced
-and ``os.replace``d into place. A SIGKILL at any moment therefore leaves either a complete shard or debris that
-readers ignore (temp files, an ``.npy`` without its marker), which :meth:`EmbeddingStore.cleanup`
-removes once it is safe to do so.
+and ``os.replace``d into place. A SIGKILL at any moment therefore leaves either a complete
+shard or debris that readers ignore (temp files, an ``.npy`` without its marker), which
+:meth:`EmbeddingStore.cleanup` removes once it is safe to do so.
 
 Damage no atomic write produces (bytes overwritten or zeroed later, a bad ``.npy`` header, a
 marker that does not parse) is caught before any row of a shard is served: the marker carries
@@ -745,8 +745,9 @@ class EmbeddingStore:
         """Remove crash debris that no live writer can still need; returns what was removed.
 
         Temp files are removed when their writer (pid in the name) is dead on this host, or
-        they are older than ``grace_s`` (`tempfiles.stale_reason`); an ``.npy`` without its commit marker only when older
-        than ``grace_s`` (a live writer may be about to commit it).
+        they are older than ``grace_s`` (`tempfiles.stale_reason`); an ``.npy`` without its
+        commit marker only when older than ``grace_s`` (a live writer may be about to commit
+        it).
         """
         grace = self.cleanup_grace_s if grace_s is None else grace_s
         now = time.time()
