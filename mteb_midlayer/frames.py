@@ -146,7 +146,8 @@ def metrics_frame(
     for root in _roots(roots):
         folder = root / "metrics" if (root / "metrics").is_dir() else root
         for path in sorted(folder.glob("*.parquet")):
-            parts.append(pd.read_parquet(path))
+            if not path.name.startswith("."):  # a killed writer's temp file (older versions)
+                parts.append(pd.read_parquet(path))
     if not parts:
         return pd.DataFrame(columns=METRIC_COLUMNS)
     df = pd.concat(parts, ignore_index=True)

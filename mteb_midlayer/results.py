@@ -19,6 +19,8 @@ from typing import Any
 
 import mteb
 
+from .tempfiles import temp_path
+
 __all__ = [
     "AtomicResultCache",
     "identity_path",
@@ -48,7 +50,7 @@ def read_identity(result_path: Path) -> dict[str, Any] | None:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` via a fsynced temp file and a rename: all or nothing."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     with tmp.open("w", encoding="utf-8") as f:
         f.write(text)
         f.flush()
@@ -78,14 +80,15 @@ class AtomicResultCache(mteb.ResultCache):
     """An mteb `ResultCache` whose result files appear whole or not at all.
 
     mteb's `save_to_cache` is reused as is; only the path it writes the result JSON to is a
-    temp name (not `*.json`, so no reader sees it), renamed into place once written and
-    fsynced. The run identity registered for that path (`expect`) is written first.
+    temp name (`tempfiles.temp_path`: hidden, not `*.json`, so no reader sees it), renamed
+    into place once written and fsynced. The run identity registered for that path
+    (`expect`) is written first.
     """
 
     def __init__(self, path: Path | str) -> None:
         super().__init__(path)
         self._identities: dict[Path, dict[str, Any]] = {}
-        self._tmp_suffix: str | None = None
+        self._writing: tuple[Path, Path] | None = None  # (final path, its temp path)
 
     def expect(self, result_path: Path, identity: Mapping[str, Any]) -> None:
         """Record the identity to write beside `result_path` when mteb saves it."""
@@ -93,7 +96,9 @@ class AtomicResultCache(mteb.ResultCache):
 
     def get_task_result_path(self, *args: Any, **kwargs: Any) -> Path:
         path = super().get_task_result_path(*args, **kwargs)
-        return path.with_name(path.name + self._tmp_suffix) if self._tmp_suffix else path
+        if self._writing is not None and path == self._writing[0]:
+            return self._writing[1]
+        return path
 
     def save_to_cache(self, task_result: Any, model_name: Any, *args: Any, **kwargs: Any) -> None:
         final = super().get_task_result_path(task_result.task_name, model_name, *args)
@@ -103,15 +108,15 @@ class AtomicResultCache(mteb.ResultCache):
             target = identity_path(final)
             target.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(target, json.dumps(identity, indent=2, sort_keys=True))
-        self._tmp_suffix = f".tmp-{os.getpid()}"
+        tmp = temp_path(final)
+        self._writing = (final, tmp)
         try:
             super().save_to_cache(task_result, model_name, *args, **kwargs)
-            tmp = final.with_name(final.name + self._tmp_suffix)
             with tmp.open("rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, final)
         finally:
-            self._tmp_suffix = None
+            self._writing = None
 
 
 def _finite(value: Any) -> bool:

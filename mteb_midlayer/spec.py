@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,12 +21,17 @@ from .pooling import POOLINGS
 
 __all__ = [
     "DTYPE_NAMES",
+    "EMBEDDED_ALIAS",
     "ModelSpec",
     "SpecConflictError",
+    "absolute_source",
     "excludes_prompt",
     "merge_spec",
     "prompts_hash",
 ]
+
+#: The packaged model's name as a source (`"minilm"`): never read as a folder.
+EMBEDDED_ALIAS = "minilm"
 
 #: dtype spellings accepted on the command line and in the API, with their canonical name.
 DTYPE_NAMES = {
@@ -64,14 +70,28 @@ def excludes_prompt(include_prompt: bool | None, prompts: Mapping[str, str] | No
     return include_prompt is False and bool(prompts)
 
 
+def absolute_source(source: str) -> str:
+    """A local folder given relative to the working directory, made absolute (lexically, as
+    `os.path.abspath`); anything else unchanged.
+
+    A spec travels to workers whose working directory differs (Ray nodes, Slurm jobs), so it
+    must not depend on the driver's; a model's name and revision do not change with it
+    (`local/<folder name>`, a fingerprint of its files).
+    """
+    if source == EMBEDDED_ALIAS or os.path.isabs(source) or not os.path.exists(source):
+        return source
+    return os.path.abspath(source)
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What to load and how. `None` means "the model's own default" (resolved at load).
 
-    `source`: Hub id, local folder, or `"minilm"` (the packaged all-MiniLM-L6-v2); `None` for a
-    model object passed in directly. `revision`: Hub commit; for a local folder a label that is
-    combined with a fingerprint of its files. `pooling`: mean | cls | last | max | weightedmean |
-    mean_sqrt_len (default: the sentence-transformers Pooling module, else mean).
+    `source`: Hub id, local folder (made absolute: `absolute_source`), or `"minilm"` (the
+    packaged all-MiniLM-L6-v2); `None` for a model object passed in directly. `revision`: Hub
+    commit; for a local folder a label that is combined with a fingerprint of its files.
+    `pooling`: mean | cls | last | max | weightedmean | mean_sqrt_len (default: the
+    sentence-transformers Pooling module, else mean).
     `include_prompt`: pool the prompt's tokens too (`True`), or leave them out as
     sentence-transformers' `Pooling(include_prompt=False)` does (INSTRUCTOR-style models);
     default: the sentence-transformers Pooling module's setting, else True.
@@ -93,6 +113,7 @@ class ModelSpec:
             object.__setattr__(self, "source", str(self.source))
             if not self.source.strip():
                 raise ValueError("ModelSpec.source must be a Hub id or a folder, got ''.")
+            object.__setattr__(self, "source", absolute_source(self.source))
         for key in ("name", "revision", "device"):
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):

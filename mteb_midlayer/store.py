@@ -8,10 +8,10 @@ On-disk layout (one directory per configuration)::
     <root>/<key.digest()>/quarantine/...                # shards that failed their check, moved aside
 
 A shard is visible only once its ``.json`` marker exists; the marker is written last, and every
-file is written to a dot-prefixed temp file in the same directory, fsynced and ``os.replace``d
-into place. A SIGKILL at any moment therefore leaves either a complete shard or debris that
-readers ignore (temp files, an ``.npy`` without its marker), which :meth:`EmbeddingStore.cleanup`
-removes once it is safe to do so.
+file is written to a hidden temp file (`tempfiles.temp_path`) in the same directory, fsynced
+and ``os.replace``d into place. A SIGKILL at any moment therefore leaves either a complete
+shard or debris that readers ignore (temp files, an ``.npy`` without its marker), which
+:meth:`EmbeddingStore.cleanup` removes once it is safe to do so.
 
 Damage no atomic write produces (bytes overwritten or zeroed later, a bad ``.npy`` header, a
 marker that does not parse) is caught before any row of a shard is served: the marker carries
@@ -51,6 +51,9 @@ from typing import Any
 
 import numpy as np
 
+from .tempfiles import parse_temp_name, temp_path
+from .tempfiles import stale_reason as temp_stale_reason
+
 __all__ = ["EmbeddingStore", "StoreFullError", "StoreKey", "raise_if_disk_full", "text_hash"]
 
 #: Version of ``config.json`` (unchanged since the first store).
@@ -60,7 +63,6 @@ SHARD_FORMAT = 2
 _READABLE_SHARD_FORMATS = (1, 2)
 _QUARANTINE = "quarantine"
 _HASH_CHUNK = 1 << 20
-_TMP_PREFIX = ".tmp-"
 _ROW_BITS = 32
 _ROW_MASK = (1 << _ROW_BITS) - 1
 _SAFE = re.compile(r"[^A-Za-z0-9._=+-]+")
@@ -179,10 +181,6 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _host() -> str:
-    return _SAFE.sub("_", socket.gethostname())[:40] or "host"
-
-
 class StoreFullError(OSError):
     """The disk (or quota) is full: nothing more can be written until space is freed.
 
@@ -258,7 +256,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     Raises:
         StoreFullError: the disk is full (the temp file is removed; ``path`` is untouched).
     """
-    tmp = path.with_name(f"{_TMP_PREFIX}{_host()}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{path.name}")
+    tmp = temp_path(path)
     try:
         with open(tmp, "wb") as fh:
             write(fh)
@@ -294,16 +292,6 @@ def _file_sha256(path: Path) -> str:
         while chunk := fh.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
 
 
 @dataclass(frozen=True)
@@ -764,29 +752,27 @@ class EmbeddingStore:
         """Remove crash debris that no live writer can still need; returns what was removed.
 
         Temp files are removed when their writer (pid in the name) is dead on this host, or
-        they are older than ``grace_s``; an ``.npy`` without its commit marker only when older
-        than ``grace_s`` (a live writer may be about to commit it).
+        they are older than ``grace_s`` (`tempfiles.stale_reason`); an ``.npy`` without its
+        commit marker only when older than ``grace_s`` (a live writer may be about to commit
+        it).
         """
         grace = self.cleanup_grace_s if grace_s is None else grace_s
         now = time.time()
-        host = _host()
         removed = []
         quarantine = self.path / _QUARANTINE
         for d, name in list(self._iter_files(self.path)):
             path = d / name
             if d == quarantine or quarantine in d.parents:
                 continue  # kept for the user to inspect
-            try:
-                age = now - path.stat().st_mtime
-            except OSError:
-                continue
-            stale = age > grace
-            if name.startswith(_TMP_PREFIX):
-                m = re.match(rf"{re.escape(_TMP_PREFIX)}(.+)-(\d+)-[0-9a-f]{{8}}-", name)
-                if m and m.group(1) == host and not _pid_alive(int(m.group(2))):
-                    stale = True
+            if parse_temp_name(name) is not None:
+                stale = temp_stale_reason(path, max_age_s=grace, now=now) is not None
             elif d == self.path or not name.endswith(".npy") or path.with_suffix(".json").exists():
                 continue
+            else:
+                try:
+                    stale = now - path.stat().st_mtime > grace
+                except OSError:
+                    continue
             if stale:
                 try:
                     path.unlink()

@@ -41,6 +41,7 @@ from .search import resolve_search_backend, with_search_backend
 from .spec import ModelSpec, excludes_prompt, prompts_hash
 from .store import raise_if_disk_full
 from .tables import layer_results, layer_table
+from .tempfiles import clean_output
 
 logger = logging.getLogger(__name__)
 
@@ -257,6 +258,7 @@ def sweep(
     device_list = parse_devices(devices)
     if not dry_run:
         output.mkdir(parents=True, exist_ok=True)
+        clean_output(output)  # what killed writers left (never a live writer's)
     source = EmbeddingSource(
         lm,
         output / "store",

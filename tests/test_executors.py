@@ -22,7 +22,7 @@ from mteb_midlayer.replay import store_key
 from mteb_midlayer.store import EmbeddingStore
 from mteb_midlayer.sweep import request_spec, sweep
 
-from .conftest import REPO
+from .conftest import REPO, tiny_model, tiny_tokenizer
 
 CLASSIFICATION = "TweetSentimentExtractionClassification"
 
@@ -71,9 +71,22 @@ def test_process_executor_completion_order_one_thread_and_devices():
 
 
 # ------------------------------------------------------------------------------------ claims
-def _write_claim(path: Path, pid: int, host: str, age_s: float = 0.0) -> None:
+def _write_claim(
+    path: Path,
+    pid: int,
+    host: str,
+    age_s: float = 0.0,
+    heartbeat_s: float | None = None,
+    beat_age_s: float | None = None,
+) -> None:
+    """A claim as another holder writes it; `beat_age_s`: how old its last heartbeat is."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"pid": pid, "host": host, "time": time.time() - age_s}))
+    record = {"pid": pid, "host": host, "time": time.time() - age_s}
+    if heartbeat_s is not None:
+        record["heartbeat_s"] = heartbeat_s
+    path.write_text(json.dumps(record))
+    beat = time.time() - (age_s if beat_age_s is None else beat_age_s)
+    os.utime(path, (beat, beat))
 
 
 def _dead_pid() -> int:
@@ -100,6 +113,91 @@ def test_claims_are_exclusive_and_stale_ones_are_taken_over(tmp_path):
     path.write_text("")  # torn: its holder died between create and write
     assert not claims.take_over_if_stale(path, grace_s=60)
     assert claims.take_over_if_stale(path, grace_s=0)
+
+
+def test_another_hosts_claim_is_judged_by_its_heartbeat(tmp_path):
+    path = tmp_path / "c" / "unit.claim"
+    # Dead host: its last heartbeat is 6 min old -> taken over within minutes, not after 6 h.
+    _write_claim(path, os.getpid(), "another-host", age_s=400, heartbeat_s=30, beat_age_s=360)
+    assert claims.read_holder(path).heartbeat_s == 30
+    assert claims.take_over_if_stale(path) and not path.exists()
+    assert claims.try_claim(path)
+    path.unlink()
+    # Alive host: claimed 7 h ago (past DEFAULT_STALE_S) but its heartbeat is fresh -> held.
+    _write_claim(path, os.getpid(), "another-host", age_s=7 * 3600, heartbeat_s=1, beat_age_s=5)
+    assert not claims.take_over_if_stale(path)
+    # The limit is configurable, and never under 3 of the holder's own intervals.
+    assert claims.take_over_if_stale(path, heartbeat_stale_s=2)  # 5 s > max(2 s, 3 x 1 s)
+    _write_claim(path, os.getpid(), "another-host", heartbeat_s=100, beat_age_s=250)
+    assert not claims.take_over_if_stale(path, heartbeat_stale_s=60)  # 250 s < 3 x 100 s
+    _write_claim(path, os.getpid(), "another-host", heartbeat_s=100, beat_age_s=310)
+    assert claims.take_over_if_stale(path, heartbeat_stale_s=60)
+
+
+def test_a_same_host_claim_is_judged_by_its_pid(tmp_path):
+    import socket
+
+    path = tmp_path / "unit.claim"
+    host = socket.gethostname()
+    _write_claim(path, _dead_pid(), host, heartbeat_s=30, beat_age_s=0)  # fresh beat, dead pid
+    assert claims.take_over_if_stale(path)
+    _write_claim(path, os.getpid(), host, heartbeat_s=30, beat_age_s=100)  # alive, beat late
+    assert not claims.take_over_if_stale(path)
+    # ... unless its heartbeat stopped long ago: the pid was reused by another process.
+    _write_claim(path, os.getpid(), host, heartbeat_s=30, beat_age_s=400)
+    assert claims.take_over_if_stale(path)
+
+
+def test_a_claim_beaten_while_being_taken_over_is_put_back(tmp_path, monkeypatch):
+    path = tmp_path / "unit.claim"
+    _write_claim(path, os.getpid(), "another-host", heartbeat_s=30, beat_age_s=400)
+    rename = os.rename
+
+    def beat_then_rename(src, dst):  # the holder's heartbeat lands between check and move
+        os.utime(src)
+        rename(src, dst)
+
+    monkeypatch.setattr(claims.os, "rename", beat_then_rename)
+    assert not claims.take_over_if_stale(path)
+    assert claims.read_holder(path).host == "another-host"
+    assert [p.name for p in tmp_path.iterdir()] == ["unit.claim"]
+
+
+def _wait_until(check, timeout_s: float = 1.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while not check() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return check()
+
+
+def test_the_heartbeat_refreshes_the_claim_and_stops_with_it(tmp_path):
+    path = tmp_path / "unit.claim"
+    assert claims.try_claim(path, heartbeat_s=0.05)
+    old = time.time() - 3600
+    os.utime(path, (old, old))
+    with claims.holding(path, 0.05) as heart:
+        assert _wait_until(lambda: heart.beats >= 2)
+        assert time.time() - path.stat().st_mtime < 1.0  # refreshed from an hour old
+        assert heart.is_alive() and heart.name.startswith("claim-heartbeat")
+    assert not heart.is_alive() and not heart.lost and not path.exists()
+
+    assert claims.try_claim(path, heartbeat_s=0.05)
+    with pytest.raises(RuntimeError, match="boom"), claims.holding(path, 0.05) as heart:
+        raise RuntimeError("boom")
+    assert not heart.is_alive() and not path.exists()  # stopped and released on an exception
+    with pytest.raises(ValueError, match="heartbeat_s must be > 0"):
+        claims.Heartbeat(path, 0)
+
+
+def test_a_holder_whose_claim_was_taken_over_stops_beating_it(tmp_path):
+    path = tmp_path / "unit.claim"
+    assert claims.try_claim(path, heartbeat_s=0.02)
+    with claims.holding(path, 0.02) as heart:
+        path.unlink()  # taken over: another host claims the unit
+        _write_claim(path, os.getpid(), "another-host", heartbeat_s=30, beat_age_s=100)
+        assert _wait_until(lambda: heart.lost)
+        assert time.time() - path.stat().st_mtime > 90  # the new claim was never beaten
+    assert path.exists()  # and not released by us
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +230,19 @@ def test_encode_unit_waits_for_a_live_claim_then_does_only_what_is_missing(minil
     assert len(list(Path(unit.store_root).rglob("shards/**/*.json"))) == 1
 
 
-def test_encode_unit_takes_over_a_dead_holders_claim(minilm, tmp_path):
+@pytest.mark.parametrize("where", ["this-host", "another-host"])
+def test_encode_unit_takes_over_a_dead_holders_claim(minilm, tmp_path, where):
     import socket
 
     unit = _unit(minilm, tmp_path, ["a", "b", "c"])
-    _write_claim(base.claim_path(unit), _dead_pid(), socket.gethostname())
-    assert base.run_encode_unit(unit, poll_s=0.05).n_encoded == 3
+    if where == "this-host":
+        _write_claim(base.claim_path(unit), _dead_pid(), socket.gethostname())
+    else:  # a host that died 10 minutes ago: no heartbeat since
+        _write_claim(base.claim_path(unit), 1, "dead-host", heartbeat_s=30, beat_age_s=600)
+    report = base.run_encode_unit(unit, poll_s=0.05, heartbeat_s=0.05)
+    assert report.n_encoded == 3 and report.waited_s == 0
+    assert not base.claim_path(unit).exists()
+    assert not [t for t in threading.enumerate() if t.name.startswith("claim-heartbeat")]
 
 
 def test_a_worker_with_another_model_refuses_the_unit(minilm, tmp_path):
@@ -329,3 +434,65 @@ def test_workers_score_the_subsets_the_driver_planned(minilm_path, shared_data, 
     task = base._task(name, str(tmp_path / "data"), ("en",))
     assert task.hf_subsets == ["en"] and task.local_data_dir == tmp_path / "data" / name
     assert base._task(name, str(tmp_path / "data")).hf_subsets == ["en", "de"]
+
+
+class _Recording(SerialExecutor):
+    """The serial executor, keeping the units it was given (what would go to workers)."""
+
+    def __init__(self) -> None:
+        self.units: list = []
+
+    def map(self, fn, units, *, gpu):
+        self.units += list(units)
+        return super().map(fn, units, gpu=gpu)
+
+
+def _result_files(root: Path) -> dict[str, dict]:
+    """Result path under `root/results` (model, revision, slice, task) -> its scores."""
+    return {
+        str(p.relative_to(root / "results")): json.loads(p.read_text()).get("scores")
+        for p in sorted((root / "results").rglob("*.json"))
+        if p.parent.name.startswith("dim_") and p.name != "model_meta.json"
+    }
+
+
+def test_a_relative_model_path_reaches_workers_absolute(data_dir, tmp_path, monkeypatch):
+    from mteb_midlayer.metrics.driver import layer_metrics
+
+    folder = tmp_path / "models" / "my-model"
+    tiny_model("bert", n_layers=2).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    monkeypatch.chdir(folder.parent)
+    kwargs = dict(tasks=["BIOSSES"], data_dir=data_dir, layers=[1], show_progress=False)
+    sweep_kw = dict(kwargs, dims=[32], device="cpu")
+    rel = sweep("./my-model", output="out", executor=_Recording(), **sweep_kw)
+    plan = rel.attrs["plan"]
+    assert {u.model["source"] for u in plan.encode + plan.score} == {str(folder)}
+    assert {u.resolved["source"] for u in plan.encode + plan.score} == {str(folder)}
+    assert all(Path(u.output).is_absolute() for u in plan.score)
+
+    # A worker elsewhere (another working directory, no model loaded yet) can run the units.
+    monkeypatch.chdir(tmp_path)
+    base._MODELS.clear()
+    assert base.run_encode_unit(plan.encode[0]).n_encoded == 0  # loaded, checked, all stored
+    assert base.run_score_unit(plan.score[0]).skipped
+
+    # Results are named as from the absolute path (name local/my-model, a content revision).
+    absolute = sweep(str(folder), output=tmp_path / "abs", **sweep_kw)
+    rel_files, abs_files = _result_files(folder.parent / "out"), _result_files(tmp_path / "abs")
+    assert list(rel_files) == list(abs_files) and len(rel_files) == 1
+    assert next(iter(rel_files)).startswith("local__my-model/local-")
+    assert rel_files == abs_files
+    assert rel.equals(absolute)
+    dry = sweep(str(folder), output=tmp_path / "dry", dry_run=True, **sweep_kw).attrs["plan"]
+    assert [u.key for u in dry.encode] == [u.key for u in plan.encode]  # one claim for both
+
+    # metrics: its units carry absolute model, output and data paths too
+    monkeypatch.chdir(folder.parent)
+    ex = _Recording()
+    metrics_kw = dict(metrics="dataset_entropy", n=8)
+    df = layer_metrics("my-model", output="out", executor=ex, **kwargs, **metrics_kw)
+    (unit,) = ex.units
+    assert unit.model["source"] == str(folder) and unit.output == str(folder.parent / "out/metrics")
+    assert Path(unit.data_dir).is_absolute() and not df.attrs["failures"]
+    assert set(df["model"]) == {"local/my-model"}

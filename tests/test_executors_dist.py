@@ -22,6 +22,7 @@ from mteb_midlayer.executors.probe import (
     write_probe,
 )
 from mteb_midlayer.executors.slurm import SlurmTimeError, parse_slurm_time
+from mteb_midlayer.plan import write_texts
 from tests.executor_units import ToyUnit, ToyUnitError, run_toy_unit
 
 
@@ -346,6 +347,59 @@ def test_ray_two_maps_of_the_same_units_encode_each_text_once(
     assert sum(r.n_encoded for r in reports) == 183  # claimed: each shard encoded once
     shards = sorted(p.name for p in (tmp_path / "twice" / "store").rglob("*.npy"))
     assert len(shards) == 3, shards
+
+
+@pytest.mark.slow
+def test_ray_workers_elsewhere_load_a_relative_model_and_take_over_a_dead_hosts_claim(
+    ray_local, shared_data, tmp_path, monkeypatch
+):
+    """The driver names its model relative to its cwd, which the Ray workers do not share; one
+    unit's claim was left by a host that died 10 minutes ago (no heartbeat since)."""
+    import json
+    import os
+    import time
+
+    from mteb_midlayer.executors import run_encode_unit, run_score_unit
+    from mteb_midlayer.executors.base import claim_path
+    from mteb_midlayer.sweep import sweep
+    from tests.conftest import tiny_model, tiny_tokenizer
+
+    folder = tmp_path / "models" / "tiny"
+    tiny_model("bert", n_layers=2).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    data = tmp_path / "data" / "BIOSSES"
+    data.mkdir(parents=True)
+    lines = (shared_data / "BIOSSES" / "test.jsonl").read_text().splitlines()[:20]
+    (data / "test.jsonl").write_text("\n".join(lines) + "\n")
+    monkeypatch.chdir(folder.parent)
+
+    def cwd() -> str:
+        return os.getcwd()
+
+    assert ray_local.get(ray_local.remote(cwd).remote()) != os.getcwd()
+    out = tmp_path / "out"
+    executor = make_executor("ray", roots=[out])
+    kwargs = dict(tasks=["BIOSSES"], data_dir=data.parent, layers="1,2", show_progress=False)
+    table = sweep("tiny", output=out, shard_size=16, dry_run=True, **kwargs)
+    plan = table.attrs["plan"]
+    for unit in plan.encode:
+        (texts,) = plan.texts[unit.task]
+        write_texts(Path(unit.texts_file), texts)
+    dead = claim_path(plan.encode[0])
+    dead.parent.mkdir(parents=True)
+    dead.write_text(json.dumps({"pid": 1, "host": "dead-host", "time": 0, "heartbeat_s": 30}))
+    os.utime(dead, (time.time() - 600, time.time() - 600))
+
+    encoded = [r for _, r in executor.map(run_encode_unit, plan.encode, gpu=True)]
+    assert not [r for r in encoded if isinstance(r, BaseException)], encoded
+    assert sum(r.n_encoded for r in encoded) == len(texts.texts) and len(encoded) > 1
+    assert max(r.waited_s for r in encoded) == 0  # the dead host's claim was taken over at once
+    assert not list(dead.parent.iterdir())  # every claim released
+    scored = [r for _, r in executor.map(run_score_unit, plan.score, gpu=False)]
+    assert not [r for r in scored if isinstance(r, BaseException)], scored
+    assert {Path(f).parts[:2] for f in result_files(out / "results")} == {
+        ("local__tiny", plan.encode[0].resolved["revision"])
+    }
 
 
 @pytest.mark.slow

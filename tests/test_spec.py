@@ -87,3 +87,17 @@ def test_cls_pooling_on_a_decoder_is_warned(caplog):
     with caplog.at_level("WARNING", logger="mteb_midlayer.model"):
         LayerEncoder(lm, pooling="mean")
     assert not caplog.text
+
+
+def test_a_relative_local_source_is_made_absolute(tmp_path, monkeypatch):
+    (tmp_path / "my-model").mkdir()
+    (tmp_path / "minilm").mkdir()  # a folder named like the packaged model's alias
+    monkeypatch.chdir(tmp_path)
+    want = str(tmp_path / "my-model")
+    for given in ("my-model", "./my-model", "sub/../my-model", want):
+        (tmp_path / "sub").mkdir(exist_ok=True)
+        assert ModelSpec(source=given).source == want
+    assert ModelSpec(source="minilm").source == "minilm"  # the alias, never the folder
+    assert ModelSpec(source="org/not-here").source == "org/not-here"  # a Hub id
+    assert ModelSpec.from_dict(ModelSpec(source="my-model").to_dict()).source == want
+    assert merge_spec(ModelSpec(source=want), source="./my-model").source == want  # no conflict

@@ -19,6 +19,7 @@ import pytest
 
 import mteb_midlayer
 from mteb_midlayer.store import EmbeddingStore, StoreKey, text_hash
+from mteb_midlayer.tempfiles import parse_temp_name
 
 REPO = Path(mteb_midlayer.__file__).resolve().parent.parent
 KEY = StoreKey(
@@ -239,6 +240,10 @@ def test_inconsistent_hidden_size_across_shards_is_an_error(tmp_path):
 # ---------------------------------------------------------------- crash safety
 
 
+def _is_temp(name: str) -> bool:
+    return parse_temp_name(name) is not None
+
+
 def _shard_files(store: EmbeddingStore) -> list[Path]:
     return sorted(p for p in store.shards_dir.rglob("*") if p.is_file())
 
@@ -292,15 +297,15 @@ def test_crash_debris_is_ignored_and_complete_shards_still_read(tmp_path):
 
 
 def test_cleanup_removes_temp_files_of_dead_local_writers_at_once(tmp_path):
-    from mteb_midlayer.store import _host
+    from mteb_midlayer.tempfiles import host_tag
 
     store = EmbeddingStore(tmp_path, KEY)
     store.write("t", ["a"], _emb(1, 1), [0])
     cmd = [sys.executable, "-c", "import os; print(os.getpid())"]
     dead = int(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     d = store.shards_dir / "t"
-    dead_tmp = d / f".tmp-{_host()}-{dead}-0badf00d-x.npy"
-    live_tmp = d / f".tmp-{_host()}-{os.getpid()}-0badf00d-y.npy"
+    dead_tmp = d / f".x.npy.tmp-{host_tag()}-{dead}-0badf00d"
+    live_tmp = d / f".y.npy.tmp-{host_tag()}-{os.getpid()}-0badf00d"
     dead_tmp.write_bytes(b"x")
     live_tmp.write_bytes(b"y")
     assert store.cleanup() == [dead_tmp]
@@ -433,7 +438,7 @@ def test_sigkill_inside_a_write_is_invisible(tmp_path, mode):
     texts, _ = _child_batch(2)
     assert store.missing(texts, [0]) == list(range(32))
     leftovers = {p.name for p in _shard_files(store)}
-    assert not any(name.startswith(".tmp-") for name in leftovers)
+    assert not any(_is_temp(name) for name in leftovers)
     assert len([n for n in leftovers if n.endswith(".json")]) == 2
     assert len([n for n in leftovers if n.endswith(".npy")]) == (3 if mode == "commit" else 2)
     assert _check_after_kill(tmp_path, 4) == 2
@@ -445,7 +450,7 @@ def test_concurrent_writers_of_one_config_do_not_clash(tmp_path):
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     store = EmbeddingStore(tmp_path / "store", KEY)
     assert len(list(store.shards_dir.rglob("*.json"))) == 8
-    assert not any(p.name.startswith(".tmp-") for p in _shard_files(store))
+    assert not any(_is_temp(p.name) for p in _shard_files(store))
     assert len(store) == 4 * 32
     for b in range(4):
         texts, emb = _child_batch(b)
@@ -647,7 +652,7 @@ def test_disk_full_raises_store_full_error_and_keeps_what_was_written(tmp_path, 
         store.write("t", ["lost"], _emb(1, 1), [0])
     monkeypatch.setattr(np.lib.format, "write_array", real)
     assert isinstance(StoreFullError(tmp_path), OSError)
-    assert not [p for p in _shard_files(store) if p.name.startswith(".tmp-")]
+    assert not [p for p in _shard_files(store) if _is_temp(p.name)]
     fresh = EmbeddingStore(tmp_path, KEY)
     assert fresh.missing(["kept", "lost"], [0]) == [1]
 
@@ -693,7 +698,7 @@ def test_a_real_full_disk(tiny_tmpfs):
     with pytest.raises(StoreFullError, match="disk full") as info:
         store.write("t", _texts("b", 2000), _emb(1, 2000), [0])  # 128 KB > 64 KiB
     assert info.value.free_bytes is not None and info.value.free_bytes < 64 * 1024
-    assert not [p for p in _shard_files(store) if p.name.startswith(".tmp-")]
+    assert not [p for p in _shard_files(store) if _is_temp(p.name)]
     np.testing.assert_array_equal(
         EmbeddingStore(tiny_tmpfs, KEY).read(_texts("s", 10), 0), small[0]
     )

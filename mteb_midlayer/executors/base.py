@@ -240,13 +240,20 @@ def claim_path(unit: EncodeUnit) -> Path:
 
 @_disk_full_crosses_processes
 def run_encode_unit(
-    unit: EncodeUnit, *, stale_s: float = claims.DEFAULT_STALE_S, poll_s: float = CLAIM_POLL_S
+    unit: EncodeUnit,
+    *,
+    stale_s: float = claims.DEFAULT_STALE_S,
+    poll_s: float = CLAIM_POLL_S,
+    heartbeat_s: float = claims.DEFAULT_HEARTBEAT_S,
+    heartbeat_stale_s: float = claims.DEFAULT_HEARTBEAT_STALE_S,
 ) -> EncodeReport:
     """Put the unit's texts (every layer) into the store, unless they are there already.
 
-    The unit is claimed first; while another live holder has it, wait and look again (it
-    either writes the texts, so there is nothing left to do, or dies and its claim is taken
-    over). Returns how many texts this call ran through the network.
+    The unit is claimed first, and its claim beaten every `heartbeat_s` while held; while
+    another live holder has it, wait and look again (it either writes the texts, so there is
+    nothing left to do, or dies and its claim is taken over: at once on this host, after
+    `heartbeat_stale_s` without heartbeat from another). Returns how many texts this call ran
+    through the network.
     """
     from ..replay import EmbeddingSource
 
@@ -277,16 +284,16 @@ def run_encode_unit(
     while True:
         if complete():
             break
-        if claims.try_claim(path):
-            try:
+        if claims.try_claim(path, heartbeat_s):
+            with claims.holding(path, heartbeat_s) as heart:
                 for store in stores:
                     store.refresh()
                 namespace = (unit.task, unit.prompt_type or "none")
                 source.fill(texts, unit.prompt_type, namespace, unit.prompt)
-            finally:
-                claims.release(path)
+            if heart.lost:  # harmless: shards are write-once, a text is read once
+                logger.warning("The claim %s was taken over while held: encoded twice.", path)
             break
-        if claims.take_over_if_stale(path, stale_s):
+        if claims.take_over_if_stale(path, stale_s, heartbeat_stale_s=heartbeat_stale_s):
             logger.warning("Took over the stale claim %s.", path)
             continue
         time.sleep(poll_s)

@@ -30,6 +30,7 @@ from ..model import LayerModel, warn_constant_pooling
 from ..pooling import check_pooling
 from ..results import task_fingerprint
 from ..spec import ModelSpec
+from ..tempfiles import clean_temp_files, temp_path
 from . import functional as F
 from .augment import augment_views
 from .corpus import Corpus, read_corpus
@@ -237,7 +238,7 @@ def compute_rows(
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    tmp = temp_path(path)
     df.to_parquet(tmp, index=False)
     os.replace(tmp, path)
 
@@ -315,6 +316,9 @@ def layer_metrics(
     pooling = check_pooling(pooling or (spec and spec.pooling) or lm.default_pooling)
     warn_constant_pooling(lm, pooling)
     layer_list = resolve_layers(layers, lm.n_layers)
+    if executor is not None:  # a worker elsewhere would resolve a relative path from its own cwd
+        output = Path(output).absolute()
+        data_dir = Path(data_dir).absolute() if data_dir else None
     failures: dict[str, str] = {}
     # A corpus stands in for a task (`task_texts` reads it); tasks too only if asked for.
     task_objects: list[Any] = [corpus] if corpus is not None else []
@@ -324,6 +328,7 @@ def layer_metrics(
         raise NotADirectoryError(f"--output {output} is a file; name a folder for the results.")
     out_dir = Path(output) / "metrics"
     out_dir.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(out_dir)  # what killed writers left (never a live writer's)
     settings = {
         "model": lm.name,
         "revision": lm.revision,
