@@ -171,7 +171,7 @@ def _counted(lm: LayerModel) -> list[int]:
     return calls
 
 
-def _one_pass_lm(which: str, minilm_path: str) -> LayerModel:
+def _one_pass_lm(which: str, minilm_path: str | None = None) -> LayerModel:
     if which == "minilm":
         return LayerModel.load(minilm_path, device="cpu")
     return LayerModel.load(tiny_model(which), tiny_tokenizer(), name=f"tiny/{which}", device="cpu")
@@ -210,7 +210,7 @@ def test_both_final_norms_from_one_pass_equal_single_setting_runs(which, minilm_
 
 
 def test_only_a_missing_final_norm_is_computed(tmp_path):
-    lm = _one_pass_lm("gpt_neox", "")
+    lm = _one_pass_lm("gpt_neox")
     calls = _counted(lm)
     out = tmp_path / "out"
     metrics = "dataset_entropy,prompt_entropy,curvature,infonce"
@@ -234,7 +234,7 @@ def test_only_a_missing_final_norm_is_computed(tmp_path):
 def test_metrics_units_compute_both_final_norms_in_one_pass(shared_data, tmp_path):
     from mteb_midlayer.executors.local import SerialExecutor
 
-    lm = _one_pass_lm("llama", "")
+    lm = _one_pass_lm("llama")
     calls = _counted(lm)
     options = dict(
         tasks=["BIOSSES"], data_dir=shared_data, n=12, n_views=2, batch_size=4, layers=[0, 2, 4],
@@ -250,6 +250,10 @@ def test_metrics_units_compute_both_final_norms_in_one_pass(shared_data, tmp_pat
         units, pd.concat([here, here_every], ignore_index=True), atol=1e-6, rtol=0
     )
     assert set(units["final_norm"]) == {"last", "every"}
+    names = {p.name for p in (tmp_path / "units" / "metrics").iterdir()}
+    assert names == {
+        p.name for d in ("last", "every") for p in (tmp_path / d / "metrics").iterdir()
+    }
 
 
 def test_timer_counts_a_nested_phase_apart_from_the_enclosing_one():
