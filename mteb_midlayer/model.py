@@ -38,8 +38,8 @@ logger = logging.getLogger(__name__)
 
 #: Called inside the capture as `score(layer, final_norm, tokens)` with one `(T_i, D)` float32
 #: tensor of real-token states per text of the batch; what it returns is kept in
-#: `Batch.token_scores[(layer, final_norm)]` and the token states are free to go. It must have no
-#: side effects: a batch that runs out of memory is run again, smaller.
+#: `Batch.token_scores[(layer, final_norm)]` and the token states are free to go. Keep results
+#: only in what it returns (timing itself is fine): a batch that runs out of memory is run again.
 TokenScorer = Callable[[int, str, list[torch.Tensor]], Any]
 
 #: Model types whose default max length is capped at 512 (METRICS.md sampling defaults);
