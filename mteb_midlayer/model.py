@@ -13,7 +13,7 @@ import hashlib
 import inspect
 import logging
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +42,12 @@ from .spec import (
 )
 
 logger = logging.getLogger(__name__)
+
+#: Called inside the capture as `score(layer, final_norm, tokens)` with one `(T_i, D)` float32
+#: tensor of real-token states per text of the batch; what it returns is kept in
+#: `Batch.token_scores[(layer, final_norm)]` and the token states are free to go. Keep results
+#: only in what it returns (timing itself is fine): a batch that runs out of memory is run again.
+TokenScorer = Callable[[int, str, list[torch.Tensor]], Any]
 
 #: Model types whose default max length is capped at 512 (METRICS.md sampling defaults);
 #: everything else is treated as a decoder / SSM and capped at 2048.
@@ -150,6 +156,8 @@ class Batch:
     tokens: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     #: `{final_norm: {layer: (B, D)}}` for every requested final norm (`pooled` is the first).
     by_final_norm: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
+    #: `{(layer, final_norm): score_tokens(...)}` when `iter_batches` was given a scorer.
+    token_scores: dict[tuple[int, str], Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -460,6 +468,7 @@ class LayerModel:
         final_norms: Sequence[str] = ("last",),
         check_finite: bool = True,
         prompts: str | Sequence[str] | None = None,
+        score_tokens: TokenScorer | None = None,
     ) -> Iterator[Batch]:
         """Run the network once per batch of similar-length texts, longest first.
 
@@ -468,6 +477,9 @@ class LayerModel:
         `token_layers`, also the real-token states (for token-level metrics).
         `max_tokens_per_batch`: batches by a budget of padded tokens instead of `batch_size`.
         `final_norms`: `Batch.pooled` holds the first, `Batch.by_final_norm` all (one pass).
+        `score_tokens`: instead of keeping the token states (first final norm only), score them
+        for every `(token layer, final norm)` inside that layer's capture (`Batch.token_scores`),
+        so at most one layer's token states under one setting exist beyond the forward pass's own.
         `check_finite`: a NaN/inf vector raises `NonFiniteError` naming layer and text.
         `prompts`: the prompt each text starts with (one string for all, or one per text);
         with `include_prompt` False its tokens are left out of every pooled vector.
@@ -498,6 +510,7 @@ class LayerModel:
                         token_layers,
                         norms,
                         accepted,
+                        score_tokens,
                     )
                 except Exception as error:
                     if not is_out_of_memory(error) or len(chunk) == 1:
@@ -526,9 +539,10 @@ class LayerModel:
         token_layers: Sequence[int],
         norms: tuple[str, ...],
         accepted: set[str],
+        score_tokens: TokenScorer | None = None,
     ) -> Batch:
-        """One forward pass; each layer pooled (and its real tokens cut out) as it is captured.
-        `skip`: per row, the prompt tokens pooling leaves out."""
+        """One forward pass; each layer pooled (and its real tokens cut out or scored) as it is
+        captured. `skip`: per row, the prompt tokens pooling leaves out."""
         inputs = self._collate(rows, accepted)
         mask = inputs["attention_mask"]
         keep = mask.bool()
@@ -538,9 +552,11 @@ class LayerModel:
         def reduce(layer: int, setting: str, state: torch.Tensor):
             pooled = pool(state, mask, pooling, prompt_lengths) if layer in pool_set else None
             tokens = None
-            if layer in token_set and setting == norms[0]:
+            if layer in token_set and (score_tokens is not None or setting == norms[0]):
                 hidden = state.float()
                 tokens = [hidden[row][keep[row]] for row in range(len(rows))]
+                if score_tokens is not None:
+                    tokens = score_tokens(layer, setting, tokens)
             return pooled, tokens
 
         captured = capture_layers(
@@ -549,7 +565,10 @@ class LayerModel:
         by_norm = {s: {layer: captured[(layer, s)][0] for layer in layers} for s in norms}
         batch = Batch(indices=chunk, pooled=by_norm[norms[0]], by_final_norm=by_norm)
         for layer in token_layers:
-            batch.tokens[layer] = captured[(layer, norms[0])][1]
+            if score_tokens is None:
+                batch.tokens[layer] = captured[(layer, norms[0])][1]
+            else:
+                batch.token_scores.update({(layer, s): captured[(layer, s)][1] for s in norms})
         return batch
 
     def _backed_off(self, batch_size: int, max_tokens: int | None) -> tuple[int, int | None]:

@@ -146,7 +146,10 @@ def test_sweep_last_and_every_in_one_pass_equal_two_single_runs(tmp_path):
     assert again.attrs["n_encoded"] == 0
 
 
-def test_every_on_bert_is_a_noted_no_op_filed_as_its_own_slice(tmp_path, caplog):
+def test_every_on_bert_is_a_noted_no_op_filed_as_its_own_slice(tmp_path, caplog, monkeypatch):
+    from mteb_midlayer import layers
+
+    monkeypatch.setattr(layers, "_NO_NORM_NOTED", set())  # noted once per process: not yet
     lm = _tiny_lm("bert")
     with caplog.at_level(logging.WARNING, logger="mteb_midlayer.layers"):
         every = LayerEncoder(lm, layer=2, final_norm="every").embed(TEXTS)

@@ -171,6 +171,38 @@ def test_token_states_with_pooling_inside_capture():
         torch.testing.assert_close(batch.tokens[2][row].mean(0), batch.pooled[2][row])
 
 
+def test_score_tokens_scores_every_final_norm_inside_the_capture_and_keeps_no_states():
+    lm = _lm("llama", n_layers=3)
+    texts = ["abc", "hello there", "a longer text of several words"]
+    seen: list[tuple[int, str]] = []
+
+    def score(layer, setting, tokens):
+        seen.append((layer, setting))
+        return [t.sum(0) for t in tokens]
+
+    (batch,) = lm.iter_batches(
+        texts, [1, 3], "mean", token_layers=[1, 3], final_norms=("last", "every"),
+        score_tokens=score,
+    )  # fmt: skip
+    assert batch.tokens == {} and sorted(seen) == sorted(batch.token_scores)
+    assert sorted(batch.token_scores) == [(1, "every"), (1, "last"), (3, "every"), (3, "last")]
+    for setting in ("last", "every"):
+        (alone,) = lm.iter_batches(
+            texts, [1, 3], "mean", token_layers=[1, 3], final_norms=(setting,)
+        )
+        assert alone.indices == batch.indices
+        for layer in (1, 3):
+            want = torch.stack([t.sum(0) for t in alone.tokens[layer]])
+            got = torch.stack(batch.token_scores[(layer, setting)])
+            torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # the normed states differ inside the model and agree at L
+    last, every = (torch.stack(batch.token_scores[(1, s)]) for s in ("last", "every"))
+    assert not torch.allclose(last, every, atol=1e-3)
+    torch.testing.assert_close(
+        torch.stack(batch.token_scores[(3, "last")]), torch.stack(batch.token_scores[(3, "every")])
+    )
+
+
 def test_dtype_default(monkeypatch):
     assert resolve_dtype(None, "cpu") == torch.float32
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)

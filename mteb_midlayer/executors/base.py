@@ -361,25 +361,19 @@ def run_score_unit(unit: ScoreUnit) -> ScoreReport:
 def run_metrics_unit(unit: MetricsUnit) -> Any:
     """The metric rows of one task (a `DataFrame`, also written to `unit.output`); read back
     when its file exists with the same settings. `df.attrs["timings"]`: seconds per phase."""
-    import pandas as pd
-
     from ..metrics.driver import Timer, _task_metrics
 
     lm = _load_model(unit)
     task = _task(unit.task, unit.data_dir, unit.hf_subsets)
     timer = Timer(lm.device)
     try:
-        parts = [
-            _task_metrics(
-                lm, task, dict(unit.settings), Path(unit.output), list(unit.metrics),
-                list(unit.layers), unit.pooling, timer, n=unit.n, seed=unit.seed,
-                alpha=unit.alpha, n_views=unit.n_views, batch_size=unit.batch_size,
-                overwrite=unit.overwrite, show_progress=False, final_norm=norm,
-                max_tokens_per_batch=unit.max_tokens_per_batch,
-            )
-            for norm in unit.final_norms
-        ]  # fmt: skip
-        df = pd.concat(parts, ignore_index=True)
+        df = _task_metrics(
+            lm, task, dict(unit.settings), Path(unit.output), list(unit.metrics),
+            list(unit.layers), unit.pooling, timer, n=unit.n, seed=unit.seed,
+            alpha=unit.alpha, n_views=unit.n_views, batch_size=unit.batch_size,
+            overwrite=unit.overwrite, show_progress=False, final_norms=unit.final_norms,
+            max_tokens_per_batch=unit.max_tokens_per_batch,
+        )  # fmt: skip
     finally:
         if task.data_loaded:
             task.unload_data()

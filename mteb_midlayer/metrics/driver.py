@@ -1,10 +1,12 @@
 """The metrics driver: every unsupervised metric for every layer, from the fewest passes.
 
 Per task: sample N texts (`sampling`), run the model once over them, pooling every layer and,
-in the same pass, scoring the token-level metrics (prompt entropy, curvature) batch by batch so
-token states are never all held at once; then once per augmented view (InfoNCE and DiME use
-views 0 and 1, LiDAR all `n_views`). The maths is `functional`; this module only moves tensors
-and writes tidy rows to `DIR/metrics/*.parquet` (`pd.read_parquet(DIR / "metrics")` reads all).
+in the same pass, scoring the token-level metrics (prompt entropy, curvature) inside each layer's
+capture so token states never outlive it; then once per augmented view (InfoNCE and DiME use
+views 0 and 1, LiDAR all `n_views`). Each pass serves every requested `final_norm` at once.
+The maths is `functional`; this module only moves tensors and writes tidy rows to
+`DIR/metrics/*.parquet` (`pd.read_parquet(DIR / "metrics")` reads all), one file per task and
+final norm.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import logging
 import os
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,7 @@ from tqdm.auto import tqdm
 from ..batching import check_batch_limits
 from ..frames import METRIC_COLUMNS
 from ..layers import check_final_norms, resolve_layers
-from ..model import LayerModel, warn_constant_pooling
+from ..model import LayerModel, TokenScorer, warn_constant_pooling
 from ..pooling import check_pooling
 from ..results import task_fingerprint
 from ..spec import ModelSpec
@@ -81,25 +85,80 @@ def _sync(device: torch.device) -> None:
 
 
 class Timer:
-    """Wall-clock seconds per named phase (device-synchronised), for the cost benchmark."""
+    """Wall-clock seconds per named phase (device-synchronised), for the cost benchmark.
+
+    A phase opened inside another pauses it: the token metrics, scored inside the forward pass,
+    count as themselves, not as encoding.
+    """
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.seconds: dict[str, float] = defaultdict(float)
+        self._open: list[list[Any]] = []  # [name, start of its running stretch]
 
-    def __call__(self, name: str):
-        timer = self
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        _sync(self.device)
+        now = time.perf_counter()
+        if self._open:
+            outer = self._open[-1]
+            self.seconds[outer[0]] += now - outer[1]
+        self._open.append([name, now])
+        try:
+            yield
+        finally:
+            _sync(self.device)
+            now = time.perf_counter()
+            _, start = self._open.pop()
+            self.seconds[name] += now - start
+            if self._open:
+                self._open[-1][1] = now
 
-        class _Phase:
-            def __enter__(self):
-                _sync(timer.device)
-                self.start = time.perf_counter()
 
-            def __exit__(self, *exc):
-                _sync(timer.device)
-                timer.seconds[name] += time.perf_counter() - self.start
+@dataclass
+class Encoded:
+    """One final norm's share of a pass: pooled states and per-text token metrics per layer."""
 
-        return _Phase()
+    #: `(n_layers, N, D)` on the device.
+    pooled: torch.Tensor
+    #: `{(metric, layer): {variant: (N,) float64}}`, NaN where a text has no value.
+    per_text: dict[tuple[str, int], dict[str, torch.Tensor]]
+
+
+def _empty_per_text(
+    token_metrics: Sequence[str], layers: Sequence[int], n: int, device: torch.device
+) -> dict[tuple[str, int], dict[str, torch.Tensor]]:
+    nan = torch.full((n,), float("nan"), dtype=torch.float64, device=device)
+    slots: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    for layer in layers:
+        if "prompt_entropy" in token_metrics:
+            slots[("prompt_entropy", layer)] = {"normalized": nan.clone(), "raw": nan.clone()}
+        for name in [m for m in _PER_TEXT if m in token_metrics]:
+            slots[(name, layer)] = {"value": nan.clone()}
+    return slots
+
+
+def token_scorer(
+    token_metrics: Sequence[str], alpha: float, timer: Timer, device: torch.device
+) -> TokenScorer:
+    """The per-text token metrics of one batch's token states, `{metric: {variant: (B,)}}`.
+
+    Run by `LayerModel.iter_batches` inside each layer's capture, once per final norm, so a
+    layer's token states (normed ones under `every`) are scored and dropped before the next.
+    """
+
+    def score(_layer: int, _setting: str, tokens: list[torch.Tensor]) -> dict[str, Any]:
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        if "prompt_entropy" in token_metrics:
+            with timer("prompt_entropy"), linalg_threads(device):
+                pe = F.prompt_entropy_per_text(tokens, alpha=alpha)
+            out["prompt_entropy"] = {"normalized": pe.normalized, "raw": pe.raw}
+        for name in [m for m in _PER_TEXT if m in token_metrics]:
+            with timer(name):
+                out[name] = {"value": _PER_TEXT[name](tokens).values}
+        return out
+
+    return score
 
 
 def encode_texts(
@@ -114,25 +173,26 @@ def encode_texts(
     timer: Timer | None = None,
     desc: str = "Encoding",
     show_progress: bool = False,
-    final_norm: str = "last",
+    final_norms: Sequence[str] | str = ("last",),
     max_tokens_per_batch: int | None = None,
-) -> tuple[torch.Tensor, dict[tuple[str, int], Any]]:
-    """Pooled states `(n_layers, N, D)` on the device, plus per-text token metrics per layer.
+) -> dict[str, Encoded]:
+    """`{final_norm: Encoded}` for every setting in `final_norms`, from one pass over `texts`.
 
-    Token-level metrics are computed batch by batch inside the same forward pass, on the same
-    states as the pooled ones (under `final_norm="every"`, the normed states).
+    Token-level metrics are scored inside each layer's capture (`token_scorer`), on the same
+    states as the pooled ones (under `final_norm="every"`, the normed states), so no token
+    states are kept: the device holds one `(n_layers, N, D)` pooled tensor per setting.
     """
     timer = timer or Timer(lm.device)
-    pooled = torch.empty((len(layers), len(texts), lm.hidden_size), device=lm.device)
-    per_text: dict[tuple[str, int], dict[str, torch.Tensor]] = {}
+    norms = check_final_norms(final_norms)
     n = len(texts)
-    for layer in layers:
-        if "prompt_entropy" in token_metrics:
-            nan = torch.full((n,), float("nan"), dtype=torch.float64, device=lm.device)
-            per_text[("prompt_entropy", layer)] = {"normalized": nan.clone(), "raw": nan.clone()}
-        for name in [m for m in _PER_TEXT if m in token_metrics]:
-            nan = torch.full((n,), float("nan"), dtype=torch.float64, device=lm.device)
-            per_text[(name, layer)] = {"value": nan}
+    out = {
+        norm: Encoded(
+            pooled=torch.empty((len(layers), n, lm.hidden_size), device=lm.device),
+            per_text=_empty_per_text(token_metrics, layers, n, lm.device),
+        )
+        for norm in norms
+    }
+    scorer = token_scorer(token_metrics, alpha, timer, lm.device) if token_metrics else None
     batches = lm.iter_batches(
         texts,
         layers,
@@ -141,8 +201,9 @@ def encode_texts(
         token_layers=layers if token_metrics else (),
         show_progress=show_progress,
         desc=desc,
-        final_norms=(final_norm,),
+        final_norms=norms,
         max_tokens_per_batch=max_tokens_per_batch,
+        score_tokens=scorer,
     )
     while True:
         with timer("encode"):
@@ -150,20 +211,14 @@ def encode_texts(
         if batch is None:
             break
         index = torch.tensor(batch.indices, device=lm.device)
-        for i, layer in enumerate(layers):
-            pooled[i, index] = batch.pooled[layer]
-        for layer, tokens in batch.tokens.items():
-            if "prompt_entropy" in token_metrics:
-                with timer("prompt_entropy"), linalg_threads(lm.device):
-                    pe = F.prompt_entropy_per_text(tokens, alpha=alpha)
-                    slot = per_text[("prompt_entropy", layer)]
-                    slot["normalized"][index] = pe.normalized
-                    slot["raw"][index] = pe.raw
-            for name in [m for m in _PER_TEXT if m in token_metrics]:
-                with timer(name):
-                    cv = _PER_TEXT[name](tokens)
-                    per_text[(name, layer)]["value"][index] = cv.values
-    return pooled, per_text
+        for norm, encoded in out.items():
+            for i, layer in enumerate(layers):
+                encoded.pooled[i, index] = batch.by_final_norm[norm][layer]
+        for (layer, norm), scores in batch.token_scores.items():
+            for name, variants in scores.items():
+                for variant, values in variants.items():
+                    out[norm].per_text[(name, layer)][variant][index] = values
+    return out
 
 
 def _mean_valid(values: torch.Tensor) -> tuple[float, int]:
@@ -277,7 +332,9 @@ def layer_metrics(
     """Compute the layer metrics of `model` on each task; write and return tidy rows.
 
     `final_norm`: "last", "every" or both; each setting's rows carry it in `final_norm` (and
-    its own file). `max_tokens_per_batch`: batch by padded tokens (changes no value).
+    its own file). Both come from one pass per text and view (see `_task_metrics` for the
+    memory this takes); a setting whose file exists is read back and only the missing ones are
+    computed. `max_tokens_per_batch`: batch by padded tokens (changes no value).
     `executor` (an `executors.base.Executor`, e.g. `ProcessExecutor(devices=["cuda:0",
     "cuda:1"])`) runs one metrics unit per task there (the model is loaded from its spec in
     each worker); a `--texts` corpus is computed here.
@@ -356,16 +413,12 @@ def layer_metrics(
     for task in tqdm(task_objects, desc="Metrics", unit="task", disable=not show_progress):
         task_name = _dataset_name(task)
         try:
-            parts = [
-                _task_metrics(
-                    lm, task, settings, out_dir, chosen, layer_list, pooling, timer,
-                    n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
-                    overwrite=overwrite, show_progress=show_progress, final_norm=norm,
-                    max_tokens_per_batch=max_tokens_per_batch,
-                )
-                for norm in final_norms
-            ]  # fmt: skip
-            df = pd.concat(parts, ignore_index=True)
+            df = _task_metrics(
+                lm, task, settings, out_dir, chosen, layer_list, pooling, timer,
+                n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
+                overwrite=overwrite, show_progress=show_progress, final_norms=final_norms,
+                max_tokens_per_batch=max_tokens_per_batch,
+            )  # fmt: skip
         except KeyboardInterrupt:
             raise
         except Exception as exc:
@@ -458,64 +511,129 @@ def _task_metrics(
     batch_size: int,
     overwrite: bool,
     show_progress: bool,
-    final_norm: str = "last",
+    final_norms: Sequence[str] | str = ("last",),
     max_tokens_per_batch: int | None = None,
 ) -> pd.DataFrame:
-    """One task's rows under one final norm: read back if its file (same settings and data) is
-    whole, else computed and written atomically. ("last" is left out of the file's key, so
-    files written before the option are still read back.)"""
+    """One task's rows under each final norm, in the order given.
+
+    Each setting has its own file (named by the settings, task data and final norm; "last" is
+    left out of the key, so files written before the option are still read back). A whole file
+    is read back; the missing settings are computed together, one pass per text and per view
+    (`_compute_settings`), and each written atomically.
+    """
+    norms = check_final_norms(final_norms)
     task_name = _dataset_name(task)
     data = f"corpus-{task.digest}" if isinstance(task, Corpus) else task_fingerprint(task)
     keyed = {**settings, "data": data}
+    paths = {norm: _metrics_path(out_dir, lm.name, task_name, keyed, norm) for norm in norms}
+    parts: dict[str, pd.DataFrame] = {}
+    if not overwrite:
+        done = {norm: _read_back(paths[norm], norm) for norm in norms}
+        parts = {norm: df for norm, df in done.items() if df is not None}
+    missing = tuple(norm for norm in norms if norm not in parts)
+    if missing:
+        texts = sample_texts(task_texts(task), n, seed)
+        rows = _compute_settings(
+            lm, texts, chosen, layer_list, pooling, timer, task_name=task_name, seed=seed,
+            alpha=alpha, n_views=n_views, batch_size=batch_size, show_progress=show_progress,
+            final_norms=missing, max_tokens_per_batch=max_tokens_per_batch,
+        )  # fmt: skip
+        for norm in missing:
+            df = _rows_frame(rows[norm], lm, task_name, pooling, alpha, seed, norm)
+            _atomic_parquet(df, paths[norm])
+            parts[norm] = df
+    return pd.concat([parts[norm] for norm in norms], ignore_index=True)
+
+
+def _metrics_path(
+    out_dir: Path, model: str, task_name: str, keyed: dict[str, Any], final_norm: str
+) -> Path:
+    """The file of one task's rows under one final norm."""
     if final_norm != "last":
-        keyed["final_norm"] = final_norm
+        keyed = {**keyed, "final_norm": final_norm}
     digest = hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:10]
-    safe_model = lm.name.replace("/", "__")
-    path = out_dir / f"{safe_model}__{task_name}__{digest}.parquet"
-    if path.exists() and not overwrite:
-        try:
-            old = pd.read_parquet(path)
-            return old if "final_norm" in old.columns else old.assign(final_norm=final_norm)
-        except Exception as exc:
-            logger.warning("Recomputing %s: unreadable (%s).", path, type(exc).__name__)
-    texts = sample_texts(task_texts(task), n, seed)
+    return out_dir / f"{model.replace('/', '__')}__{task_name}__{digest}.parquet"
+
+
+def _read_back(path: Path, final_norm: str) -> pd.DataFrame | None:
+    """A finished file's rows (older files get their `final_norm` column), or None."""
+    if not path.exists():
+        return None
+    try:
+        old = pd.read_parquet(path)
+    except Exception as exc:
+        logger.warning("Recomputing %s: unreadable (%s).", path, type(exc).__name__)
+        return None
+    return old if "final_norm" in old.columns else old.assign(final_norm=final_norm)
+
+
+def _compute_settings(
+    lm: LayerModel,
+    texts: list[str],
+    chosen: list[str],
+    layer_list: list[int],
+    pooling: str,
+    timer: Timer,
+    *,
+    task_name: str,
+    seed: int,
+    alpha: float,
+    n_views: int,
+    batch_size: int,
+    show_progress: bool,
+    final_norms: tuple[str, ...],
+    max_tokens_per_batch: int | None,
+) -> dict[str, list[dict[str, Any]]]:
+    """`{final_norm: metric rows}` for every setting, from one pass over the texts and one per
+    augmented view: the network runs as often as for a single setting.
+
+    Peak memory: token states are scored inside each layer's capture and dropped (at most one
+    layer's, of one batch, under one setting, besides the forward pass's own activations); what
+    is held per setting is the pooled `(n_layers, N, D)` and, for the view metrics, the views
+    `(n_layers, N, V, D)` (V = `n_views` with LiDAR, else 2), float32 on the device. So both
+    settings hold twice one setting's pooled states and views, and nothing grows with text
+    length; where that does not fit, run the settings one after the other (the second run
+    reads the first's file back and computes only its own).
+    """
     token_metrics = [m for m in chosen if m in TOKEN_METRICS]
-    pooled, per_text = encode_texts(
-        lm,
-        texts,
-        layer_list,
-        pooling,
-        batch_size=batch_size,
-        token_metrics=token_metrics,
-        alpha=alpha,
-        timer=timer,
-        desc=f"{task_name} texts",
-        show_progress=show_progress,
-        final_norm=final_norm,
-        max_tokens_per_batch=max_tokens_per_batch,
-    )
-    views = None
+    encoded = encode_texts(
+        lm, texts, layer_list, pooling, batch_size=batch_size, token_metrics=token_metrics,
+        alpha=alpha, timer=timer, desc=f"{task_name} texts", show_progress=show_progress,
+        final_norms=final_norms, max_tokens_per_batch=max_tokens_per_batch,
+    )  # fmt: skip
+    views: dict[str, torch.Tensor | None] = dict.fromkeys(final_norms)
     if VIEW_METRICS & set(chosen):
         needed = n_views if "lidar" in chosen else 2
-        augmented = augment_views(texts, needed, seed=seed)
-        views = torch.empty((len(layer_list), len(texts), needed, lm.hidden_size), device=lm.device)
-        for v, view_texts in enumerate(augmented):
-            views[:, :, v], _ = encode_texts(
-                lm,
-                view_texts,
-                layer_list,
-                pooling,
-                batch_size=batch_size,
-                timer=timer,
-                desc=f"{task_name} view {v + 1}/{needed}",
-                show_progress=show_progress,
-                final_norm=final_norm,
-                max_tokens_per_batch=max_tokens_per_batch,
-            )
+        shape = (len(layer_list), len(texts), needed, lm.hidden_size)
+        views = {norm: torch.empty(shape, device=lm.device) for norm in final_norms}
+        for v, view_texts in enumerate(augment_views(texts, needed, seed=seed)):
+            view = encode_texts(
+                lm, view_texts, layer_list, pooling, batch_size=batch_size, timer=timer,
+                desc=f"{task_name} view {v + 1}/{needed}", show_progress=show_progress,
+                final_norms=final_norms, max_tokens_per_batch=max_tokens_per_batch,
+            )  # fmt: skip
+            for norm in final_norms:
+                views[norm][:, :, v] = view[norm].pooled
+    rows = {}
     with linalg_threads(lm.device):
-        rows = compute_rows(
-            pooled, per_text, views, layer_list, chosen, alpha=alpha, seed=seed, timer=timer
-        )
+        for norm in final_norms:
+            rows[norm] = compute_rows(
+                encoded[norm].pooled, encoded[norm].per_text, views[norm], layer_list, chosen,
+                alpha=alpha, seed=seed, timer=timer,
+            )  # fmt: skip
+    return rows
+
+
+def _rows_frame(
+    rows: list[dict[str, Any]],
+    lm: LayerModel,
+    task_name: str,
+    pooling: str,
+    alpha: float,
+    seed: int,
+    final_norm: str,
+) -> pd.DataFrame:
+    """Metric rows as the metrics frame's tidy schema (`ROW_COLUMNS`)."""
     df = pd.DataFrame(rows)
     df.insert(0, "dataset", task_name)
     df.insert(0, "revision", lm.revision)
@@ -524,6 +642,4 @@ def _task_metrics(
     df["alpha"] = alpha
     df["seed"] = seed
     df["final_norm"] = final_norm
-    df = df[ROW_COLUMNS]
-    _atomic_parquet(df, path)
-    return df
+    return df[ROW_COLUMNS]

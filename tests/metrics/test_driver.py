@@ -9,10 +9,18 @@ import torch
 from mteb_midlayer.encoder import LayerEncoder
 from mteb_midlayer.metrics import functional as F
 from mteb_midlayer.metrics.augment import augment_views
-from mteb_midlayer.metrics.driver import METRICS, ROW_COLUMNS, layer_metrics, parse_metrics
+from mteb_midlayer.metrics.driver import (
+    METRICS,
+    ROW_COLUMNS,
+    Timer,
+    layer_metrics,
+    parse_metrics,
+)
 from mteb_midlayer.metrics.sampling import sample_texts, task_texts
 from mteb_midlayer.model import LayerModel
 from mteb_midlayer.sweep import select_tasks
+
+from ..conftest import tiny_model, tiny_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -149,3 +157,113 @@ def test_a_bad_task_fails_alone_and_the_run_resumes(minilm, shared_data, tmp_pat
     pd.testing.assert_frame_equal(
         again[again["dataset"] == "BIOSSES"].reset_index(drop=True), df.reset_index(drop=True)
     )
+
+
+#: 12 texts in batches of 4 and 3 augmented views: 3 batches x (1 + 3) passes = 12 forwards.
+ONE_PASS_TEXTS = [f"text {i} says {'more words ' * (i % 5)}and ends." for i in range(12)]
+ONE_PASS = dict(texts=ONE_PASS_TEXTS, n=12, n_views=3, batch_size=4, show_progress=False)
+
+
+def _counted(lm: LayerModel) -> list[int]:
+    """A list that grows by one per forward pass of the network."""
+    calls: list[int] = []
+    lm.model.register_forward_pre_hook(lambda *_a: calls.append(1))
+    return calls
+
+
+def _one_pass_lm(which: str, minilm_path: str | None = None) -> LayerModel:
+    if which == "minilm":
+        return LayerModel.load(minilm_path, device="cpu")
+    return LayerModel.load(tiny_model(which), tiny_tokenizer(), name=f"tiny/{which}", device="cpu")
+
+
+def _run(lm: LayerModel, calls: list[int], out, final_norm: str, **kwargs):
+    """The rows of one `layer_metrics` run and how many forward passes it made."""
+    before = len(calls)
+    df = layer_metrics(lm, output=out, final_norm=final_norm, **{**ONE_PASS, **kwargs})
+    return df, len(calls) - before
+
+
+@pytest.mark.parametrize("which", ["llama", "minilm"])
+def test_both_final_norms_from_one_pass_equal_single_setting_runs(which, minilm_path, tmp_path):
+    lm = _one_pass_lm(which, minilm_path)
+    calls = _counted(lm)
+    both, n_both = _run(lm, calls, tmp_path / "both", "last,every")
+    last, n_last = _run(lm, calls, tmp_path / "last", "last")
+    every, n_every = _run(lm, calls, tmp_path / "every", "every")
+    assert n_both == n_last == n_every == 12  # one pass per text batch and view, not two
+    assert set(both["metric"]) == set(METRICS) and list(both.columns) == ROW_COLUMNS
+    pd.testing.assert_frame_equal(
+        both, pd.concat([last, every], ignore_index=True), check_exact=False, rtol=0, atol=1e-6
+    )
+    files = {p.name for p in (tmp_path / "both" / "metrics").iterdir()}
+    assert len(files) == 2
+    assert files == {
+        p.name for d in ("last", "every") for p in (tmp_path / d / "metrics").iterdir()
+    }
+    inner = both[both["layer"] == 1].set_index(["final_norm", "metric", "variant"])["value"]
+    differ = (inner.loc["last"] - inner.loc["every"]).abs().max()
+    if which == "llama":  # the settings are really different, so the equality above means something
+        assert differ > 1e-3
+    else:  # MiniLM has no final norm: `every` is `last`
+        assert differ == 0
+
+
+def test_only_a_missing_final_norm_is_computed(tmp_path):
+    lm = _one_pass_lm("gpt_neox")
+    calls = _counted(lm)
+    out = tmp_path / "out"
+    metrics = "dataset_entropy,prompt_entropy,curvature,infonce"
+    last, n_last = _run(lm, calls, out, "last", metrics=metrics)
+    [last_file] = (out / "metrics").glob("*.parquet")
+    written = last_file.stat().st_mtime_ns
+    both, n_both = _run(lm, calls, out, "last,every", metrics=metrics)
+    # `every` alone was computed, in one pass per batch of text and of each of 2 views (no LiDAR)
+    assert n_last == n_both == 3 * (1 + 2)
+    assert last_file.stat().st_mtime_ns == written and len(list((out / "metrics").iterdir())) == 2
+    pd.testing.assert_frame_equal(both[both["final_norm"] == "last"], last)
+    alone, _ = _run(lm, calls, tmp_path / "alone", "every", metrics=metrics)
+    pd.testing.assert_frame_equal(
+        both[both["final_norm"] == "every"].reset_index(drop=True), alone, atol=1e-6, rtol=0
+    )
+    again, n_again = _run(lm, calls, out, "every,last", metrics=metrics)
+    assert n_again == 0 and again.attrs["timings"] == {}
+    assert list(again["final_norm"].unique()) == ["every", "last"]
+
+
+def test_metrics_units_compute_both_final_norms_in_one_pass(shared_data, tmp_path):
+    from mteb_midlayer.executors.local import SerialExecutor
+
+    lm = _one_pass_lm("llama")
+    calls = _counted(lm)
+    options = dict(
+        tasks=["BIOSSES"], data_dir=shared_data, n=12, n_views=2, batch_size=4, layers=[0, 2, 4],
+        metrics="effective_rank,curvature,dime", show_progress=False,
+    )  # fmt: skip
+    units = layer_metrics(
+        lm, output=tmp_path / "units", final_norm="last,every", executor=SerialExecutor(), **options
+    )
+    assert len(calls) == 3 * (1 + 2) and units.attrs["failures"] == {}
+    here = layer_metrics(lm, output=tmp_path / "last", final_norm="last", **options)
+    here_every = layer_metrics(lm, output=tmp_path / "every", final_norm="every", **options)
+    pd.testing.assert_frame_equal(
+        units, pd.concat([here, here_every], ignore_index=True), atol=1e-6, rtol=0
+    )
+    assert set(units["final_norm"]) == {"last", "every"}
+    names = {p.name for p in (tmp_path / "units" / "metrics").iterdir()}
+    assert names == {
+        p.name for d in ("last", "every") for p in (tmp_path / d / "metrics").iterdir()
+    }
+
+
+def test_timer_counts_a_nested_phase_apart_from_the_enclosing_one():
+    import time
+
+    timer = Timer(torch.device("cpu"))
+    with timer("encode"):
+        time.sleep(0.02)
+        with timer("prompt_entropy"):
+            time.sleep(0.2)
+        time.sleep(0.02)
+    assert timer.seconds["prompt_entropy"] >= 0.2
+    assert 0.04 <= timer.seconds["encode"] < 0.15
