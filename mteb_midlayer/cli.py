@@ -596,7 +596,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("out", type=Path, help="folder to write (must be empty or absent)")
     p.add_argument("--layer", type=int, required=True, help="1..L, or negative from the end")
     p.add_argument("--dim", type=int, help="keep the first DIM coordinates (default: all)")
-    p.add_argument("--pooling", choices=["mean", "cls", "last", "max"])
+    p.add_argument("--pooling", choices=list(POOLINGS))
     p.add_argument(
         "--normalize",
         action=argparse.BooleanOptionalAction,

@@ -28,14 +28,15 @@ import pandas as pd
 import torch
 from torch import nn
 
+from . import pooling as pooling_modes
 from .encoder import LayerEncoder
 from .frames import scores_frame
 from .layers import base_model, find_blocks
 from .model import LayerModel
 from .st_modules import RawStreamTransformer, final_norm
 
-#: Our pooling names -> sentence-transformers' `Pooling` modes.
-ST_POOLING = {"mean": "mean", "cls": "cls", "max": "max", "last": "lasttoken"}
+#: our pooling name -> sentence-transformers `Pooling.pooling_mode` (every mode we pool has one)
+ST_POOLING = {ours: st for st, ours in pooling_modes.ST_POOLING.items()}
 #: Texts every export is checked on (short, long, punctuation, repeated words).
 PROBE_TEXTS = (
     "A man is playing a guitar.",

@@ -70,6 +70,8 @@ def test_minilm_round_trip(minilm_path, tmp_path, layer, dim):
         ("gpt2", 4, "mean", False),  # last layer: final norm applied, plain Transformer
         ("llama", 3, "mean", True),
         ("llama", 0, "max", True),  # the embedding output: a backbone with no block
+        ("bert", 1, "weightedmean", False),
+        ("gpt2", 3, "mean_sqrt_len", True),
     ],
 )
 def test_tiny_models_round_trip(tmp_path, arch, layer, pooling, raw):
