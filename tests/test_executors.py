@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -430,8 +431,12 @@ def test_workers_score_the_subsets_the_driver_planned(minilm_path, shared_data, 
     assert {u.hf_subsets for u in table.attrs["plan"].score} == {("en",)}
     (result,) = [p for p in (tmp_path / "out").rglob(f"{name}.json") if p.parent.name != "identity"]
     assert [s["hf_subset"] for s in json.loads(result.read_text())["scores"]["test"]] == ["en"]
-    # a worker's rebuilt task is the driver's: same subsets, same folder
-    task = base._task(name, str(tmp_path / "data"), ("en",))
+    # a worker's rebuilt task is the driver's: same subsets, same folder, no repeated notes
+    base._TASK.clear()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        task = base._task(name, str(tmp_path / "data"), ("en",))
+    assert not [w for w in said if "local data in" in str(w.message)]
     assert task.hf_subsets == ["en"] and task.local_data_dir == tmp_path / "data" / name
     assert base._task(name, str(tmp_path / "data")).hf_subsets == ["en", "de"]
 

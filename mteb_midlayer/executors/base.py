@@ -10,11 +10,13 @@ workers never encode the same texts twice; a score unit whose result stands is s
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -201,13 +203,32 @@ def _task(name: str, data_dir: str | None, hf_subsets: Sequence[str] | None = No
             if old.data_loaded:
                 old.unload_data()
         _TASK.clear()
-        task = select_tasks([name], None, data_dir)[0]
-        if hf_subsets and task_subsets(task) != tuple(hf_subsets):
-            task = mteb.get_task(name, hf_subsets=list(hf_subsets))
-            if data_dir is not None:
-                task = _localize([task], Path(data_dir), None)[0]
+        with _driver_said_it():
+            task = select_tasks([name], None, data_dir)[0]
+            if hf_subsets and task_subsets(task) != tuple(hf_subsets):
+                task = mteb.get_task(name, hf_subsets=list(hf_subsets))
+                if data_dir is not None:
+                    task = _localize([task], Path(data_dir), None)[0]
         _TASK[key] = task
     return _TASK[key]
+
+
+@contextlib.contextmanager
+def _driver_said_it() -> Iterator[None]:
+    """Silence the notes on a task's local data (absent splits, transforms not applied) while a
+    worker rebuilds the task: the driver said them once when it planned; errors still raise."""
+    names = ("mteb_midlayer.tasks.local", "mteb_midlayer.tasks.benchmark")
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*local data in ")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- work functions
