@@ -136,17 +136,6 @@ def loader_texts(inputs: DataLoader) -> list[str]:
     return [text for batch in inputs for text in batch["text"]]
 
 
-def prompted_texts(
-    inputs: DataLoader,
-    prompts: dict[str, str] | None,
-    task_metadata: TaskMetadata,
-    prompt_type: PromptType | None,
-) -> list[str]:
-    """The texts of an mteb batch loader, each with the prompt mteb's rules pick prepended."""
-    prompt = resolve_prompt(prompts, task_metadata, prompt_type)
-    return [prompt + text for text in loader_texts(inputs)]
-
-
 class LayerEncoder(AbsEncoder):
     """Embed texts with the hidden state of one layer of `model`.
 

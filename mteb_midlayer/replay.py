@@ -26,6 +26,7 @@ from .encoder import (
 )
 from .layers import check_final_norms
 from .model import LayerModel
+from .spec import excludes_prompt
 from .store import EmbeddingStore, StoreKey
 
 if TYPE_CHECKING:
@@ -74,7 +75,7 @@ def store_key(
         max_length=spec.max_length,
         dtype=spec.dtype,
         final_norm=final_norm,
-        include_prompt=spec.include_prompt is not False,
+        include_prompt=not excludes_prompt(spec.include_prompt, spec.prompts),
     )
 
 
@@ -134,7 +135,8 @@ class EmbeddingSource:
 
     def entries(self, texts: Sequence[str], prompt: str = "") -> list[str]:
         """The store's entries for `texts` (each starting with `prompt`): `store_entries`."""
-        return store_entries(texts, prompt, self.lm.current_spec().include_prompt is not False)
+        spec = self.lm.current_spec()  # a LayerModel, or a worker's ModelInfo
+        return store_entries(texts, prompt, not excludes_prompt(spec.include_prompt, spec.prompts))
 
     def fill(
         self,
