@@ -655,13 +655,24 @@ def cmd_select(args: argparse.Namespace) -> int:
         prior=args.prior,
     )
     if not selection.has_scores:
-        print(f"No sweep results under {args.results}: run `mteb-midlayer sweep` first.")
+        print(f"No sweep results under {args.results} to choose from:")
+        print("\n".join(f"note: {note}" for note in selection.notes))
+        if args.json or args.export:  # asked for, not written: never a silent success
+            print("nothing written (--json/--export need a swept slice).", file=sys.stderr)
+            return 1
         return 0
     print(render(selection))
     if args.json:
         print(f"\nwrote {to_json(selection, args.json)}")
     if args.export:
         chosen = selection.chosen(budget.label)
+        if chosen is None and selection.ranked_on == []:
+            print(
+                "The configurations share no task, so none is chosen across them: nothing "
+                "exported; name one with --model.",
+                file=sys.stderr,
+            )
+            return 1
         if chosen is None:
             print(f"No slice fits the budget {budget.label}: nothing exported.", file=sys.stderr)
             return 1

@@ -16,6 +16,7 @@ says how many it has and which it lacks, so no consumer averages over fewer task
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -57,6 +58,15 @@ METRIC_COLUMNS = [
     "seed",
     "final_norm",
 ]
+#: Who computed a metric row (written by the metrics driver since issue 21; NaN in older files):
+#: `run` is the run identity, a hash of every setting that changes a value (model files, pooling,
+#: sample size, seed, alpha, views, max length, dtype, task data, final norm; not the metrics or
+#: layers asked for); `run_at` is when that run last wrote or confirmed the rows (UTC, ISO 8601);
+#: `sample_size`, `n_views`, `max_length`, `dtype` and `data` (the task data's fingerprint) are
+#: its settings, for notes.
+METRIC_RUN_COLUMNS = ["run", "run_at", "sample_size", "n_views", "max_length", "dtype", "data"]
+#: A metric's configuration: the metrics frame's rows of one run share it.
+METRIC_CONFIG_COLUMNS = ["model", "revision", "pooling", "final_norm"]
 #: The per-layer aggregate of `layer_scores`.
 LAYER_SCORE_COLUMNS = [
     *CONFIG_COLUMNS,
@@ -138,16 +148,25 @@ def scores_frame(
 
 
 def metrics_frame(
-    roots: Path | str | Iterable[Path | str], *, model: str | None = None
+    roots: Path | str | Iterable[Path | str],
+    *,
+    model: str | None = None,
+    notes: list[str] | None = None,
 ) -> pd.DataFrame:
     """The metrics frame of every `ROOT/metrics/*.parquet` (empty when there are none);
-    `final_norm` is "last" for rows written before the option."""
+    `final_norm` is "last" for rows written before the option.
+
+    Two runs of one metric on one dataset are never mixed: per (configuration, dataset,
+    metric) only the newest run's rows are kept (`newest_metric_runs`); a line per left-out
+    run is appended to `notes` when given. Files written before runs were recorded count as a
+    run each (their name's hash), dated by their modification time.
+    """
     parts = []
     for root in _roots(roots):
         folder = root / "metrics" if (root / "metrics").is_dir() else root
         for path in sorted(folder.glob("*.parquet")):
             if not path.name.startswith("."):  # a killed writer's temp file (older versions)
-                parts.append(pd.read_parquet(path))
+                parts.append(_with_run(pd.read_parquet(path), path))
     if not parts:
         return pd.DataFrame(columns=METRIC_COLUMNS)
     df = pd.concat(parts, ignore_index=True)
@@ -157,7 +176,76 @@ def metrics_frame(
     check_metrics(df)
     if model is not None:
         df = df[df["model"] == model]
+    df, dropped = newest_metric_runs(df)
+    if notes is not None:
+        notes.extend(dropped)
     return df.reset_index(drop=True)
+
+
+def _with_run(df: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """`df` with its run columns; an older file is one run named by its file, dated by mtime."""
+    df = df.copy()
+    for col in METRIC_RUN_COLUMNS:
+        if col not in df.columns:
+            df[col] = pd.Series([None] * len(df), dtype=object)
+    old = df["run"].isna()
+    if old.any():
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        df.loc[old, "run"] = "file:" + path.stem.rsplit("__", 1)[-1]
+        df.loc[old, "run_at"] = mtime.isoformat(timespec="microseconds")
+    return df
+
+
+def _run_label(rows: pd.DataFrame) -> str:
+    """A run's settings for a note, e.g. "run 1a2b3c (sample_size=30, data=hub-abc)"."""
+    first = rows.iloc[0]
+    shown = [
+        f"{c}={first[c]}"
+        for c in ("sample_size", "n_views", "seed", "alpha", "max_length", "dtype", "data")
+        if c in rows.columns and pd.notna(first[c])
+    ]
+    return f"run {first['run']}" + (f" ({', '.join(shown)})" if shown else "")
+
+
+def newest_metric_runs(metrics: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """Per (configuration, dataset, metric): the rows of the newest run only, and one note per
+    left-out run (so rows of `metrics --n 100` and a later `--n 30` are never averaged).
+
+    Frames without a `run` column (built by hand) are one run and come back unchanged.
+    """
+    if metrics.empty or "run" not in metrics.columns:
+        return metrics, []
+    df = metrics.copy()
+    df["run"] = df["run"].fillna("")
+    df["run_at"] = df["run_at"].fillna("") if "run_at" in df.columns else ""
+    keys = [*METRIC_CONFIG_COLUMNS, "dataset", "metric"]
+    filled = df[keys].astype(str)  # a missing pooling or revision is a value, not a wildcard
+    when = df.groupby([*[filled[k] for k in keys], df["run"]])["run_at"].transform("max")
+    latest = when.groupby([filled[k] for k in keys]).transform("max")
+    keep = when == latest
+    # two runs dated alike: the one whose identity sorts last wins, still only one of them
+    top = df["run"].where(keep, "").groupby([filled[k] for k in keys]).transform("max")
+    keep &= df["run"] == top
+    notes = []
+    dropped = df[~keep]
+    if not dropped.empty:
+        group_keys = [*METRIC_CONFIG_COLUMNS, "dataset", "run"]
+        kept = df[keep]
+        for key, rows in dropped.groupby([filled[k] for k in group_keys[:-1]] + [df["run"]]):
+            config = dict(zip(group_keys, key, strict=True))
+            sel = pd.Series(True, index=kept.index)
+            for col in group_keys[:-1]:
+                sel &= filled.loc[kept.index, col] == config[col]
+            names = sorted(set(rows["metric"]))
+            newer = kept[sel & kept["metric"].isin(names)]
+            newer_label = _run_label(newer) if not newer.empty else "a newer run"
+            notes.append(
+                f"older metric run left out: {config['model']} (pooling {config['pooling']}, "
+                f"final_norm {config['final_norm']}) on {config['dataset']}: "
+                f"{', '.join(names)} of {_run_label(rows)} (dated {rows['run_at'].max()}); "
+                f"kept {newer_label} (dated {newer['run_at'].max() if not newer.empty else '?'})"
+            )
+    return metrics[keep.to_numpy()], notes
 
 
 def layer_scores(

@@ -17,6 +17,7 @@ import logging
 import os
 import time
 from collections import defaultdict
+from datetime import datetime, timezone
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batching import check_batch_limits
-from ..frames import METRIC_COLUMNS
+from ..frames import METRIC_COLUMNS, METRIC_RUN_COLUMNS
 from ..layers import check_final_norms, resolve_layers
 from ..model import LayerModel, TokenScorer, warn_constant_pooling
 from ..pooling import check_pooling
@@ -58,8 +59,12 @@ TOKEN_METRICS = frozenset({"prompt_entropy", "curvature", "curvature_abs"})
 #: Token-level metrics with one value per text, scored batch by batch in the forward pass.
 _PER_TEXT = {"curvature": F.curvature_per_text, "curvature_abs": F.curvature_abs_per_text}
 VIEW_METRICS = frozenset({"infonce", "lidar", "dime"})
-#: One tidy row per (model, revision, dataset, layer, metric, variant): the metrics frame's schema.
-ROW_COLUMNS = list(METRIC_COLUMNS)
+#: One tidy row per (model, revision, dataset, layer, metric, variant): the metrics frame's schema,
+#: then the run that computed it (`frames.METRIC_RUN_COLUMNS`).
+ROW_COLUMNS = [*METRIC_COLUMNS, *METRIC_RUN_COLUMNS]
+#: Settings that do not change a value: runs that differ only here are one run (their rows may
+#: be read together, e.g. `--layers 0-3` then `--layers 4-6`).
+NOT_IN_RUN = frozenset({"metrics", "layers"})
 
 
 def parse_metrics(metrics: Sequence[str] | str | None) -> list[str]:
@@ -528,7 +533,7 @@ def _task_metrics(
     paths = {norm: _metrics_path(out_dir, lm.name, task_name, keyed, norm) for norm in norms}
     parts: dict[str, pd.DataFrame] = {}
     if not overwrite:
-        done = {norm: _read_back(paths[norm], norm) for norm in norms}
+        done = {norm: _read_back(paths[norm], norm, keyed) for norm in norms}
         parts = {norm: df for norm, df in done.items() if df is not None}
     missing = tuple(norm for norm in norms if norm not in parts)
     if missing:
@@ -540,6 +545,7 @@ def _task_metrics(
         )  # fmt: skip
         for norm in missing:
             df = _rows_frame(rows[norm], lm, task_name, pooling, alpha, seed, norm)
+            df = _with_run_columns(df, keyed, norm, _now())
             _atomic_parquet(df, paths[norm])
             parts[norm] = df
     return pd.concat([parts[norm] for norm in norms], ignore_index=True)
@@ -555,8 +561,40 @@ def _metrics_path(
     return out_dir / f"{model.replace('/', '__')}__{task_name}__{digest}.parquet"
 
 
-def _read_back(path: Path, final_norm: str) -> pd.DataFrame | None:
-    """A finished file's rows (older files get their `final_norm` column), or None."""
+def run_identity(keyed: dict[str, Any], final_norm: str) -> str:
+    """A metric run's identity: a hash of every setting that changes a value (model files,
+    pooling, sample size, seed, alpha, views, max length, dtype, task data, final norm).
+
+    Readers never mix two identities' rows of one metric on one dataset (`frames.metrics_frame`
+    keeps the newest run).
+    """
+    kept = {k: v for k, v in keyed.items() if k not in NOT_IN_RUN}
+    kept["final_norm"] = final_norm
+    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+def _with_run_columns(
+    df: pd.DataFrame, keyed: dict[str, Any], final_norm: str, run_at: str
+) -> pd.DataFrame:
+    """`df` with the run that computed it (`frames.METRIC_RUN_COLUMNS`)."""
+    df = df.copy()
+    df["run"] = run_identity(keyed, final_norm)
+    df["run_at"] = run_at
+    df["sample_size"] = int(keyed["n"])
+    df["n_views"] = int(keyed["n_views"])
+    df["max_length"] = keyed.get("max_length")
+    df["dtype"] = str(keyed.get("dtype"))
+    df["data"] = str(keyed["data"])
+    return df[ROW_COLUMNS]
+
+
+def _read_back(path: Path, final_norm: str, keyed: dict[str, Any]) -> pd.DataFrame | None:
+    """A finished file's rows, or None. Older files get their `final_norm` and run columns in
+    memory (the file's name is the hash of `keyed`, so its run is this one, dated by mtime)."""
     if not path.exists():
         return None
     try:
@@ -564,7 +602,12 @@ def _read_back(path: Path, final_norm: str) -> pd.DataFrame | None:
     except Exception as exc:
         logger.warning("Recomputing %s: unreadable (%s).", path, type(exc).__name__)
         return None
-    return old if "final_norm" in old.columns else old.assign(final_norm=final_norm)
+    if "final_norm" not in old.columns:
+        old = old.assign(final_norm=final_norm)
+    if "run" not in old.columns:
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        old = _with_run_columns(old, keyed, final_norm, mtime.isoformat(timespec="microseconds"))
+    return old
 
 
 def _compute_settings(
@@ -633,7 +676,8 @@ def _rows_frame(
     seed: int,
     final_norm: str,
 ) -> pd.DataFrame:
-    """Metric rows as the metrics frame's tidy schema (`ROW_COLUMNS`)."""
+    """Metric rows as the metrics frame's tidy schema (`METRIC_COLUMNS`; the run's columns
+    follow in `_with_run_columns`)."""
     df = pd.DataFrame(rows)
     df.insert(0, "dataset", task_name)
     df.insert(0, "revision", lm.revision)
@@ -642,4 +686,4 @@ def _rows_frame(
     df["alpha"] = alpha
     df["seed"] = seed
     df["final_norm"] = final_norm
-    return df[ROW_COLUMNS]
+    return df[METRIC_COLUMNS]

@@ -60,19 +60,27 @@ def metric_series(metrics: pd.DataFrame) -> pd.DataFrame:
     """Per (model, revision, pooling, metric, variant, dataset) and layer: the metric value.
 
     Adds `dataset` "mean" when a metric has several datasets: the mean over them at each layer
-    that every one of them has (a layer some dataset lacks gets no mean).
+    that every one of them has (a layer some dataset lacks gets no mean). A non-finite value
+    (NaN, inf) is missing (NaN): its layer has no value, neither alone nor in the mean, and
+    `nonfinite_notes` names it; it never shrinks or skews a mean.
     """
     frames.check_metrics(metrics)
     keys = ["model", "revision", "pooling", "final_norm", "metric", "variant"]
     df = metrics[[*keys, "dataset", "layer", "value"]].copy()
     df["pooling"] = df["pooling"].fillna("")
-    df = df.groupby([*keys, "dataset", "layer"], as_index=False, dropna=False)["value"].mean()
+    value = pd.to_numeric(df["value"], errors="coerce").astype(float)
+    df["value"] = value.where(np.isfinite(value))
+    df["bad"] = df["value"].isna()
+    grouped = df.groupby([*keys, "dataset", "layer"], dropna=False)
+    df = grouped["value"].mean().to_frame()
+    df.loc[grouped["bad"].any(), "value"] = np.nan  # one missing duplicate: no mean
+    df = df.reset_index()
     means = []
     for key, group in df.groupby(keys, dropna=False):
         wide = group.pivot(index="layer", columns="dataset", values="value")
         if wide.shape[1] < 2:
             continue
-        mean = wide.dropna().mean(axis=1)
+        mean = wide.mean(axis=1, skipna=False).dropna()  # a layer a dataset lacks: none
         means.append(
             pd.DataFrame(
                 {
@@ -85,6 +93,27 @@ def metric_series(metrics: pd.DataFrame) -> pd.DataFrame:
         )
     out = pd.concat([df, *means], ignore_index=True) if means else df
     return out.sort_values([*keys, "dataset", "layer"], ignore_index=True)
+
+
+def nonfinite_notes(metrics: pd.DataFrame) -> list[str]:
+    """One line per (model, metric, variant, dataset) with NaN or inf values, naming the
+    layers: those layers have no value for rules and correlations (nor in the datasets' mean)."""
+    if metrics.empty:
+        return []
+    value = pd.to_numeric(metrics["value"], errors="coerce").astype(float)
+    bad = metrics[~np.isfinite(value)].assign(value=value[~np.isfinite(value)])
+    notes = []
+    keys = ["model", "revision", "pooling", "final_norm", "metric", "variant", "dataset"]
+    for key, rows in bad.fillna({"pooling": ""}).groupby(keys, dropna=False, sort=True):
+        k = dict(zip(keys, key, strict=True))
+        where = ", ".join(
+            f"layer {int(r.layer)} ({r.value})" for r in rows.sort_values("layer").itertuples()
+        )
+        notes.append(
+            f"non-finite metric values left out: {k['model']} {k['metric']}/{k['variant']} on "
+            f"{k['dataset']}: {where}; these layers have no value for rules and correlations"
+        )
+    return notes
 
 
 def matching_series(series: pd.DataFrame, config: dict) -> pd.DataFrame:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 
 from .. import frames
@@ -34,6 +35,7 @@ RULE_COLUMNS = [
     "last_layer",
     "last_layer_score",
     "gain",
+    "missing_layers",
 ]
 
 
@@ -64,8 +66,11 @@ class Rule:
         return f"arg{self.direction} {self.metric}/{self.variant} @ {self.dataset}"
 
     def choose(self, values: pd.Series) -> int:
-        """The layer (index of `values`) the rule picks; ties go to the shallower layer."""
-        values = values.dropna().sort_index()
+        """The layer (index of `values`) the rule picks; ties go to the shallower layer.
+
+        NaN and inf are no value: an inf is never "the largest"."""
+        values = values.astype(float)
+        values = values[np.isfinite(values)].sort_index()
         if values.empty:
             raise RuleError(f"{self.name}: no metric values to choose from.")
         best = values.max() if self.direction == "max" else values.min()
@@ -118,10 +123,12 @@ def judge(rule: Rule, values: pd.Series, scores: pd.Series) -> dict:
     """Chosen, oracle and last layer with their scores, regret and gain.
 
     `values` and `scores` are indexed by layer; only layers with both count. The last layer
-    is the deepest layer with a score.
+    is the deepest layer with a score. `missing_layers` names the scored layers where the
+    metric has no (finite) value: the rule could not consider them.
     """
     scores = scores.dropna().sort_index()
-    layers = sorted(set(values.dropna().index) & set(scores.index))
+    values = values[np.isfinite(pd.to_numeric(values, errors="coerce").astype(float))]
+    layers = sorted(set(values.index) & set(scores.index))
     chosen = rule.choose(values[layers])
     oracle = int(scores.idxmax())
     last = int(scores.index.max())
@@ -134,6 +141,7 @@ def judge(rule: Rule, values: pd.Series, scores: pd.Series) -> dict:
         "last_layer": last,
         "last_layer_score": float(scores[last]),
         "gain": float(scores[chosen] - scores[last]),
+        "missing_layers": ", ".join(str(int(x)) for x in scores.index if x not in set(layers)),
     }
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from .. import frames
 from .budgets import Budget, best_frame, pareto_frame, stability_folds, stability_summary
-from .links import LINK_COLUMNS, link_frames
+from .links import LINK_COLUMNS, link_frames, nonfinite_notes
 from .priors import DEFAULT_PRIOR, check_prior
 from .rules import RULE_COLUMNS, losing_notes, rules_frame
 
@@ -38,14 +38,25 @@ class Selection:
     stability: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
     prior: str = DEFAULT_PRIOR
+    #: The tasks the configurations are ranked against each other on, when their own tasks
+    #: differ (the ones they all have; empty: they share none, and none is chosen across
+    #: them); None when every configuration has the same tasks.
+    ranked_on: list[str] | None = None
+    #: `best` recomputed on `ranked_on` (None when `ranked_on` is): what `chosen` ranks.
+    across: pd.DataFrame | None = None
 
     @property
     def has_scores(self) -> bool:
         return not self.scores.empty
 
     def chosen(self, budget: str | None = None) -> dict[str, Any] | None:
-        """The single best slice over every configuration, under `budget`'s label (or "none")."""
-        rows = self.best[self.best["budget"] == (budget or "none")]
+        """The single best slice over every configuration, under `budget`'s label (or "none").
+
+        Configurations with different tasks are compared on the tasks they all have
+        (`across`, `ranked_on`), never a mean over 2 tasks against a mean over 1.
+        """
+        best = self.across if self.across is not None else self.best
+        rows = best[best["budget"] == (budget or "none")]
         if rows.empty:
             return None
         return (
@@ -64,6 +75,10 @@ class Selection:
             "stability": _clean(self.stability),
             "prior": self.prior,
             "notes": list(self.notes),
+            "ranked_on": self.ranked_on,
+            "best_across": None
+            if self.across is None
+            else _records(self.across, list(self.across.columns)),
         }
 
 
@@ -103,6 +118,53 @@ def _incomplete_notes(layer_scores: pd.DataFrame) -> list[str]:
     return notes
 
 
+#: How the note on configurations with different tasks begins.
+RANKED_ON = "ranked on the tasks they all have:"
+
+
+def _task_sets(scores: pd.DataFrame, best: pd.DataFrame) -> dict[tuple, list[str]]:
+    """Each configuration's tasks (in first-seen order), for the configurations `best` ranks."""
+    ranked = set(map(tuple, best[frames.CONFIG_COLUMNS].itertuples(index=False)))
+    sets = {}
+    for key, cell in scores.groupby(frames.CONFIG_COLUMNS, dropna=False, sort=True):
+        if key in ranked:
+            sets[key] = list(dict.fromkeys(cell["task"]))
+    return sets
+
+
+def _rank_across(
+    selection: Selection, scores: pd.DataFrame, budgets: Sequence[Budget]
+) -> None:
+    """Where configurations have different tasks, rank them on the ones they all have."""
+    sets = _task_sets(scores, selection.best)
+    if len({frozenset(t) for t in sets.values()}) <= 1:
+        return
+    first = next(iter(sets.values()))
+    common = [t for t in first if all(t in other for other in sets.values())]
+    extra = []
+    for key, names in sets.items():
+        own = [t for t in names if t not in common]
+        if own:
+            extra.append(f"{key[0]} ({key[2]}) also has {', '.join(own)}")
+    selection.ranked_on = common
+    if not common:
+        selection.across = selection.best.iloc[0:0]
+        selection.notes.append(
+            "the configurations share no task, so each is ranked apart (its own best above) "
+            "and none is chosen across them: " + "; ".join(extra)
+            + "; name one with --model (or --tasks)"
+        )
+        return
+    shared = frames.layer_scores(scores[scores["task"].isin(common)], tasks=common)
+    selection.across = best_frame(shared, list(budgets))
+    selection.notes.append(
+        f"{RANKED_ON} {', '.join(common)} (the configurations' tasks differ: "
+        + "; ".join(extra)
+        + "); the best across configurations is their mean on these, each configuration's "
+        "own best above is on its own tasks"
+    )
+
+
 def select_frames(
     scores: pd.DataFrame,
     metrics: pd.DataFrame,
@@ -123,7 +185,10 @@ def select_frames(
         prior=prior,
     )
     if scores.empty:
-        empty.notes.append("no sweep results (mteb result files of layer slices) found")
+        empty.notes.append(
+            "no sweep results (mteb result files of layer slices) found: run "
+            "`mteb-midlayer sweep` first"
+        )
         return empty
     layer_scores = frames.layer_scores(scores, tasks=tasks)
     best = best_frame(layer_scores, list(budgets))
@@ -137,12 +202,16 @@ def select_frames(
         notes=_incomplete_notes(layer_scores),
         prior=prior,
     )
+    _rank_across(selection, scores, budgets)
     for budget in budgets:
-        if not budget.is_none and selection.chosen(budget.label) is None:
+        if not budget.is_none and best[best["budget"] == budget.label].empty:
             selection.notes.append(f"no swept slice fits the budget {budget.label}")
+    metrics, dropped = frames.newest_metric_runs(metrics)
+    selection.notes.extend(dropped)
     if metrics.empty:
         selection.notes.append("no metric rows found: only the score-based choice is shown")
         return selection
+    selection.notes.extend(nonfinite_notes(metrics))
     selection.correlations = link_frames(layer_scores, metrics)
     if selection.correlations.empty:
         selection.notes.append(
@@ -162,10 +231,50 @@ def select(
     budgets: Sequence[Budget] = (),
     prior: str = DEFAULT_PRIOR,
 ) -> Selection:
-    """Read `results_dir` (and `metrics_dir`, default `results_dir/metrics`) and choose."""
-    scores = frames.scores_frame(results_dir, model=model, tasks=tasks)
-    metrics = frames.metrics_frame(metrics_dir or results_dir, model=model)
-    return select_frames(scores, metrics, tasks=tasks, budgets=budgets, prior=prior)
+    """Read `results_dir` (and `metrics_dir`, default `results_dir/metrics`) and choose.
+
+    A `model` or task that matches no result is named in a note (with what is there), so a
+    misspelt name is never mistaken for a missing sweep.
+    """
+    everything = frames.scores_frame(results_dir)
+    scores = everything if model is None else everything[everything["model"] == model]
+    filter_notes = _filter_notes(results_dir, everything, scores, model, tasks)
+    if tasks is not None:
+        scores = scores[scores["task"].isin(list(tasks))]
+    read_notes: list[str] = []
+    metrics = frames.metrics_frame(metrics_dir or results_dir, model=model, notes=read_notes)
+    selection = select_frames(
+        scores.reset_index(drop=True), metrics, tasks=tasks, budgets=budgets, prior=prior
+    )
+    if not selection.has_scores and filter_notes:
+        selection.notes = filter_notes  # not "no sweep results": the filters matched nothing
+    else:
+        selection.notes[:0] = filter_notes + read_notes
+    return selection
+
+
+def _filter_notes(
+    results_dir: Path | str,
+    everything: pd.DataFrame,
+    of_model: pd.DataFrame,
+    model: str | None,
+    tasks: Sequence[str] | None,
+) -> list[str]:
+    """What a `model` or `tasks` filter matched nothing of, naming what is there."""
+    if everything.empty:
+        return []
+    if model is not None and of_model.empty:
+        there = ", ".join(sorted(everything["model"].unique()))
+        return [f"model {model!r} matched no result under {results_dir} (models there: {there})"]
+    unmatched = [t for t in tasks or [] if t not in set(of_model["task"])]
+    if not unmatched:
+        return []
+    there = ", ".join(sorted(of_model["task"].unique()))
+    whose = f" of {model}" if model else ""
+    return [
+        f"task {', '.join(unmatched)} matched no result{whose} under {results_dir} "
+        f"(tasks there: {there})"
+    ]
 
 
 def summary_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -202,6 +311,9 @@ def render(selection: Selection, *, top_rules: int | None = None) -> str:
 
     if selection.has_scores:
         table("Best (layer, dim) per configuration and budget", selection.best)
+        if selection.ranked_on:
+            title = "Best across configurations, on the tasks they all have: "
+            table(title + ", ".join(selection.ranked_on), selection.across)
         table("Pareto front: score vs layers run vs dim", selection.pareto)
         stab = pd.DataFrame(
             [{k: v for k, v in s.items() if k != "folds"} for s in selection.stability]
