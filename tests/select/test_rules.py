@@ -3,6 +3,8 @@ model (leave-one-model-out), else the prior table."""
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 import pytest
 
@@ -102,3 +104,45 @@ def test_single_model_uses_the_prior_row_and_prior_can_be_chosen():
 )
 def test_prior_directions_map_onto_our_variants(metric, variant, row, expected):
     assert prior_direction(metric, variant, row) == expected
+
+
+def test_a_nonfinite_metric_value_is_no_value_and_named():
+    """Issue 21: an inf LiDAR is never "the smallest/largest", a NaN DiME is named, not dropped
+    silently from the datasets' mean."""
+    from mteb_midlayer.select import select_frames
+
+    scores = {0: 0.40, 1: 0.55, 2: 0.70, 3: 0.62, 4: 0.60, 5: 0.66, 6: 0.72}
+    lidar_min = prior_direction("lidar", "n_views=16") == "min"
+    lidar = {0: 5.0, 1: 4.0, 2: 3.0, 3: 2.5, 4: 2.0, 5: 1.5, 6: 1.0}
+    lidar[3] = -math.inf if lidar_min else math.inf  # would win the rule as a number
+    dime = {lay: 1.0 + lay for lay in scores}
+    rows = pd.concat(
+        [
+            metric_by_layer("m/a", lidar),
+            metric_by_layer("m/a", dime, metric="dime", variant="value"),
+            metric_by_layer("m/a", {**dime, 6: math.nan}, metric="dime", variant="value",
+                            dataset="B"),
+        ]
+    )  # fmt: skip
+    sel = select_frames(layer_series("m/a", scores), rows)
+    rules = sel.rules.set_index(["metric", "dataset"])
+    assert rules.loc[("lidar", "A"), "chosen_layer"] != 3
+    assert rules.loc[("lidar", "A"), "missing_layers"] == "3"
+    assert rules.loc[("dime", "B"), "missing_layers"] == "6"
+    assert rules.loc[("dime", "mean"), "missing_layers"] == "6"  # no mean over fewer datasets
+    assert rules.loc[("dime", "A"), "missing_layers"] == ""
+    notes = [n for n in sel.notes if n.startswith("non-finite metric values")]
+    assert len(notes) == 2
+    assert any("m/a dime/value on B: layer 6 (nan)" in n for n in notes)
+    assert any("lidar/n_views=16 on A: layer 3 (" in n and "inf)" in n for n in notes)
+    # correlations see the finite layers only
+    corr = sel.correlations[sel.correlations["task_type"] == "all"]
+    corr = corr.set_index(["metric", "dataset"])
+    assert corr.loc[("lidar", "A"), "n_layers"] == 6
+    assert corr.loc[("dime", "B"), "n_layers"] == 6
+
+
+def test_rule_choose_skips_inf():
+    values = pd.Series({0: 1.0, 1: math.inf, 2: 3.0, 3: -math.inf})
+    assert Rule("lidar", "v", "A", "max", "prior:x").choose(values) == 2
+    assert Rule("lidar", "v", "A", "min", "prior:x").choose(values) == 0
