@@ -97,3 +97,62 @@ def test_metrics_frame_reads_parquet_rows(tmp_path):
     df = frames.metrics_frame(tmp_path)
     assert df["value"].tolist() == [1.5]
     assert frames.metrics_frame(tmp_path / "empty").empty
+
+
+def _metric_rows(values, **extra):
+    base = dict(model="m/x", revision="r", dataset="A", metric="lidar", variant="value", n=10,
+                pooling="mean", alpha=1.0, seed=42, final_norm="last")  # fmt: skip
+    return pd.DataFrame([{**base, "layer": lay, "value": v, **extra} for lay, v in values.items()])
+
+
+def test_metrics_frame_never_mixes_two_runs_of_older_files(tmp_path):
+    """Issue 21: `metrics --n 100` then `--n 30` (files without a run identity): the newer
+    file's rows only, with a note; before, both were averaged."""
+    import os
+
+    (tmp_path / "metrics").mkdir()
+    first = tmp_path / "metrics" / "m__x__A__aaaa.parquet"
+    second = tmp_path / "metrics" / "m__x__A__bbbb.parquet"
+    _metric_rows({0: 1.0, 1: 2.0}, n=100).to_parquet(first, index=False)
+    _metric_rows({0: 5.0, 1: 6.0}, n=30).to_parquet(second, index=False)
+    os.utime(first, (1_000_000_000, 1_000_000_000))  # the older run
+    notes = []
+    df = frames.metrics_frame(tmp_path, notes=notes)
+    assert df["value"].tolist() == [5.0, 6.0] and set(df["run"]) == {"file:bbbb"}
+    [note] = notes
+    assert note.startswith("older metric run left out: m/x (pooling mean, final_norm last) on A")
+    assert "lidar of run file:aaaa" in note and "kept run file:bbbb" in note
+
+
+def test_metrics_frame_keeps_the_newest_run_per_metric(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    old = dict(run="r1", run_at="2026-01-01T00:00:00.000000+00:00", sample_size=100)
+    new = dict(run="r2", run_at="2026-02-01T00:00:00.000000+00:00", sample_size=30)
+    parts = [
+        _metric_rows({0: 1.0, 1: 2.0}, **old),  # lidar of run 1: superseded by run 2
+        _metric_rows({0: 7.0, 1: 8.0}, metric="dime", **old),  # dime only ever ran in run 1
+        _metric_rows({0: 5.0, 1: 6.0}, **new),
+        _metric_rows({0: 9.0}, dataset="B", **old),  # another dataset: its own newest run
+    ]
+    for i, part in enumerate(parts):
+        part.to_parquet(tmp_path / "metrics" / f"p{i}.parquet", index=False)
+    notes = []
+    df = frames.metrics_frame(tmp_path, notes=notes)
+    got = df.set_index(["dataset", "metric", "layer"])["value"].sort_index().to_dict()
+    assert got == {
+        ("A", "dime", 0): 7.0,
+        ("A", "dime", 1): 8.0,
+        ("A", "lidar", 0): 5.0,
+        ("A", "lidar", 1): 6.0,
+        ("B", "lidar", 0): 9.0,
+    }
+    [note] = notes
+    assert "on A: lidar of run r1 (sample_size=100" in note and "kept run r2 (sample_size=30" in note
+    # same run, written in two files (e.g. --layers 0 then --layers 1): read together
+    one = dict(run="r3", run_at="2026-03-01T00:00:00.000000+00:00")
+    _metric_rows({2: 3.0}, dataset="C", **one).to_parquet(tmp_path / "metrics" / "c0.parquet")
+    _metric_rows({3: 4.0}, dataset="C", **{**one, "run_at": "2026-03-02T00:00:00.000000+00:00"}
+                 ).to_parquet(tmp_path / "metrics" / "c1.parquet")  # fmt: skip
+    notes = []
+    c = frames.metrics_frame(tmp_path, notes=notes).query("dataset == 'C'")
+    assert c["value"].tolist() == [3.0, 4.0] and len(notes) == 1

@@ -15,6 +15,7 @@ from mteb_midlayer.metrics.driver import (
     Timer,
     layer_metrics,
     parse_metrics,
+    run_identity,
 )
 from mteb_midlayer.metrics.sampling import sample_texts, task_texts
 from mteb_midlayer.model import LayerModel
@@ -75,6 +76,10 @@ def test_layer_metrics_end_to_end(minilm, shared_data, tmp_path):
     assert list(df.columns) == ROW_COLUMNS
     assert set(df["metric"]) == set(METRICS)
     assert set(df["layer"]) == {0, 3, 6}
+    # the run that computed the rows (issue 21): one identity, its settings beside it
+    assert df["run"].nunique() == 1 and df["run_at"].nunique() == 1
+    assert set(df["sample_size"]) == {40} and set(df["n_views"]) == {4}
+    assert df["data"].iloc[0].startswith("local-") and df["dtype"].iloc[0] == "torch.float32"
     assert df["value"].notna().all()
     on_disk = pd.read_parquet(tmp_path / "metrics")  # one pandas call
     pd.testing.assert_frame_equal(on_disk.reset_index(drop=True), df.reset_index(drop=True))
@@ -281,3 +286,29 @@ def test_timer_counts_a_nested_phase_apart_from_the_enclosing_one():
         time.sleep(0.02)
     assert timer.seconds["prompt_entropy"] >= 0.2
     assert 0.04 <= timer.seconds["encode"] < 0.15
+
+
+KEYED = dict(model="m", revision="r", pooling="mean", n=100, seed=42, alpha=1.0, n_views=16,
+             metrics=["lidar"], layers=[0, 1], max_length=128, dtype="float32", data="hub-x")  # fmt: skip
+
+
+def test_run_identity_ignores_only_what_changes_no_value():
+    same = run_identity(KEYED, "last")
+    assert run_identity({**KEYED, "metrics": ["dime"], "layers": [2]}, "last") == same
+    for change in (dict(n=30), dict(seed=1), dict(data="hub-y"), dict(n_views=4)):
+        assert run_identity({**KEYED, **change}, "last") != same, change
+    assert run_identity(KEYED, "every") != same
+
+
+def test_an_older_file_read_back_gets_its_run(tmp_path):
+    from mteb_midlayer.frames import METRIC_COLUMNS
+    from mteb_midlayer.metrics.driver import _read_back
+
+    row = dict(model="m", revision="r", dataset="A", layer=0, metric="lidar", variant="v",
+               value=1.0, n=10, pooling="mean", alpha=1.0, seed=42)  # fmt: skip
+    path = tmp_path / "old.parquet"
+    pd.DataFrame([row]).to_parquet(path, index=False)  # before final_norm and runs
+    back = _read_back(path, "last", KEYED)
+    assert list(back.columns) == ROW_COLUMNS and back["final_norm"].tolist() == ["last"]
+    assert back["run"].tolist() == [run_identity(KEYED, "last")]
+    assert back["sample_size"].tolist() == [100] and back[METRIC_COLUMNS].notna().all().all()
