@@ -147,7 +147,9 @@ def test_metrics_frame_keeps_the_newest_run_per_metric(tmp_path):
         ("B", "lidar", 0): 9.0,
     }
     [note] = notes
-    assert "on A: lidar of run r1 (sample_size=100" in note and "kept run r2 (sample_size=30" in note
+    assert (
+        "on A: lidar of run r1 (sample_size=100" in note and "kept run r2 (sample_size=30" in note
+    )
     # same run, written in two files (e.g. --layers 0 then --layers 1): read together
     one = dict(run="r3", run_at="2026-03-01T00:00:00.000000+00:00")
     _metric_rows({2: 3.0}, dataset="C", **one).to_parquet(tmp_path / "metrics" / "c0.parquet")

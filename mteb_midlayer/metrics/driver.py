@@ -17,10 +17,10 @@ import logging
 import os
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 

@@ -132,9 +132,7 @@ def _task_sets(scores: pd.DataFrame, best: pd.DataFrame) -> dict[tuple, list[str
     return sets
 
 
-def _rank_across(
-    selection: Selection, scores: pd.DataFrame, budgets: Sequence[Budget]
-) -> None:
+def _rank_across(selection: Selection, scores: pd.DataFrame, budgets: Sequence[Budget]) -> None:
     """Where configurations have different tasks, rank them on the ones they all have."""
     sets = _task_sets(scores, selection.best)
     if len({frozenset(t) for t in sets.values()}) <= 1:
@@ -151,7 +149,8 @@ def _rank_across(
         selection.across = selection.best.iloc[0:0]
         selection.notes.append(
             "the configurations share no task, so each is ranked apart (its own best above) "
-            "and none is chosen across them: " + "; ".join(extra)
+            "and none is chosen across them: "
+            + "; ".join(extra)
             + "; name one with --model (or --tasks)"
         )
         return
