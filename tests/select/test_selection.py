@@ -115,8 +115,8 @@ MINILM = "sentence-transformers/all-MiniLM-L6-v2"
 
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory):
-    """The committed root plus a second model swept on BIOSSES only, 0.01 below MiniLM on it
-    at every layer: better on the mean of its one task than MiniLM on its two."""
+    """The committed root plus a second model swept on BIOSSES only, 0.003 below MiniLM on it
+    at every layer: under layer <= 3 better on its one task than MiniLM on the mean of two."""
     root = tmp_path_factory.mktemp("two") / "root"
     shutil.copytree(RESULTS, root)
     source = next((root / "results").glob("*/*/experiments")).parent
@@ -130,21 +130,21 @@ def two_models(tmp_path_factory):
         for entry in result["scores"]["test"]:
             for key, value in entry.items():
                 if isinstance(value, float):
-                    entry[key] = value - 0.01
+                    entry[key] = value - 0.003
         (target / "BIOSSES.json").write_text(json.dumps(result))
     return root
 
 
 def test_configurations_with_other_tasks_are_ranked_on_the_shared_ones(two_models, tmp_path):
     """Issue 21: under layer <= 3 MiniLM's layer 3 is 0.5644 on 2 tasks, the other model's
-    0.5602 on BIOSSES alone; the other model won before. On BIOSSES MiniLM is 0.01 better."""
+    0.5672 on BIOSSES alone; the other model won before. On BIOSSES MiniLM is better."""
     sel = select(two_models, budgets=[Budget(max_layer=3)])
+    chosen = sel.chosen("layer<=3")
+    assert chosen["model"] == MINILM and chosen["layer"] == 3
     assert sel.ranked_on == ["BIOSSES"]
     own = sel.best[sel.best["budget"] == "layer<=3"].set_index("model")["score"]
     assert own[MINILM] == pytest.approx((0.57022 + 0.55861) / 2, abs=1e-4)
-    assert own["other/model"] == pytest.approx(0.57022 - 0.01, abs=1e-4)
-    chosen = sel.chosen("layer<=3")
-    assert chosen["model"] == MINILM and chosen["layer"] == 3
+    assert own["other/model"] == pytest.approx(0.57022 - 0.003, abs=1e-4)
     assert chosen["score"] == pytest.approx(0.57022, abs=1e-4)  # on BIOSSES, as the other
     [note] = [n for n in sel.notes if n.startswith("ranked on the tasks they all have:")]
     assert note.startswith("ranked on the tasks they all have: BIOSSES (")
