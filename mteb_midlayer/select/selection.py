@@ -132,8 +132,15 @@ def _task_sets(scores: pd.DataFrame, best: pd.DataFrame) -> dict[tuple, list[str
     return sets
 
 
-def _rank_across(selection: Selection, scores: pd.DataFrame, budgets: Sequence[Budget]) -> None:
+def _rank_across(
+    selection: Selection,
+    scores: pd.DataFrame,
+    budgets: Sequence[Budget],
+    tasks: Sequence[str] | None,
+) -> None:
     """Where configurations have different tasks, rank them on the ones they all have."""
+    if tasks is not None:  # every configuration is judged on these (a lacking layer is left out)
+        scores = scores[scores["task"].isin(list(tasks))]
     sets = _task_sets(scores, selection.best)
     if len({frozenset(t) for t in sets.values()}) <= 1:
         return
@@ -201,7 +208,7 @@ def select_frames(
         notes=_incomplete_notes(layer_scores),
         prior=prior,
     )
-    _rank_across(selection, scores, budgets)
+    _rank_across(selection, scores, budgets, tasks)
     for budget in budgets:
         if not budget.is_none and best[best["budget"] == budget.label].empty:
             selection.notes.append(f"no swept slice fits the budget {budget.label}")

@@ -223,3 +223,10 @@ def test_cli_export_refuses_configurations_sharing_no_task(two_models, tmp_path,
         path.unlink()  # MiniLM: STSBenchmark only; the other model: BIOSSES only
     assert main(["select", str(root), "--export", str(tmp_path / "model")]) == 1
     assert "share no task" in capsys.readouterr().err and not (tmp_path / "model").exists()
+
+
+def test_select_frames_with_tasks_ignores_other_tasks_in_the_frame():
+    a = layer_series("m/a", {0: 0.5, 1: 0.6}, task="A")
+    b = pd.concat([layer_series("m/b", {0: 0.7, 1: 0.8}, task=t) for t in ("A", "B")])
+    sel = select_frames(pd.concat([a, b], ignore_index=True), pd.DataFrame(), tasks=["A"])
+    assert sel.ranked_on is None and sel.chosen()["model"] == "m/b"
