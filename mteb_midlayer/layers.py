@@ -54,6 +54,8 @@ class _Stack:
     blocks: nn.ModuleList
     path: str
     n_layers: int  # L: block calls per forward (more than len(blocks) when weights are shared)
+    expected: int | None  # the config's layer count when found (a change voids the cache)
+    size: int  # len(blocks) when found (likewise)
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class _Probe:
     """What one small forward pass showed: the stack it ran, and the module that maps the last
     block's output to `last_hidden_state` (None: nothing runs after the last block)."""
 
-    blocks: nn.ModuleList
+    stack: _Stack
     final_norm: nn.Module | None
 
 
@@ -98,14 +100,19 @@ def _uniform_lists(model: nn.Module) -> list[tuple[str, nn.ModuleList]]:
 
 def _stack(model: nn.Module) -> _Stack:
     """The block list of the backbone `model` (cached while that list stays in place)."""
-    cached = _STACKS.get(model)
-    if cached is not None and _still_there(model, cached.path, cached.blocks):
-        return cached
     expected = _expected_layers(model)
+    cached = _STACKS.get(model)
+    if (
+        cached is not None
+        and cached.expected == expected
+        and len(cached.blocks) == cached.size
+        and _still_there(model, cached.path, cached.blocks)
+    ):
+        return cached
     lists = _uniform_lists(model)
     stack = next(
         (
-            _Stack(module, name, len(module))
+            _Stack(module, name, len(module), expected, len(module))
             for name, module in lists
             if expected is None or len(module) == expected
         ),
@@ -116,7 +123,7 @@ def _stack(model: nn.Module) -> _Stack:
         # entries, counted over a probe forward pass, are called exactly L times.
         for name, module in lists:
             if len(module) < expected and _count_calls(model, module) == expected:
-                stack = _Stack(module, name, expected)
+                stack = _Stack(module, name, expected, expected, len(module))
                 break
     if stack is None:
         raise ValueError(
@@ -288,8 +295,8 @@ def find_final_norm(model: nn.Module) -> nn.Module | None:
     model = base_model(model)
     stack = _stack(model)
     cached = _PROBES.get(model)
-    if cached is None or cached.blocks is not stack.blocks:
-        cached = _Probe(stack.blocks, _probe_final_norm(model, stack))
+    if cached is None or cached.stack is not stack:
+        cached = _Probe(stack, _probe_final_norm(model, stack))
         _PROBES[model] = cached
     return cached.final_norm
 

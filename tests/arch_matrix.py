@@ -197,3 +197,24 @@ def arch_model(arch: str, n_layers: int = N_LAYERS, seed: int = 0) -> torch.nn.M
     if arch == "t5-encoder":
         return transformers.T5EncoderModel(config).eval()
     return transformers.AutoModel.from_config(config).eval()
+
+
+#: Families whose last hidden state is their last block's output (post-norm encoders): no final
+#: norm, so `final_norm="every"` equals `"last"`. Every other family has one.
+POST_NORM = frozenset(
+    {
+        "bert",
+        "roberta",
+        "xlm-roberta",
+        "electra",
+        "distilbert",
+        "albert",
+        "albert-2groups",
+        "deberta-v2",
+        "mpnet",
+    }
+)
+#: Families whose model cut to `l` blocks cannot be built from a config with `l` layers:
+#: DeBERTa-v2 and ModernBERT refuse zero layers; ALBERT with 2 layer groups re-spreads its groups
+#: over the new count (run i uses group i * groups // layers), so the cut is not a prefix.
+NO_CONFIG_CUT = {"deberta-v2": {0}, "modernbert": {0}, "albert-2groups": {1, 2}}
