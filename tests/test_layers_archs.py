@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,16 +18,31 @@ from torch import nn
 
 from mteb_midlayer.layers import (
     FinalNormError,
+    base_model,
     capture_layers,
+    final_norm_path,
     find_blocks,
     find_final_norm,
     num_layers,
     run_layers,
 )
+from mteb_midlayer.model import LayerModel
 
 from .arch_matrix import ARCHS, N_LAYERS, NO_CONFIG_CUT, POST_NORM, arch_config, arch_model
+from .conftest import REPO, tiny_tokenizer
 
 L = N_LAYERS
+DOC = REPO / "docs" / "architectures.md"
+
+
+def _doc_rows(path: Path = DOC) -> dict[str, list[str]]:
+    """`{test id: cells}` of the families table in docs/architectures.md."""
+    rows = {}
+    for line in path.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == 5:
+            rows[cells[0].strip("`")] = cells
+    return rows
 
 
 @dataclass
@@ -187,3 +203,20 @@ def test_the_probe_follows_a_cut_block_list():
     runs, _handles = _block_runs(albert)
     run_layers(albert, _inputs(), [2])
     assert num_layers(albert) == 2 and len(runs) == 2
+
+
+def test_the_docs_list_exactly_the_tested_families():
+    assert list(_doc_rows()) == list(ARCHS)
+
+
+def test_the_docs_row_says_what_the_code_finds(built):
+    _id, _family, cls, blocks, norm = _doc_rows()[built.arch]
+    backbone = base_model(built.model)
+    path = next(name for name, m in backbone.named_modules() if m is find_blocks(built.model))
+    assert cls == f"`{type(built.model).__name__}`"
+    assert blocks.startswith(f"`{path}`")
+    assert ("shared" in blocks) == (num_layers(built.model) != len(find_blocks(built.model)))
+    found = final_norm_path(built.model)
+    assert norm == (f"`{found}`" if found else "—")
+    # the whole wrapper loads it and counts the same layers (ALBERT could not be loaded before)
+    assert LayerModel.load(built.model, tiny_tokenizer(), device="cpu").n_layers == L
