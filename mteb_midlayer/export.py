@@ -31,9 +31,16 @@ from torch import nn
 from . import pooling as pooling_modes
 from .encoder import LayerEncoder
 from .frames import scores_frame
-from .layers import base_model, find_blocks
+from .layers import (
+    FinalNormError,
+    base_model,
+    final_norm_path,
+    find_blocks,
+    find_final_norm,
+    num_layers,
+)
 from .model import LayerModel
-from .st_modules import RawStreamTransformer, final_norm
+from .st_modules import RawStreamTransformer
 
 #: our pooling name -> sentence-transformers `Pooling.pooling_mode` (every mode we pool has one)
 ST_POOLING = {ours: st for st, ours in pooling_modes.ST_POOLING.items()}
@@ -96,11 +103,15 @@ def _block_path(model: nn.Module) -> tuple[nn.Module, str]:
 
 
 def truncate(model: nn.Module, layer: int) -> nn.Module:
-    """Keep the first `layer` blocks, in place, with the config saying so (so it reloads cut)."""
+    """Keep the first `layer` blocks, in place, with the config saying so (so it reloads cut).
+
+    A shared-weight stack (ALBERT: one layer group run L times) keeps its list; the config's
+    layer count alone says how many runs the cut model makes."""
     model = base_model(model)
     parent, attr = _block_path(model)
-    n = len(getattr(parent, attr))
-    setattr(parent, attr, nn.ModuleList(list(getattr(parent, attr))[:layer]))
+    n = num_layers(model)
+    if len(getattr(parent, attr)) == n:
+        setattr(parent, attr, nn.ModuleList(list(getattr(parent, attr))[:layer]))
     config = model.config
     for key in _COUNT_KEYS:
         if isinstance(getattr(config, key, None), int):
@@ -133,8 +144,12 @@ def build(
     max_length: int,
     prompts: dict[str, str] | None,
     include_prompt: bool = True,
+    skip_module: str | None = None,
 ) -> Any:
-    """The `SentenceTransformer` of a saved cut backbone, from sentence-transformers' modules."""
+    """The `SentenceTransformer` of a saved cut backbone, from sentence-transformers' modules.
+
+    `raw`: the first module is `RawStreamTransformer`, skipping the norm at `skip_module` (the
+    path `layers.final_norm_path` gave on the full model; None: found on the cut model)."""
     from sentence_transformers import SentenceTransformer
 
     try:  # sentence-transformers >= 6
@@ -147,8 +162,12 @@ def build(
     except ImportError:  # pragma: no cover - older releases
         from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
 
-    cls = RawStreamTransformer if raw else Transformer
-    modules: list[nn.Module] = [cls(str(backbone), max_seq_length=max_length)]
+    first = (
+        RawStreamTransformer(str(backbone), max_seq_length=max_length, skip_module=skip_module)
+        if raw
+        else Transformer(str(backbone), max_seq_length=max_length)
+    )
+    modules: list[nn.Module] = [first]
     modules.append(Pooling(hidden, pooling_mode=ST_POOLING[pooling], include_prompt=include_prompt))
     if dim < hidden:
         modules.append(
@@ -167,8 +186,9 @@ def build(
 
 def needs_raw_stream(model: nn.Module, layer: int, n_layers: int, setting: str) -> bool:
     """Whether the cut model must skip its final norm to give the slice: an inner layer under
-    "last" of a model that has one. Under "every" the cut model's own output is the slice."""
-    return setting == "last" and layer < n_layers and final_norm(model) is not None
+    "last" of a model that has one (`layers.find_final_norm`, which refuses a model whose norm it
+    cannot find). Under "every" the cut model's own output is the slice."""
+    return setting == "last" and layer < n_layers and find_final_norm(model) is not None
 
 
 def slice_scores(results: str | Path | None, result: ExportResult) -> pd.DataFrame | None:
@@ -292,9 +312,13 @@ def export(
     except (ValueError, TypeError) as e:
         raise ExportError(str(e)) from None
     prompts = ["", *sorted(set((lm.prompts or {}).values()))]
-    expected = {p: encoder.embed(list(probe_texts), prompt=p) for p in prompts}
     n_layers, hidden = lm.n_layers, lm.hidden_size
-    raw = needs_raw_stream(lm.model, encoder.layer, n_layers, encoder.final_norm)
+    try:
+        expected = {p: encoder.embed(list(probe_texts), prompt=p) for p in prompts}
+        raw = needs_raw_stream(lm.model, encoder.layer, n_layers, encoder.final_norm)
+    except FinalNormError as e:
+        raise ExportError(str(e)) from None
+    skip_module = final_norm_path(lm.model) if raw else None  # found on the full model
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
@@ -302,6 +326,7 @@ def export(
         st = build(
             work / "backbone",
             raw=raw,
+            skip_module=skip_module,
             hidden=hidden,
             dim=encoder.dim,
             pooling=encoder.pooling,

@@ -30,7 +30,7 @@ from .batching import (
     length_order,
     plan_batches,
 )
-from .layers import base_model, capture_layers, check_final_norms, find_blocks
+from .layers import base_model, capture_layers, check_final_norms, find_blocks, num_layers
 from .pooling import ST_POOLING, check_pooling, pool
 from .spec import (
     EMBEDDED_ALIAS,
@@ -383,8 +383,8 @@ class LayerModel:
     # ------------------------------------------------------------------ shape
     @property
     def n_layers(self) -> int:
-        """`L`: valid layers are `0..L`."""
-        return len(find_blocks(self.model))
+        """`L`: valid layers are `0..L` (block runs: ALBERT's shared layer counts each run)."""
+        return num_layers(self.model)
 
     @property
     def hidden_size(self) -> int:

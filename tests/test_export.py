@@ -13,8 +13,10 @@ from sentence_transformers import SentenceTransformer
 from mteb_midlayer import LayerEncoder
 from mteb_midlayer.cli import main
 from mteb_midlayer.export import ExportError, export
+from mteb_midlayer.layers import FinalNormError
 from mteb_midlayer.tasks.local import local_task
 
+from .arch_matrix import arch_model
 from .conftest import fresh_process_max_diff, tiny_model, tiny_tokenizer
 
 TEXTS = [
@@ -134,12 +136,51 @@ def test_bad_input_one_clear_line_and_nothing_left_behind(minilm_path, tmp_path)
     assert not (out / "keep.txt").exists() and (out / "modules.json").is_file()
 
 
-def test_unsupported_architecture_is_refused(tmp_path, monkeypatch):
-    # Pretend GPT-2 had no final norm we know of: the cut model would apply ln_f to block 2's
-    # output, the probe check sees it, and nothing is written.
+@pytest.mark.parametrize("arch", ["phi", "modernbert"])
+def test_pre_norm_model_whose_norm_no_name_list_had_round_trips(tmp_path, arch):
+    """Phi (`final_layernorm`) and ModernBERT (`final_norm`): the norm skipped at an inner layer
+    is the one the probe finds on the full model, recorded in the folder by its path."""
+    src = tmp_path / "src"
+    arch_model(arch).save_pretrained(src)
+    tiny_tokenizer().save_pretrained(src)
+    out = tmp_path / "out"
+    kwargs = dict(pooling="mean", normalize=False)
+    result = export(str(src), out, layer=2, **kwargs)
+    assert result.needs_mteb_midlayer
+    saved = json.loads((out / "sentence_bert_config.json").read_text())
+    assert saved["skip_module"] == {"phi": "final_layernorm", "modernbert": "final_norm"}[arch]
+    want = _reference(str(src), layer=2, **kwargs)
+    got = SentenceTransformer(str(out), device="cpu", trust_remote_code=True).encode(TEXTS)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    # the norm matters here: the model cut to 2 blocks (its norm kept) is another slice
+    every = _reference(str(src), layer=2, final_norm="every", **kwargs)
+    assert np.abs(every - want).max() > 1e-2
+    # a folder without the recorded path (older exports) finds the norm on the cut model
+    del saved["skip_module"]
+    (out / "sentence_bert_config.json").write_text(json.dumps(saved))
+    again = SentenceTransformer(str(out), device="cpu", trust_remote_code=True).encode(TEXTS)
+    np.testing.assert_allclose(again, want, atol=1e-5, rtol=0)
+
+
+def test_a_final_norm_that_cannot_be_found_is_one_line(tmp_path, monkeypatch):
     import mteb_midlayer.export as ex
 
-    monkeypatch.setattr(ex, "final_norm", lambda model: None)
+    def refuse(model):
+        raise FinalNormError("Cannot find the final norm of GPT2Model: no single module.")
+
+    monkeypatch.setattr(ex, "find_final_norm", refuse)
+    src = _saved_tiny("gpt2", tmp_path / "src")
+    with pytest.raises(ExportError, match=r"^Cannot find the final norm of GPT2Model"):
+        export(src, tmp_path / "out", layer=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_unsupported_architecture_is_refused(tmp_path, monkeypatch):
+    # Pretend GPT-2 had no final norm: the cut model would apply ln_f to block 2's output, the
+    # probe check sees it, and nothing is written.
+    import mteb_midlayer.export as ex
+
+    monkeypatch.setattr(ex, "find_final_norm", lambda model: None)
     src = _saved_tiny("gpt2", tmp_path / "src")
     with pytest.raises(ExportError, match="unsupported architecture GPT2Model"):
         export(src, tmp_path / "out", layer=2)

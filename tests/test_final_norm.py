@@ -11,6 +11,7 @@ import pytest
 
 from mteb_midlayer import LayerEncoder, frames
 from mteb_midlayer.export import export
+from mteb_midlayer.layers import find_final_norm
 from mteb_midlayer.model import LayerModel
 from mteb_midlayer.results import identity_path
 from mteb_midlayer.sweep import sweep
@@ -33,6 +34,8 @@ def _tiny_lm(arch: str, **kwargs) -> LayerModel:
 
 
 def _count_forwards(lm: LayerModel) -> list[int]:
+    """Forward passes from now on (the once-per-model final-norm probe already made)."""
+    find_final_norm(lm.model)
     calls: list[int] = []
     lm.model.register_forward_pre_hook(lambda *_: calls.append(1))
     return calls

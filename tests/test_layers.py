@@ -154,8 +154,12 @@ def test_one_forward_pass_serves_both_final_norms():
     model = tiny_model("llama", n_layers=4)
     calls = []
     model.register_forward_pre_hook(lambda *_a: calls.append(1))
-    both = capture_layers(model, _inputs("llama"), [0, 2, 4], final_norms=("last", "every"))
+    find_final_norm(model)  # one probe pass per model finds the norm (then cached)
     assert len(calls) == 1
+    calls.clear()
+    both = capture_layers(model, _inputs("llama"), [0, 2, 4], final_norms=("last", "every"))
+    capture_layers(model, _inputs("llama"), [1], final_norms=("every",))
+    assert len(calls) == 2
     assert sorted(both) == [(layer, s) for layer in (0, 2, 4) for s in ("every", "last")]
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mteb_midlayer.batching import NonFiniteError, is_out_of_memory, length_order, plan_batches
+from mteb_midlayer.layers import find_final_norm
 from mteb_midlayer.model import LayerModel, resolve_dtype
 
 from .conftest import tiny_model, tiny_tokenizer
@@ -141,6 +142,7 @@ def test_non_finite_vector_names_layer_and_text():
 
 def test_both_final_norms_from_one_pass_equal_single_setting_runs():
     lm = _lm("llama", n_layers=3)
+    find_final_norm(lm.model)  # the once-per-model probe pass that finds the norm
     calls = []
     lm.model.register_forward_pre_hook(lambda *_a: calls.append(1))
     batches = list(

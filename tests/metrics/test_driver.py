@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mteb_midlayer.encoder import LayerEncoder
+from mteb_midlayer.layers import find_final_norm
 from mteb_midlayer.metrics import functional as F
 from mteb_midlayer.metrics.augment import augment_views
 from mteb_midlayer.metrics.driver import (
@@ -172,7 +173,9 @@ ONE_PASS = dict(texts=ONE_PASS_TEXTS, n=12, n_views=3, batch_size=4, show_progre
 
 
 def _counted(lm: LayerModel) -> list[int]:
-    """A list that grows by one per forward pass of the network."""
+    """A list that grows by one per forward pass of the network (from now on: the once-per-model
+    final-norm probe pass is made first)."""
+    find_final_norm(lm.model)
     calls: list[int] = []
     lm.model.register_forward_pre_hook(lambda *_a: calls.append(1))
     return calls
