@@ -273,11 +273,10 @@ def test_scorer_warnings_go_to_the_log_in_one_line_and_other_warnings_still_show
 
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
-        with caplog.at_level(logging.INFO, logger="mteb_midlayer.sweep"):
-            with scorer_warnings_to_log():
-                for _ in range(3):
-                    assert precision_score([0, 1, 1], [0, 0, 0], average="macro") == 1 / 3 / 2
-                warnings.warn("not a scorer's", UserWarning)
+        with caplog.at_level(logging.INFO, logger="mteb_midlayer.sweep"), scorer_warnings_to_log():
+            for _ in range(3):
+                assert precision_score([0, 1, 1], [0, 0, 0], average="macro") == 1 / 3 / 2
+            warnings.warn("not a scorer's", UserWarning, stacklevel=1)
     assert [str(w.message) for w in shown] == ["not a scorer's"]
     lines = [r.getMessage() for r in caplog.records if "scorer warning" in r.getMessage()]
     assert len(lines) == 1
