@@ -49,7 +49,13 @@ def write_csv(df: pd.DataFrame, path: Path | str, *, index: bool = False) -> Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    csv_frame(df, index=index).to_csv(path, index=False)
+    out = csv_frame(df, index=index)
+    # The csv module quotes a cell holding a line terminator character, and "\r" is one only
+    # in "\r\n": a text cell with a CR keeps its row whole only with CRLF line ends.
+    has_cr = any(
+        out[c].map(lambda v: isinstance(v, str) and "\r" in v).any() for c in out.columns
+    ) or any(isinstance(c, str) and "\r" in c for c in out.columns)
+    out.to_csv(path, index=False, lineterminator="\r\n" if has_cr else "\n")
     return path
 
 
