@@ -394,7 +394,9 @@ def cmd_table(args: argparse.Namespace) -> int:
         _print_table(tables[key])
     if args.csv:
         # Every configuration in one file, so none overwrites another.
-        pd.concat(tables, names=keys).to_csv(args.csv)
+        from .inert import write_csv
+
+        write_csv(pd.concat(tables, names=keys), args.csv, index=True)
         print(f"\nwrote {args.csv}")
     return 0
 
@@ -551,8 +553,15 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         command=command,
         with_plots=not args.no_plots,
     )
+    lines: dict[Path, str] = {}  # one line per file; a plot's SVG rides on its PNG's line
     for path in paths:
-        print(f"wrote {path}")
+        png = path.with_suffix(".png")
+        if path.suffix == ".svg" and png in lines:
+            lines[png] = " (and .svg)"
+        else:
+            lines.setdefault(path, "")
+    for path, extra in lines.items():
+        print(f"wrote {path}{extra}")
     return 0
 
 

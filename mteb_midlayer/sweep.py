@@ -718,12 +718,45 @@ class _SupersededFilter(logging.Filter):
         return "is superseded by" not in record.getMessage()
 
 
+def _is_scorer_warning(w: warnings.WarningMessage) -> bool:
+    """A warning of scikit-learn's scorers (e.g. `UndefinedMetricWarning` when an inner layer
+    predicts one class): expected on some slices, noise between the progress bars."""
+    return type(w.message).__module__.startswith("sklearn") or w.category.__module__.startswith(
+        "sklearn"
+    )
+
+
+@contextlib.contextmanager
+def scorer_warnings_to_log() -> Iterator[None]:
+    """Route scikit-learn's scorer warnings to this module's log (one INFO line with their
+    count and the first message; `-v` shows it) instead of the terminal; every other warning
+    is shown as before (re-issued once the block ends)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.filterwarnings("ignore", message=r".*is superseded by")
+        try:
+            yield
+        finally:
+            scorer = [w for w in caught if _is_scorer_warning(w)]
+            others = [w for w in caught if not _is_scorer_warning(w)]
+    if scorer:
+        first = scorer[0]
+        logger.info(
+            "%d scikit-learn scorer warning(s) while scoring, first: %s: %s",
+            len(scorer),
+            first.category.__name__,
+            " ".join(str(first.message).split()),
+        )
+    for w in others:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
 @contextlib.contextmanager
 def _quiet_scoring() -> Iterator[None]:
     """Silence what mteb and datasets repeat on every slice of a task.
 
-    mteb's "task is superseded" notice (`run_plan` says it once per task instead) and the
-    progress bars of datasets' per-slice reformatting; the sweep's own bars stay.
+    mteb's "task is superseded" notice (`run_plan` says it once per task instead), the
+    progress bars of datasets' per-slice reformatting (the sweep's own bars stay) and
+    scikit-learn's scorer warnings (to the log: `scorer_warnings_to_log`).
     """
     import datasets
 
@@ -733,8 +766,7 @@ def _quiet_scoring() -> Iterator[None]:
     bars = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=r".*is superseded by")
+        with scorer_warnings_to_log():
             yield
     finally:
         mteb_logger.removeFilter(quiet)

@@ -259,3 +259,26 @@ def test_score_results_are_taken_as_they_finish_not_at_the_end():
     assert ("unit-2", "report-2") in rest and ("unit-3", "report-3") in rest
     (error,) = [item for item in rest if item[0] is None]
     assert isinstance(error[1], RuntimeError) and "broke" in str(error[1])
+
+
+def test_scorer_warnings_go_to_the_log_in_one_line_and_other_warnings_still_show(caplog):
+    """scikit-learn's UndefinedMetricWarning (an inner layer predicting one class) printed ten
+    blocks between the progress bars; scoring now logs their count, other warnings still show."""
+    import logging
+    import warnings
+
+    from sklearn.metrics import precision_score
+
+    from mteb_midlayer.sweep import scorer_warnings_to_log
+
+    with warnings.catch_warnings(record=True) as shown:
+        warnings.simplefilter("always")
+        with caplog.at_level(logging.INFO, logger="mteb_midlayer.sweep"), scorer_warnings_to_log():
+            for _ in range(3):
+                assert precision_score([0, 1, 1], [0, 0, 0], average="macro") == 1 / 3 / 2
+            warnings.warn("not a scorer's", UserWarning, stacklevel=1)
+    assert [str(w.message) for w in shown] == ["not a scorer's"]
+    lines = [r.getMessage() for r in caplog.records if "scorer warning" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].startswith("3 scikit-learn scorer warning(s) while scoring, first: ")
+    assert "UndefinedMetricWarning: Precision is ill-defined" in lines[0]

@@ -59,8 +59,14 @@ def _grid(n: int, *, width: float = 4.2, height: float = 3.2):
     return fig, list(axes.flat[:n])
 
 
+def plain(text: object) -> str:
+    """Text drawn as it is: matplotlib reads a pair of `$` as math (and fails on bad math), so a
+    name such as `org/$\\frac{$m` would stop the plots; escaped, it is drawn literally."""
+    return str(text).replace("$", r"\$")
+
+
 def _label(row) -> str:
-    return T.config_label(dict(zip(frames.CONFIG_COLUMNS, row, strict=True)))
+    return plain(T.config_label(dict(zip(frames.CONFIG_COLUMNS, row, strict=True))))
 
 
 def plot_depth(scores: pd.DataFrame, stem: Path | str) -> list[Path]:
@@ -136,7 +142,9 @@ def plot_metrics_depth(metrics: pd.DataFrame, stem: Path | str) -> list[Path]:
     for ax, ((metric, variant), part) in zip(axes, panels, strict=True):
         for (model, revision), line in part.groupby(["model", "revision"], sort=True):
             line = line.sort_values("layer")
-            ax.plot(line["depth"], line["value"], marker="o", ms=3, label=f"{model} @ {revision}")
+            ax.plot(
+                line["depth"], line["value"], marker="o", ms=3, label=plain(f"{model} @ {revision}")
+            )
         ax.set_title(f"{metric} ({variant})", fontsize=9)
         ax.set_xlabel("relative depth", fontsize=8)
         ax.set_xlim(-0.03, 1.03)
@@ -166,7 +174,7 @@ def plot_score_vs_metric(
     fig, axes = _grid(len(panels), width=3.6, height=2.8)
     for ax, ((metric, variant), part) in zip(axes, panels, strict=True):
         for (model, revision), pts in part.groupby(["model", "revision"], sort=True):
-            ax.scatter(pts["value"], 100 * pts["score"], s=14, label=f"{model} @ {revision}")
+            ax.scatter(pts["value"], 100 * pts["score"], s=14, label=plain(f"{model} @ {revision}"))
             for x, y, layer in zip(pts["value"], pts["score"], pts["layer"], strict=True):
                 if pd.notna(y):
                     ax.annotate(
@@ -208,6 +216,6 @@ def plot_dim_heatmap(dim_table: pd.DataFrame, stem: Path | str, *, title: str) -
             weight = "bold" if best == (i, j) else "normal"
             color = "white" if not pd.isna(v) and v > mid else "black"
             ax.text(j, i, text, ha="center", va="center", fontsize=8, color=color, weight=weight)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(plain(title), fontsize=9)
     fig.colorbar(image, ax=ax, label="average ×100", shrink=0.8)
     return _save(fig, stem)

@@ -35,6 +35,7 @@ def publish(
     if scores.empty:
         raise ValueError("No scores to publish: the results folders hold no layer results.")
     folder = Path(folder)
+    manifest = R.read_manifest(folder)  # a broken one stops us before any file is written
     folder.mkdir(parents=True, exist_ok=True)
     name = safe_name(benchmark)
     title = title or f"{benchmark}: main score by layer"
@@ -79,5 +80,5 @@ def publish(
         dim_plots=dim_plots,
     )
     written.append(page)
-    written.append(R.write_index(folder, benchmark, page, scores))
+    written.append(R.write_index(folder, benchmark, page, scores, manifest))
     return written

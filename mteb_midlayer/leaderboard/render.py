@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from .. import __version__, frames
+from ..inert import md_code, md_text, write_csv
 from . import tables as T
 
 #: How a missing result is shown (never 0, never blank in a rendered table).
@@ -89,19 +90,15 @@ def layer_label(layer: int, last: int) -> str:
 def to_csv(scores: pd.DataFrame, path: Path | str) -> Path:
     """Tidy raw rows (`tables.CSV_COLUMNS`), one per configuration/layer/dim/task.
 
-    A missing result is a row with an empty `main_score`. Values are not rounded.
+    A missing result is a row with an empty `main_score`. Values are not rounded; a text cell
+    a spreadsheet would run as a formula is quoted (`inert.write_csv`).
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    T.tidy_rows(scores).to_csv(path, index=False)
-    return path
+    return write_csv(T.tidy_rows(scores), path)
 
 
 def metrics_to_csv(metrics: pd.DataFrame, path: Path | str) -> Path:
     """The metrics frame as it is (raw rows), for readers who want the numbers behind the plots."""
-    path = Path(path)
-    frames.check_metrics(metrics).to_csv(path, index=False)
-    return path
+    return write_csv(frames.check_metrics(metrics), path)
 
 
 # ---------------------------------------------------------------- Markdown
@@ -117,7 +114,7 @@ def _md_layer_table(lt: T.LayerTable) -> str:
             text = fmt_score(value)
             cells[col] = f"**{text}**" if lt.best.get(col) == layer else text
         cells["tasks"] = lt.status.loc[layer, "tasks"]
-        cells["missing"] = lt.status.loc[layer, "missing"] or ""
+        cells["missing"] = md_text(lt.status.loc[layer, "missing"] or "")
         rows[layer_label(int(layer), last)] = cells
     rows["best layer"] = {
         c: (MISSING if pd.isna(b) else str(int(b))) for c, b in lt.best.items()
@@ -127,6 +124,7 @@ def _md_layer_table(lt: T.LayerTable) -> str:
         "missing": "",
     }
     frame = pd.DataFrame.from_dict(rows, orient="index")
+    frame.columns = [md_text(c) for c in frame.columns]
     frame.index.name = "layer"
     return frame.to_markdown(
         disable_numparse=True, colalign=["left"] + ["right"] * (frame.shape[1] - 1)
@@ -150,9 +148,9 @@ def _md_dim_table(dims: pd.DataFrame) -> str:
 def _md_summary(summary: pd.DataFrame) -> str:
     view = pd.DataFrame(
         {
-            "model": summary["model"],
-            "revision": summary["revision"],
-            "pooling": summary["pooling"],
+            "model": summary["model"].map(md_text),
+            "revision": summary["revision"].map(md_text),
+            "pooling": summary["pooling"].map(md_text),
             "normalize": summary["normalize"],
             "final_norm": summary["final_norm"],
             "dim": summary["dim"],
@@ -176,8 +174,8 @@ def _md_summary(summary: pd.DataFrame) -> str:
 
 
 def _md_provenance(prov: Provenance) -> str:
-    lines = [f"- **{k}**: {v}" for k, v in prov.items() if k != "Command"]
-    lines.append(f"- **Command**: `{prov.command}`")
+    lines = [f"- **{k}**: {md_text(v)}" for k, v in prov.items() if k != "Command"]
+    lines.append(f"- **Command**: {md_code(prov.command)}")
     return "\n".join(lines)
 
 
@@ -197,7 +195,7 @@ def to_md(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    parts = [f"# {title}", "", _md_provenance(prov), ""]
+    parts = [f"# {md_text(title)}", "", _md_provenance(prov), ""]
     parts += [
         "Main scores x100 (mteb's main score per task). **Bold**: best layer of the column. "
         f"{MISSING}: missing (an average is shown only for layers with every task). "
@@ -215,9 +213,9 @@ def to_md(
         dims = T.dims_of(scores, config)
         lt = T.layer_task_table(scores, config, dims[0])
         parts += [
-            f"## {T.config_label(config)}",
+            f"## {md_text(T.config_label(config))}",
             "",
-            f"Revision `{config['revision']}`, dim {dims[0]}.",
+            f"Revision {md_code(config['revision'])}, dim {dims[0]}.",
             "",
             _md_layer_table(lt),
             "",
@@ -394,14 +392,60 @@ def to_html(
     return path
 
 
-def write_index(folder: Path | str, benchmark: str, page: Path, scores: pd.DataFrame) -> Path:
+class ManifestError(ValueError):
+    """A `leaderboard.json` that cannot be read: named, and found before any page is written."""
+
+
+MANIFEST = "leaderboard.json"
+
+
+def read_manifest(folder: Path | str) -> dict:
+    """The pages listed in `folder/leaderboard.json` ({} when there is none).
+
+    A file that is not JSON, or not the mapping `write_index` writes, is a `ManifestError`
+    naming it (one line), so a caller can check it before writing anything.
+    """
+    path = Path(folder) / MANIFEST
+    if not path.exists():
+        return {}
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ManifestError(
+            f"{path} is not readable JSON ({reason}); fix or delete it (it lists the pages "
+            "of earlier runs for index.html)."
+        ) from None
+    entries_ok = isinstance(manifest, dict) and all(
+        isinstance(e, dict)
+        and isinstance(e.get("page"), str)
+        and isinstance(e.get("models"), list)
+        and all(isinstance(m, dict) and {"label", "anchor"} <= m.keys() for m in e["models"])
+        for e in manifest.values()
+    )
+    if not entries_ok:
+        raise ManifestError(
+            f"{path} is not a leaderboard list ({{benchmark: {{page, models}}}}); fix or "
+            "delete it (it lists the pages of earlier runs for index.html)."
+        )
+    return manifest
+
+
+def write_index(
+    folder: Path | str,
+    benchmark: str,
+    page: Path,
+    scores: pd.DataFrame,
+    manifest: dict | None = None,
+) -> Path:
     """`folder/index.html` linking every benchmark page written there and every model on it.
 
-    The list lives in `folder/leaderboard.json`, so pages written by earlier runs stay linked.
+    The list lives in `folder/leaderboard.json`, so pages written by earlier runs stay linked;
+    `manifest` is that list as `read_manifest` read it (read here when not given).
     """
     folder = Path(folder)
-    manifest_path = folder / "leaderboard.json"
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.exists() else {}
+    manifest_path = folder / MANIFEST
+    manifest = dict(read_manifest(folder) if manifest is None else manifest)
     manifest[benchmark] = {
         "page": page.name,
         "models": [
@@ -412,8 +456,8 @@ def write_index(folder: Path | str, benchmark: str, page: Path, scores: pd.DataF
     items = []
     for name, entry in sorted(manifest.items()):
         links = "".join(
-            f'<li><a href="{html.escape(entry["page"])}#{html.escape(m["anchor"])}">'
-            f"{html.escape(m['label'])}</a></li>"
+            f'<li><a href="{html.escape(entry["page"])}#{html.escape(str(m["anchor"]))}">'
+            f"{html.escape(str(m['label']))}</a></li>"
             for m in entry["models"]
         )
         items.append(

@@ -9,6 +9,8 @@ average over fewer tasks.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -85,15 +87,25 @@ def config_label(config: dict) -> str:
     return " · ".join([*map(str, parts), *_run_settings(config)])
 
 
+#: Longest readable part of a slug (file names stay well under 255 bytes with their suffixes).
+SLUG_TEXT = 80
+
+
 def config_slug(config: dict) -> str:
-    """A file-, anchor- and CSS-safe name of a configuration (letters, digits, - and _)."""
-    raw = "-".join(
-        [
-            *(str(config[k]) for k in ("model", "revision", "pooling", "normalize", "final_norm")),
-            *_run_settings(config),
-        ]
+    """A file-, anchor- and CSS-safe name of a configuration (letters, digits, - and _), unique.
+
+    The readable part maps `org/m.1` and `org/m-1` alike, so a short hash of the full
+    configuration follows it: two configurations never share a plot file or an anchor.
+    """
+    fields = [
+        *(str(config[k]) for k in ("model", "revision", "pooling", "normalize", "final_norm")),
+        *_run_settings(config),
+    ]
+    text = "".join(
+        c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in "-".join(fields)
     )
-    return "".join(c if c.isascii() and (c.isalnum() or c in "-_") else "-" for c in raw)
+    digest = hashlib.sha256(json.dumps(fields).encode("utf-8")).hexdigest()[:8]
+    return f"{text[:SLUG_TEXT]}-{digest}"
 
 
 def _ordered_tasks(scores: pd.DataFrame) -> dict[str, str]:

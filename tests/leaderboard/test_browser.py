@@ -47,13 +47,12 @@ def page(browser, published):
 
 
 def _table(page, model: str):
-    slug = "fake-deep-model-r1-mean-True-last" if model == FAKE else None
-    if slug is None:
-        slug = next(
-            s
-            for s in page.eval_on_selector_all("section.model", "els => els.map(e => e.id)")
-            if s.startswith("sentence-transformers")
-        )
+    prefix = "fake-deep-model-r1-mean-True-last-" if model == FAKE else "sentence-transformers"
+    slug = next(
+        s
+        for s in page.eval_on_selector_all("section.model", "els => els.map(e => e.id)")
+        if s.startswith(prefix)
+    )
     return page.locator(f'table.layer-table[data-model="{slug}"]')
 
 
@@ -127,3 +126,36 @@ def test_the_type_filter_hides_rows_of_other_types(page):
 
 def _visible_tasks(table) -> list[str]:
     return [r.locator("td").first.inner_text() for r in table.locator("tbody tr:visible").all()]
+
+
+@pytest.fixture(scope="module")
+def long_names(tmp_path_factory, frames_of) -> Path:
+    """The tiny board with the names a real run records: a long configuration label (run
+    settings), a 40-hex revision, and a long model name."""
+    from mteb_midlayer.leaderboard import publish
+
+    scores, metrics = frames_of
+    scores = scores.assign(
+        model=scores["model"].str.replace("fake/", "some-organisation/a-rather-long-model-name-"),
+        revision="0123456789abcdef0123456789abcdef01234567",
+        max_length=256,
+        dtype="float32",
+        prompts="none",
+    )
+    out = tmp_path_factory.mktemp("long")
+    publish(scores, metrics, out, benchmark="long", with_plots=False)
+    return out / "long.html"
+
+
+def test_the_summary_fits_a_laptop_screen_without_scrolling(browser, long_names):
+    """At a 1,400 px window the summary table used to be 1,873 px wide (one-line labels)."""
+    context = browser.new_context(offline=True, viewport={"width": 1400, "height": 900})
+    page = context.new_page()
+    page.goto(long_names.as_uri())
+    label = page.locator("#summary-table td.name a").first.inner_text()
+    assert "max_length=256" in label and "dtype=float32" in label
+    width = page.eval_on_selector("#summary-table", "t => t.scrollWidth")
+    viewport = page.evaluate("() => document.documentElement.clientWidth")
+    assert viewport == 1400 and width <= viewport, width
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= viewport
+    context.close()

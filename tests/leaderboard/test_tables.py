@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from mteb_midlayer import cli
+from mteb_midlayer.inert import md_text
 from mteb_midlayer.leaderboard import publish, render, tables
 
 from .conftest import (
@@ -72,7 +73,7 @@ def test_markdown_shows_the_files_values_best_in_bold_and_missing_as_a_dash(
     minilm = tables.config_label(
         dict(model=MINILM, pooling="mean", normalize=True, final_norm="last", revision="")
     )
-    rows = _md_rows(text, minilm)
+    rows = _md_rows(text, md_text(minilm))  # headings escape Markdown (final\_norm)
     for model, layer, dim, task, score in map(_key, result_files(results_root)):
         if model != MINILM or dim != 384:
             continue
@@ -135,7 +136,7 @@ def test_a_task_one_model_lacks_entirely_leaves_its_averages_missing(frames_of):
     assert summary.iloc[1]["tasks"] == "2/3"
 
 
-def test_publish_writes_every_format_and_a_self_contained_page(published):
+def test_publish_writes_every_format_and_a_self_contained_page(published, frames_of):
     for name in ("tiny.md", "tiny.csv", "tiny-metrics.csv", "tiny.html", "index.html"):
         assert (published / name).stat().st_size > 0
     for stem in ("tiny-depth", "tiny-metrics-depth", "tiny-score-vs-metric"):
@@ -147,7 +148,9 @@ def test_publish_writes_every_format_and_a_self_contained_page(published):
     assert "http://" not in page and "https://" not in page and "<link" not in page
     assert page.count('src="data:image/png;base64,') == 3 + 2
     index = (published / "index.html").read_text()
-    assert 'href="tiny.html#fake-deep-model-r1-mean-True-last"' in index
+    slug = tables.config_slug(_config(frames_of[0], FAKE))
+    assert slug.startswith("fake-deep-model-r1-mean-True-last-")  # then a hash of the config
+    assert f'href="tiny.html#{slug}"' in index
     assert index.count('<li><a href="tiny.html#') == 2
 
 
