@@ -35,8 +35,10 @@ from .pooling import ST_POOLING, check_pooling, pool
 from .spec import (
     EMBEDDED_ALIAS,
     ModelSpec,
+    PathNameError,
     SpecConflictError,
     absolute_source,
+    check_model_name,
     excludes_prompt,
     merge_spec,
 )
@@ -839,7 +841,10 @@ def module_fingerprint(net: nn.Module) -> str:
 def _name_from_config(net: nn.Module) -> str | None:
     value = getattr(getattr(net, "config", None), "_name_or_path", None)
     if isinstance(value, str) and value and not Path(value).exists() and value.count("/") == 1:
-        return value
+        try:
+            return check_model_name(value)
+        except PathNameError:  # e.g. "../x" saved by another tool: not a name to file under
+            return None
     return None
 
 
