@@ -41,6 +41,7 @@ from .spec import (
     check_model_name,
     excludes_prompt,
     merge_spec,
+    qualified_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -286,8 +287,7 @@ class LayerModel:
         net = base_model(net)
         find_blocks(net)  # fail early on an architecture we cannot walk
         net = net.to(device=device, dtype=torch_dtype).eval()
-        if "/" not in name:
-            name = f"local/{name}"
+        name = qualified_name(name)  # a folder under the results root: checked
         if revision is None:
             revision = getattr(net.config, "_commit_hash", None)
         if revision is None:  # an in-memory model: its weights are its identity

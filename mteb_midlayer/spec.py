@@ -35,6 +35,7 @@ __all__ = [
     "local_revision_label",
     "merge_spec",
     "prompts_hash",
+    "qualified_name",
 ]
 
 #: The packaged model's name as a source (`"minilm"`): never read as a folder.
@@ -110,6 +111,12 @@ def check_model_name(name: str) -> str:
             "give --name ORG/NAME (one '/', no '..')."
         )
     return name
+
+
+def qualified_name(name: str) -> str:
+    """The name results are filed under: `org/name` as given, a bare name as `local/<name>`;
+    checked (`check_model_name`)."""
+    return check_model_name(name if "/" in name else f"local/{name}")
 
 
 def check_revision(revision: str) -> str:
