@@ -440,7 +440,7 @@ def check_device_present(device: torch.device, given: str) -> None:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if count and (device.index is None or device.index < count):
             return
-        have = f"cuda:0..cuda:{count - 1}" if count else "no CUDA device"
+        have = f"cuda:0..cuda:{count - 1}" if count > 1 else "cuda:0" if count else "no CUDA device"
         raise ValueError(
             f"--devices: {given} is not on this machine (it has {have}); name devices it has, "
             "or leave --devices out to encode in this process."
