@@ -188,7 +188,7 @@ def _assert_inert(cell: str, text: str) -> None:
     assert re.sub(r"\\(.)", r"\1", cell, flags=re.DOTALL) == _visible(text)
 
 
-@hypothesis.settings(max_examples=400, deadline=None)
+@hypothesis.settings(max_examples=200, deadline=None)
 @hypothesis.given(name=_NAMES, revision=_NAMES)
 def test_no_name_or_revision_is_written_outside_the_output_and_cards_are_inert(name, revision):
     import pandas as pd
