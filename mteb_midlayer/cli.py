@@ -687,9 +687,19 @@ def cmd_select(args: argparse.Namespace) -> int:
             return 1
         from .export import export
         from .model import EMBEDDED_ALIAS, EMBEDDED_NAME
+        from .spec import check_model_name, is_local_revision, local_revision_label
 
+        revision = chosen["revision"]
+        if args.source is None and is_local_revision(revision):
+            # its name (local/<folder name>) is no path: never load whatever sits there now
+            raise ValueError(
+                f"{chosen['model']} was swept from a local folder ({revision}) that the results "
+                "do not locate (moved since?): pass --source with that folder."
+            )
         source = args.source or (
-            EMBEDDED_ALIAS if chosen["model"] == EMBEDDED_NAME else chosen["model"]
+            EMBEDDED_ALIAS
+            if chosen["model"] == EMBEDDED_NAME
+            else check_model_name(chosen["model"])
         )
         result = export(
             source,
@@ -700,7 +710,8 @@ def cmd_select(args: argparse.Namespace) -> int:
             normalize=bool(chosen["normalize"]),
             overwrite=args.overwrite,
             name=chosen["model"],
-            revision=chosen["revision"],
+            revision=local_revision_label(revision),  # a folder's fingerprint: added on load
+            expected_revision=revision,
             results=args.results,
             final_norm=str(chosen.get("final_norm") or "last"),
             max_length=int(chosen.get("max_length") or 0) or None,

@@ -12,12 +12,20 @@ and loading them needs `mteb_midlayer` installed; post-norm encoders (BERT famil
 layer, and every `final_norm="every"` slice (which *is* the cut model's output) load with
 sentence-transformers alone. Every export is checked against `LayerEncoder` on
 probe texts before it is moved into place; nothing half-written is left behind.
+
+OUT is built in a work folder beside it (never inside it) and renamed into place.
+`overwrite` replaces only a previous export (`modules.json` and our README card), never
+another folder, the current directory or one holding it, a results folder, or the model
+being exported (`check_out`). Work folders of killed exports are removed by the next export
+into the same parent once their writer is gone (`tempfiles.clean_temp_folders`).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
-import tempfile
+import string
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +48,9 @@ from .layers import (
     num_layers,
 )
 from .model import LayerModel
+from .spec import EMBEDDED_ALIAS, local_revision_label
 from .st_modules import RawStreamTransformer
+from .tempfiles import OUTPUT_FOLDERS, clean_temp_folders, make_temp_folder
 
 #: our pooling name -> sentence-transformers `Pooling.pooling_mode` (every mode we pool has one)
 ST_POOLING = {ours: st for st, ours in pooling_modes.ST_POOLING.items()}
@@ -53,6 +63,9 @@ PROBE_TEXTS = (
 )
 #: Largest absolute difference from `LayerEncoder` an export may show on the probes.
 CHECK_ATOL = 1e-4
+#: The sentence every export's README.md card opens with: with `modules.json`, what marks a
+#: folder as a previous export that `overwrite` may replace.
+CARD_MARK = "A layer slice exported by mteb-midlayer"
 _COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
 
@@ -82,12 +95,88 @@ class ExportResult:
     include_prompt: bool = True
 
 
-def check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an existing non-empty folder (or a file) unless `overwrite`."""
+def is_export(folder: Path) -> bool:
+    """Whether `folder` holds a previous export: `modules.json` and our README.md card."""
+    try:
+        card = (folder / "README.md").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return False
+    return (folder / "modules.json").is_file() and CARD_MARK in card
+
+
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
+
+
+def check_out(
+    out: Path,
+    overwrite: bool,
+    *,
+    results: str | Path | None = None,
+    source: str | Path | None = None,
+) -> Path:
+    """Where OUT really is (symlinks resolved), once it is safe to write: absent, an empty
+    folder, or (with `overwrite`) a previous export. Never the current directory or one holding
+    it, nor a folder holding `results` or the `source` model. Else a one-line `ExportError`."""
+    out = Path(out)
     if out.exists() and not out.is_dir():
         raise ExportError(f"{out} exists and is not a folder.")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ExportError(f"{out} exists and is not empty; pass --overwrite to replace it.")
+    target = out.resolve()
+    if _inside(Path.cwd().resolve(), target):
+        here = target == Path.cwd().resolve()
+        what = "is the current directory" if here else "holds the current directory"
+        raise ExportError(f"{out} {what}: export into a new folder instead, e.g. {out / 'slice'}.")
+    held = (("results folder", results), ("model", source))
+    for what, path in held:
+        if path is None or str(path) == EMBEDDED_ALIAS or not Path(path).exists():
+            continue
+        if _inside(Path(path).resolve(), target):
+            raise ExportError(f"{out} is or holds the {what} {path}: export to another folder.")
+    if target.is_dir() and any(target.iterdir()):
+        if not overwrite:
+            raise ExportError(f"{out} exists and is not empty; pass --overwrite to replace it.")
+        if not is_export(target):
+            kind = (
+                "a results folder (sweep --output)"
+                if any((target / f).is_dir() for f in OUTPUT_FOLDERS)
+                else "not a previous export (no modules.json and mteb-midlayer README.md)"
+            )
+            raise ExportError(
+                f"{out} is {kind}: --overwrite replaces only a previous export; "
+                "name a new or empty folder."
+            )
+    return target
+
+
+def _move_into_place(built: Path, target: Path, work: Path) -> None:
+    """Rename `built` to `target`; a previous export there is moved into `work` first (and
+    back if the rename fails), so a kill leaves the old or the new one, never neither."""
+    if not target.exists():
+        os.rename(built, target)
+        return
+    previous = work / "previous"
+    os.rename(target, previous)
+    try:
+        os.rename(built, target)
+    except BaseException:
+        os.rename(previous, target)
+        raise
+
+
+_INERT_CATEGORIES = frozenset({"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"})
+#: ASCII punctuation escaped in card text; '-' and '/' only act at a line's start (lists,
+#: rules) or after a scheme's ':' (autolinks), and card text never starts a line.
+_MARKDOWN_ACTIVE = frozenset(string.punctuation) - {"-", "/"}
+
+
+def markdown_inert(value: object) -> str:
+    """`value` as Markdown text (inside a line) that renders as written and does nothing else:
+    ASCII punctuation backslash-escaped (no code span, emphasis, link, autolink, HTML tag or
+    table cell can start), control, format and line-separator characters shown as `\\uXXXX`."""
+    visible = "".join(
+        ascii(c)[1:-1] if unicodedata.category(c) in _INERT_CATEGORIES else c for c in str(value)
+    )
+    return "".join("\\" + c if c in _MARKDOWN_ACTIVE else c for c in visible)
 
 
 def _block_path(model: nn.Module) -> tuple[nn.Module, str]:
@@ -191,9 +280,11 @@ def needs_raw_stream(model: nn.Module, layer: int, n_layers: int, setting: str) 
     return setting == "last" and layer < n_layers and find_final_norm(model) is not None
 
 
-def slice_scores(results: str | Path | None, result: ExportResult) -> pd.DataFrame | None:
+def slice_scores(
+    results: str | Path | None, result: ExportResult, revision: str | None = None
+) -> pd.DataFrame | None:
     """The task rows of exactly this slice (model, layer, dim, pooling, normalize, final_norm,
-    include_prompt) in `results`."""
+    include_prompt) in `results`, under `revision` (default: the export's)."""
     if results is None:
         return None
     df = scores_frame(results, model=result.model)
@@ -205,23 +296,25 @@ def slice_scores(results: str | Path | None, result: ExportResult) -> pd.DataFra
         & (df["final_norm"] == result.final_norm)
         & (df["include_prompt"] == result.include_prompt)
     )
-    if result.revision is not None:
-        keep &= df["revision"] == result.revision
+    revision = revision or result.revision
+    if revision is not None:
+        keep &= df["revision"] == revision
     return df[keep]
 
 
 def model_card(result: ExportResult, scores: pd.DataFrame | None = None) -> str:
     """README.md of the folder: where the slice comes from, how it is configured, its scores."""
     lines = [
-        f"# {result.model}, layer {result.layer} of {result.n_layers}, dim {result.dim}",
+        f"# {markdown_inert(result.model)}, layer {result.layer} of {result.n_layers}, "
+        f"dim {result.dim}",
         "",
-        "A layer slice exported by mteb-midlayer (`mteb-midlayer export`): the source model cut "
+        f"{CARD_MARK} (`mteb-midlayer export`): the source model cut "
         f"to its first {result.layer} blocks.",
         "",
         "| | |",
         "|---|---|",
-        f"| source model | `{result.model}` |",
-        f"| revision | `{result.revision}` |",
+        f"| source model | {markdown_inert(result.model)} |",
+        f"| revision | {markdown_inert(result.revision)} |",
         f"| layer | {result.layer} of {result.n_layers} (blocks run: {result.layer}) |",
         f"| dim | {result.dim} of {result.hidden_size} |",
         f"| pooling | {result.pooling} |",
@@ -254,7 +347,8 @@ def model_card(result: ExportResult, scores: pd.DataFrame | None = None) -> str:
             "|---|---|---|",
         ]
         for row in scores.itertuples():
-            lines.append(f"| {row.task} | {row.task_type} | {row.score:.4f} |")
+            task, kind = markdown_inert(row.task), markdown_inert(row.task_type)
+            lines.append(f"| {task} | {kind} | {row.score:.4f} |")
         lines += ["", f"Mean over {len(scores)} tasks: {scores['score'].mean():.4f}", ""]
     return "\n".join(lines)
 
@@ -276,6 +370,7 @@ def export(
     probe_texts: Sequence[str] = PROBE_TEXTS,
     final_norm: str = "last",
     include_prompt: bool | None = None,
+    expected_revision: str | None = None,
 ) -> ExportResult:
     """Write layer `layer` (first `dim` coordinates) of `model` to `out` as a sentence-transformers
     folder, checked against `LayerEncoder` on `probe_texts` (fp32, CPU).
@@ -286,10 +381,13 @@ def export(
     with prompts, the check also runs on the probe texts under each of the model's prompts.
 
     `results`: a results folder (`sweep --output`); the slice's task scores there go into the
-    model card.
+    model card. `expected_revision`: the revision the results name; a model that loads with
+    another (a local folder whose files changed) is refused before anything is written.
+    `overwrite` replaces a previous export only (`check_out`).
     """
     out = Path(out)
-    check_out(out, overwrite)
+    source = model if isinstance(model, (str, Path)) else None
+    target = check_out(out, overwrite, results=results, source=source)
     lm = LayerModel.load(
         model,
         name=name,
@@ -300,6 +398,14 @@ def export(
         trust_remote_code=trust_remote_code,
         include_prompt=include_prompt,
     )
+    if expected_revision is not None and expected_revision not in (
+        lm.revision,
+        local_revision_label(lm.revision),  # a local copy labelled with the Hub commit
+    ):
+        raise ExportError(
+            f"{model} loads as revision {lm.revision!r}, not the results' {expected_revision!r} "
+            "(a local folder's files changed?): pass --source the folder that was swept."
+        )
     try:
         encoder = LayerEncoder(
             lm,
@@ -319,8 +425,9 @@ def export(
     except FinalNormError as e:
         raise ExportError(str(e)) from None
     skip_module = final_norm_path(lm.model) if raw else None  # found on the full model
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    clean_temp_folders(target.parent)  # what killed exports left (never a live one's)
+    work = make_temp_folder(target)  # beside OUT, never inside it
     try:
         _save_backbone(lm, encoder.layer, work / "backbone")
         st = build(
@@ -359,10 +466,10 @@ def export(
         )
         final = work / "model"
         st.save(str(final), create_model_card=False)
-        (final / "README.md").write_text(model_card(result, slice_scores(results, result)))
-        if out.exists():
-            shutil.rmtree(out)
-        final.rename(out)
+        card = model_card(result, slice_scores(results, result, expected_revision))
+        (final / "README.md").write_text(card, encoding="utf-8")
+        check_out(out, overwrite, results=results, source=source)  # nothing changed meanwhile
+        _move_into_place(final, target, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result

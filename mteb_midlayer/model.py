@@ -35,10 +35,13 @@ from .pooling import ST_POOLING, check_pooling, pool
 from .spec import (
     EMBEDDED_ALIAS,
     ModelSpec,
+    PathNameError,
     SpecConflictError,
     absolute_source,
+    check_model_name,
     excludes_prompt,
     merge_spec,
+    qualified_name,
 )
 
 logger = logging.getLogger(__name__)
@@ -284,8 +287,7 @@ class LayerModel:
         net = base_model(net)
         find_blocks(net)  # fail early on an architecture we cannot walk
         net = net.to(device=device, dtype=torch_dtype).eval()
-        if "/" not in name:
-            name = f"local/{name}"
+        name = qualified_name(name)  # a folder under the results root: checked
         if revision is None:
             revision = getattr(net.config, "_commit_hash", None)
         if revision is None:  # an in-memory model: its weights are its identity
@@ -839,7 +841,10 @@ def module_fingerprint(net: nn.Module) -> str:
 def _name_from_config(net: nn.Module) -> str | None:
     value = getattr(getattr(net, "config", None), "_name_or_path", None)
     if isinstance(value, str) and value and not Path(value).exists() and value.count("/") == 1:
-        return value
+        try:
+            return check_model_name(value)
+        except PathNameError:  # e.g. "../x" saved by another tool: not a name to file under
+            return None
     return None
 
 

@@ -12,6 +12,8 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +25,17 @@ __all__ = [
     "DTYPE_NAMES",
     "EMBEDDED_ALIAS",
     "ModelSpec",
+    "PathNameError",
     "SpecConflictError",
     "absolute_source",
+    "check_model_name",
+    "check_revision",
     "excludes_prompt",
+    "is_local_revision",
+    "local_revision_label",
     "merge_spec",
     "prompts_hash",
+    "qualified_name",
 ]
 
 #: The packaged model's name as a source (`"minilm"`): never read as a folder.
@@ -54,6 +62,89 @@ class SpecConflictError(ValueError):
             f"{option}={given!r} conflicts with the model's {option}={existing!r}; "
             f"load the model with {option}={given!r} or leave the option out."
         )
+
+
+class PathNameError(ValueError):
+    """A model name or revision that cannot become a folder name under a results root."""
+
+
+#: Longest folder name most filesystems take (bytes, UTF-8).
+_MAX_COMPONENT_BYTES = 255
+#: The fingerprint loading appends to a local folder's revision (`LayerModel.load`).
+_LOCAL_FINGERPRINT = re.compile(r"(?:^|-)local-[0-9a-f]{12}$")
+
+
+def _component_problem(part: str) -> str | None:
+    """Why `part` cannot be one folder name (None: it can)."""
+    if not part:
+        return "an empty part (a leading, trailing or doubled '/', or an absolute path)"
+    if part in (".", ".."):
+        return f"a {part!r} part"
+    if "\\" in part:
+        return "a '\\' (a path separator on Windows)"
+    if any(unicodedata.category(c) in ("Cc", "Cs") for c in part):
+        return "a control character or an unpaired surrogate"
+    if len(part.encode("utf-8")) > _MAX_COMPONENT_BYTES:
+        return f"a part longer than {_MAX_COMPONENT_BYTES} bytes"
+    return None
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it can name a results folder as mteb builds it (`org/name` ->
+    `org__name`), else a one-line `PathNameError`.
+
+    A model name becomes a folder under the results root (mteb's `ResultCache`), the metrics
+    folder and an export's card; one with '..', an absolute path or more than mteb's one '/'
+    would be written outside the output, or over another model's results.
+    """
+    if not isinstance(name, str):
+        raise PathNameError(f"model name must be a string, got {name!r}.")
+    parts = name.split("/")
+    problem = "more than one '/' (mteb names are org/name)" if len(parts) > 2 else None
+    for part in parts:
+        problem = problem or _component_problem(part)
+    if problem is None and len(name.replace("/", "__").encode("utf-8")) > _MAX_COMPONENT_BYTES:
+        problem = f"more than {_MAX_COMPONENT_BYTES} bytes"
+    if problem is not None:
+        raise PathNameError(
+            f"model name {name!r} cannot name a results folder: it has {problem}; "
+            "give --name ORG/NAME (one '/', no '..')."
+        )
+    return name
+
+
+def qualified_name(name: str) -> str:
+    """The name results are filed under: `org/name` as given, a bare name as `local/<name>`;
+    checked (`check_model_name`)."""
+    return check_model_name(name if "/" in name else f"local/{name}")
+
+
+def check_revision(revision: str) -> str:
+    """`revision` if it can be one folder name (mteb writes `<model>/<revision>/`), else a
+    one-line `PathNameError` (no '/', '..', absolute path)."""
+    if not isinstance(revision, str):
+        raise PathNameError(f"revision must be a string, got {revision!r}.")
+    problem = "a '/'" if "/" in revision else _component_problem(revision)
+    if problem is not None:
+        raise PathNameError(
+            f"revision {revision!r} cannot name a results folder: it has {problem}; "
+            "give a commit hash or a label without '/' or '..'."
+        )
+    return revision
+
+
+def local_revision_label(revision: str | None) -> str | None:
+    """The label a local model was loaded with, its folder fingerprint taken off
+    (`"v1-local-0123456789ab"` -> `"v1"`, `"local-0123456789ab"` -> None); other revisions
+    unchanged. Loading the folder again appends the fingerprint of its files as they are now."""
+    if revision is None:
+        return None
+    return _LOCAL_FINGERPRINT.sub("", revision) or None
+
+
+def is_local_revision(revision: str | None) -> bool:
+    """Whether `revision` carries a local folder's fingerprint (the model was a folder)."""
+    return revision is not None and _LOCAL_FINGERPRINT.search(revision) is not None
 
 
 def prompts_hash(prompts: Mapping[str, str] | None) -> str:
@@ -118,6 +209,10 @@ class ModelSpec:
             value = getattr(self, key)
             if value is not None and (not isinstance(value, str) or not value):
                 raise ValueError(f"ModelSpec.{key} must be a non-empty string, got {value!r}.")
+        if self.name is not None:  # both become folder names under the results root
+            check_model_name(self.name)
+        if self.revision is not None:
+            check_revision(self.revision)
         if self.pooling is not None and self.pooling not in POOLINGS:
             raise ValueError(
                 f"Unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}."

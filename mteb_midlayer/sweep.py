@@ -143,6 +143,27 @@ def _localize(tasks: Sequence[Any], data_dir: Path, failures: dict[str, str] | N
     return out
 
 
+def check_output_outside_tasks(output: Path | str, data_dir: Path | str | None) -> None:
+    """Refuse an output folder inside a task folder of `data_dir` (one line, saying where to
+    put it): every write there would change that task's data fingerprint
+    (`results.task_fingerprint`), so every rerun would rescore everything as "data changed"."""
+    if data_dir is None:
+        return
+    root, out = Path(data_dir).resolve(), Path(output).resolve()
+    if out == root or root not in out.parents:
+        return
+    folder = root / out.relative_to(root).parts[0]
+    try:
+        mteb.get_task(folder.name)
+    except KeyError:
+        return  # not a task folder: nothing read as task data changes
+    raise ValueError(
+        f"--output {output} lies inside the task folder {folder} of --data-dir: writing there "
+        f"changes that task's data, so every rerun would rescore it; put --output outside "
+        f"{folder} (e.g. beside {Path(data_dir)})."
+    )
+
+
 def local_task_names(data_dir: Path) -> list[str]:
     """Folders of `data_dir` that are mteb task names, sorted."""
     names = []
@@ -219,6 +240,8 @@ def sweep(
     """
     search_backend = resolve_search_backend(search_backend)  # fail before any work
     final_norms = check_final_norms(final_norm)
+    device_list = parse_devices(devices)  # a device this machine lacks: one line, now
+    check_output_outside_tasks(output, data_dir)
     check_batch_limits(batch_size, max_tokens_per_batch)
     lm = LayerModel.coerce(
         model,
@@ -255,7 +278,6 @@ def sweep(
         raise NotADirectoryError(f"--output {output} is a file; name a folder for the results.")
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, got {jobs}.")
-    device_list = parse_devices(devices)
     if not dry_run:
         output.mkdir(parents=True, exist_ok=True)
         clean_output(output)  # what killed writers left (never a live writer's)
@@ -404,10 +426,29 @@ def parse_devices(devices: Sequence[str] | str | None) -> list[str] | None:
         raise ValueError("--devices names no device; give e.g. cuda:0,cuda:1.")
     for device in out:
         try:
-            torch.device(device)
+            parsed = torch.device(device)
         except RuntimeError as exc:
             raise ValueError(f"--devices: {device!r} is not a device ({exc}).") from None
+        check_device_present(parsed, device)
     return out
+
+
+def check_device_present(device: torch.device, given: str) -> None:
+    """A CUDA (or MPS) device this machine lacks is a one-line `ValueError` before any work,
+    not a traceback per task from a worker that cannot start on it."""
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count and (device.index is None or device.index < count):
+            return
+        have = f"cuda:0..cuda:{count - 1}" if count > 1 else "cuda:0" if count else "no CUDA device"
+        raise ValueError(
+            f"--devices: {given} is not on this machine (it has {have}); name devices it has, "
+            "or leave --devices out to encode in this process."
+        )
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(
+            f"--devices: {given} is not on this machine (no MPS); leave --devices out."
+        )
 
 
 def request_spec(lm: LayerModel) -> dict[str, Any]:

@@ -8,6 +8,8 @@ so no reader (ours or mteb's globs) takes it for data. `clean_temp_files` remove
 only when no live writer can still need it: its pid is dead on this host, or it has not been
 touched for `max_age_s` (a writer on another host cannot be checked; a live writer's file is
 never that old, as it is renamed a moment after its last byte).
+Exports build a whole folder the same way (`make_temp_folder`, ``.<name>.export-<host>-<pid>-
+<tag>`` beside OUT) and `clean_temp_folders` removes those of dead writers by the same rule.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import shutil
 import socket
 import time
 import uuid
@@ -27,7 +30,10 @@ __all__ = [
     "TempName",
     "clean_output",
     "clean_temp_files",
+    "clean_temp_folders",
+    "folder_stale_reason",
     "host_tag",
+    "make_temp_folder",
     "parse_temp_name",
     "pid_alive",
     "stale_reason",
@@ -52,6 +58,15 @@ _LEGACY = (
     re.compile(r"^(?P<name>.+)\.tmp-(?P<pid>\d+)$"),
     re.compile(r"^\.tmp-(?P<pid>\d+)-(?P<name>.+)$"),
 )
+
+
+#: Work folders of exports (`make_temp_folder`), built beside the folder they become:
+#: ``.<name>.<kind>-<host>-<pid>-<tag>``; earlier versions used `tempfile.mkdtemp`'s
+#: ``.<name>.export-<8 random chars>`` (no writer recorded: only their age tells).
+_FOLDER = re.compile(
+    r"^\.(?P<name>.+)\.(?P<kind>export)-(?P<host>.+)-(?P<pid>\d+)-(?P<tag>[0-9a-f]{8})$"
+)
+_FOLDER_LEGACY = re.compile(r"^\.(?P<name>.+)\.(?P<kind>export)-(?P<tag>[a-z0-9_]{8})$")
 
 
 def host_tag() -> str:
@@ -141,4 +156,66 @@ def clean_output(output: Path | str, *, max_age_s: float = DEFAULT_MAX_AGE_S) ->
     removed = []
     for folder in OUTPUT_FOLDERS:
         removed += clean_temp_files(Path(output) / folder, max_age_s=max_age_s)
+    return removed
+
+
+def make_temp_folder(final: Path | str, kind: str = "export") -> Path:
+    """A new hidden work folder beside `final` (same filesystem, so it can be renamed into
+    place), named after its writer so that `clean_temp_folders` can tell when it is debris."""
+    final = Path(final)
+    folder = final.with_name(
+        f".{final.name}.{kind}-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    )
+    folder.mkdir(mode=0o700)
+    return folder
+
+
+def _tree_mtime(folder: Path) -> float:
+    """The latest modification time in a folder tree (a live writer touches some file)."""
+    latest = folder.stat().st_mtime
+    for dirpath, dirs, files in os.walk(folder):
+        for name in dirs + files:
+            try:
+                latest = max(latest, os.lstat(os.path.join(dirpath, name)).st_mtime)
+            except OSError:
+                continue
+    return latest
+
+
+def folder_stale_reason(path: Path, *, max_age_s: float, now: float | None = None) -> str | None:
+    """Why the work folder at `path` is debris (`None`: a writer may still need it, or it is
+    no work folder of ours)."""
+    m = _FOLDER.match(path.name)
+    legacy = _FOLDER_LEGACY.match(path.name) if m is None else None
+    if m is None and legacy is None:
+        return None
+    if m is not None and m["host"] == host_tag() and not pid_alive(int(m["pid"])):
+        return f"its writer (pid {m['pid']} on this host) is gone"
+    try:
+        age = (time.time() if now is None else now) - _tree_mtime(path)
+    except OSError:
+        return None
+    return f"untouched for {age:.0f} s (> {max_age_s:.0f} s)" if age > max_age_s else None
+
+
+def clean_temp_folders(parent: Path | str, *, max_age_s: float = DEFAULT_MAX_AGE_S) -> list[Path]:
+    """Remove the stale work folders (`make_temp_folder`) directly in `parent`; returns what
+    was removed. Safe beside live writers: their folders are never stale."""
+    parent = Path(parent)
+    removed: list[Path] = []
+    try:
+        entries = list(parent.iterdir())
+    except OSError:
+        return removed
+    now = time.time()
+    for path in entries:
+        if path.is_symlink() or not path.is_dir():
+            continue
+        reason = folder_stale_reason(path, max_age_s=max_age_s, now=now)
+        if reason is None:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            logger.info("Removed the stale work folder %s: %s.", path, reason)
+            removed.append(path)
     return removed

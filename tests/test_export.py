@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import mteb
 import numpy as np
@@ -132,8 +134,15 @@ def test_bad_input_one_clear_line_and_nothing_left_behind(minilm_path, tmp_path)
         export(minilm_path, out, layer=3)
     assert (out / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temp folders
+    # --overwrite replaces a previous export only, never a folder of one's own
+    with pytest.raises(ExportError, match=r"not a previous export .* name a new or empty folder"):
+        export(minilm_path, out, layer=2, overwrite=True)
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    export(minilm_path, out, layer=3)
     export(minilm_path, out, layer=2, overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "modules.json").is_file()
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 @pytest.mark.parametrize("arch", ["phi", "modernbert"])
@@ -213,3 +222,147 @@ def test_cli_select_exports_the_best_slice_under_the_budget(minilm_path, tmp_pat
     assert "layer 4/6, dim 384/384" in text
     assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 4
     assert "Mean over 2 tasks: 0.5886" in (out / "README.md").read_text()
+
+
+# ---- issue 21: nothing lost (OUT checks, work folders), nothing silently wrong (card, select)
+
+
+def _tree(root) -> dict[str, bytes | None]:
+    """Every path under `root` with its bytes (None for folders)."""
+    return {
+        str(p.relative_to(root)): (p.read_bytes() if p.is_file() else None)
+        for p in sorted(root.rglob("*"))
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory) -> str:
+    return _saved_tiny("bert", tmp_path_factory.mktemp("tiny-bert") / "model")
+
+
+@pytest.mark.parametrize("out", [".", "x/..", ".."])
+def test_export_never_replaces_the_current_directory_or_one_holding_it(
+    tiny_bert, tmp_path, monkeypatch, capsys, out
+):
+    here = tmp_path / "t"
+    here.mkdir()
+    (here / "f").write_text("x")
+    (here / "x").mkdir()
+    monkeypatch.chdir(here)
+    before = _tree(tmp_path)
+    assert main(["export", tiny_bert, out, "--layer", "1", "--overwrite"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "current directory: export into a new folder" in err
+    assert _tree(tmp_path) == before  # nothing removed, no work folder left
+
+
+def test_overwrite_refuses_results_folders_and_folders_holding_the_model(tiny_bert, tmp_path):
+    res = tmp_path / "res"
+    (res / "results").mkdir(parents=True)
+    (res / "results" / "r.json").write_text("{}")
+    with pytest.raises(ExportError, match=r"is a results folder \(sweep --output\)"):
+        export(tiny_bert, res, layer=1, overwrite=True)
+    box = tmp_path / "box"
+    (box / "res" / "results").mkdir(parents=True)
+    with pytest.raises(ExportError, match="is or holds the results folder"):
+        export(tiny_bert, box, layer=1, results=box / "res", overwrite=True)
+    with pytest.raises(ExportError, match="is or holds the model"):
+        export(tiny_bert, Path(tiny_bert).parent, layer=1, overwrite=True)
+    assert (res / "results" / "r.json").read_text() == "{}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box", "res"]
+
+
+def test_a_killed_exports_work_folder_is_removed_by_the_next_export(tiny_bert, tmp_path):
+    import subprocess
+    import sys
+
+    from mteb_midlayer.tempfiles import host_tag
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    killed = tmp_path / f".exp.export-{host_tag()}-{proc.pid}-0badf00d"
+    (killed / "backbone").mkdir(parents=True)
+    (killed / "backbone" / "model.safetensors").write_bytes(b"0" * 4096)
+    legacy = tmp_path / ".exp.export-ab12_x9z"  # an earlier version's, fresh: may be live
+    legacy.mkdir()
+    export(tiny_bert, tmp_path / "exp", layer=1)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [legacy.name, "exp"]
+
+
+def test_select_export_onto_its_own_results_is_refused(minilm_path, tmp_path, capsys):
+    import shutil
+
+    from .select.conftest import RESULTS
+
+    res = tmp_path / "res"
+    shutil.copytree(RESULTS, res)
+    before = _tree(res)
+    argv = ["select", str(res), "--export", str(res), "--overwrite", "--source", minilm_path]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is or holds the results folder" in err
+    assert _tree(res) == before
+
+
+def test_the_card_shows_names_as_written_and_inert():
+    from mteb_midlayer.export import ExportResult, markdown_inert, model_card
+
+    name = "=HYPERLINK|x/`<img src=x onerror=alert(1)>`*[a](b)*\n# h\u2028i"
+    result = ExportResult(
+        path=Path("o"), model=name, revision="@rev|\r\n<b>", layer=1, n_layers=2, dim=4,
+        hidden_size=4, pooling="mean", normalize=False, max_length=8,
+        needs_mteb_midlayer=False, max_abs_diff=0.0,
+    )  # fmt: skip
+    card = model_card(result)
+    plain = model_card(replace(result, model="org/name", revision="abc"))
+    assert card.count("\n") == plain.count("\n")  # no line the names added
+    assert "<" not in card.replace("\\<", "") and "`<" not in card
+    assert f"| source model | {markdown_inert(name)} |" in card
+    row = next(line for line in card.splitlines() if line.startswith("| revision |"))
+    assert row.replace("\\|", "").count("|") == 3  # still two cells
+    assert markdown_inert("a|b`c\nd") == "a\\|b\\`c\\\\nd"
+
+
+def _local_results(tmp_path, name: str, revision: str):
+    """The committed select results, filed as if swept from a local folder."""
+    import shutil
+
+    from .select.conftest import RESULTS
+
+    res = tmp_path / "res"
+    shutil.copytree(RESULTS, res)
+    for meta in res.glob("results/*/*/experiments/*/model_meta.json"):
+        data = json.loads(meta.read_text())
+        meta.write_text(json.dumps({**data, "name": name, "revision": revision}))
+    return res
+
+
+def test_select_export_of_a_local_model_asks_for_its_folder(minilm_path, tmp_path, capsys):
+    res = _local_results(tmp_path, "local/gone", "local-0123456789ab")
+    argv = ["select", str(res), "--max-layer", "4", "--export", str(tmp_path / "out")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pass --source with that folder" in err
+    # another folder (other files) is refused, not exported under the results' scores
+    assert main([*argv, "--source", minilm_path]) == 2
+    assert "not the results' 'local-0123456789ab'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_select_export_of_a_local_model_from_its_folder_carries_its_scores(
+    minilm_path, tmp_path, capsys
+):
+    import shutil
+
+    from mteb_midlayer.model import folder_fingerprint
+
+    folder = shutil.copytree(minilm_path, tmp_path / "minilm")  # a local model, not the package's
+    revision = f"local-{folder_fingerprint(folder)}"
+    res = _local_results(tmp_path, "local/minilm", revision)
+    out = tmp_path / "out"
+    argv = ["select", str(res), "--max-layer", "4", "--export", str(out), "--source", str(folder)]
+    assert main(argv) == 0
+    card = (out / "README.md").read_text()
+    assert f"| revision | {revision} |" in card  # not the fingerprint twice
+    assert "Mean over 2 tasks: 0.5886" in card

