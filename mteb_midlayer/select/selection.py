@@ -20,6 +20,8 @@ from .. import frames
 from .budgets import Budget, best_frame, pareto_frame, stability_folds, stability_summary
 from .links import LINK_COLUMNS, link_frames
 from .priors import DEFAULT_PRIOR, check_prior
+from .recommend import Recommendation, RecommendationError, recommend_frames, render_lines
+from .recommend import to_dict as recommendation_dict
 from .rules import RULE_COLUMNS, losing_notes, rules_frame
 
 #: JSON keys of each section's rows (the contract; extra keys may follow).
@@ -38,6 +40,8 @@ class Selection:
     stability: list[dict[str, Any]]
     notes: list[str] = field(default_factory=list)
     prior: str = DEFAULT_PRIOR
+    #: The recommended label-free pick per model (`recommend`); empty with one model.
+    recommendation: Recommendation = field(default_factory=Recommendation)
 
     @property
     def has_scores(self) -> bool:
@@ -64,6 +68,7 @@ class Selection:
             "stability": _clean(self.stability),
             "prior": self.prior,
             "notes": list(self.notes),
+            **_clean(recommendation_dict(self.recommendation)),
         }
 
 
@@ -150,6 +155,9 @@ def select_frames(
         )
     selection.rules = rules_frame(layer_scores, metrics, selection.correlations, prior=prior)
     selection.notes.extend(losing_notes(selection.rules))
+    selection.recommendation = recommend_frames(
+        layer_scores, metrics, selection.correlations, prior=prior
+    )
     return selection
 
 
@@ -161,11 +169,46 @@ def select(
     metrics_dir: Path | str | None = None,
     budgets: Sequence[Budget] = (),
     prior: str = DEFAULT_PRIOR,
+    label_free: bool = False,
 ) -> Selection:
-    """Read `results_dir` (and `metrics_dir`, default `results_dir/metrics`) and choose."""
-    scores = frames.scores_frame(results_dir, model=model, tasks=tasks)
-    metrics = frames.metrics_frame(metrics_dir or results_dir, model=model)
-    return select_frames(scores, metrics, tasks=tasks, budgets=budgets, prior=prior)
+    """Read `results_dir` (and `metrics_dir`, default `results_dir/metrics`) and choose.
+
+    `model` keeps only that model; with `label_free` it names the *judged* model instead: every
+    model is read, so its rules are learned on the others (`recommend`), and the frames are
+    then narrowed to it.
+    """
+    read = None if label_free else model
+    scores = frames.scores_frame(results_dir, model=read, tasks=tasks)
+    metrics = frames.metrics_frame(metrics_dir or results_dir, model=read)
+    selection = select_frames(scores, metrics, tasks=tasks, budgets=budgets, prior=prior)
+    return judged_only(selection, model) if label_free and model else selection
+
+
+def judged_only(selection: Selection, model: str) -> Selection:
+    """`selection` narrowed to `model`'s rows (learned on every model; the recommendation's
+    summary stays over every model). A model without scores is a `RecommendationError`."""
+    if not selection.has_scores:
+        return selection
+    if model not in set(selection.scores["model"]):
+        have = ", ".join(sorted(selection.scores["model"].unique()))
+        raise RecommendationError(f"No scores of {model} in the results (models: {have}).")
+
+    others = set(selection.scores["model"]) - {model}
+
+    def mine(df: pd.DataFrame) -> pd.DataFrame:
+        return df[df["model"] == model].reset_index(drop=True) if "model" in df else df
+
+    return Selection(
+        scores=mine(selection.scores),
+        correlations=mine(selection.correlations),
+        rules=mine(selection.rules),
+        best=mine(selection.best),
+        pareto=mine(selection.pareto),
+        stability=[s for s in selection.stability if s.get("model") == model],
+        notes=[n for n in selection.notes if model in n or not any(o in n for o in others)],
+        prior=selection.prior,
+        recommendation=selection.recommendation.only(model),
+    )
 
 
 def summary_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -191,6 +234,9 @@ def render(selection: Selection, *, top_rules: int | None = None) -> str:
         # run settings that older results did not record are left out rather than shown empty
         shown = [c for c in constant if frames.RUN_DEFAULTS.get(c, object()) != first[c]]
         out.append("Configuration: " + "  ".join(f"{c}={first[c]}" for c in shown))
+    if selection.has_scores and not selection.rules.empty:
+        out.append("")
+        out.extend(render_lines(selection.recommendation, drop=constant))
 
     def table(title: str, df: pd.DataFrame) -> None:
         out.append(f"\n== {title} ==")
