@@ -219,3 +219,106 @@ def test_export_row_picks_the_default_configuration():
     twice = pd.concat([rows.iloc[[0]], rows.iloc[[0]].assign(max_length=128)])
     index, notes = export_row(twice.reset_index(drop=True), "m/a", pooling="mean", normalize=True)
     assert index == 0 and "differ only in run settings" in notes[0]
+
+
+# ------------------------------------------------- end to end: select --label-free --export
+OTHER = "test/other"
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def _other_score(layer: int) -> float:
+    """The second model's score on every task and dim: a peak at layer 2."""
+    return round(0.8 - 0.05 * abs(layer - 2), 4)
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory):
+    """The committed MiniLM results plus a second model, OTHER, whose only metric (dime, on
+    both datasets) is its score: argmax dime has regret 0 on it, the last layer 0.20."""
+    import json
+    import shutil
+
+    from .conftest import RESULTS
+
+    root = tmp_path_factory.mktemp("two") / "res"
+    shutil.copytree(RESULTS, root)
+    minilm = next((root / "results").iterdir())
+    other = root / "results" / "test__other"
+    shutil.copytree(minilm, other)
+    for meta_path in other.glob("*/experiments/*/model_meta.json"):
+        meta = json.loads(meta_path.read_text())
+        meta["name"] = OTHER
+        meta_path.write_text(json.dumps(meta))
+        layer = meta["experiment_kwargs"]["layer"]
+        for path in meta_path.parent.glob("*.json"):
+            if path.name != "model_meta.json":
+                result = json.loads(path.read_text())
+                result["scores"]["test"][0]["main_score"] = _other_score(layer)
+                path.write_text(json.dumps(result))
+    for path in sorted((root / "metrics").glob("*.parquet")):
+        df = pd.read_parquet(path)
+        df = df[df["metric"] == "dime"].assign(model=OTHER)
+        df["value"] = df["layer"].map(_other_score)
+        df.to_parquet(path.with_name(f"other-{path.name}"))
+    return root
+
+
+def test_cli_label_free_export_of_the_judged_model(two_models, tmp_path, capsys):
+    import json
+
+    from sentence_transformers import SentenceTransformer
+
+    from mteb_midlayer.cli import main
+
+    out, sel_json = tmp_path / "pick", tmp_path / "sel.json"
+    argv = ["select", str(two_models), "--model", MINILM, "--label-free"]
+    assert main([*argv, "--export", str(out), "--json", str(sel_json)]) == 0
+    text = capsys.readouterr().out
+    assert text.index("Recommended label-free pick") < text.index("Best (layer, dim)")
+    assert "label-free pick of sentence-transformers/all-MiniLM-L6-v2: argmax dime" in text
+    data = json.loads(sel_json.read_text())
+    rows = {r["dim"]: r for r in data["recommended"]}
+    assert set(rows) == {128, 384}  # only the judged model's rows
+    assert {r["model"] for r in data["scores"]} == {MINILM}
+    row = rows[384]
+    # candidates on OTHER: dime on BIOSSES, STSBenchmark and their mean all have regret 0
+    # (a tie, settled by name: BIOSSES); the last layer (6) 0.20, the middle layer (3) 0.05.
+    assert row["rule"] == "argmax dime/value @ BIOSSES" and row["rule_from"] == f"models:{OTHER}"
+    assert row["direction_from"] == f"models:{OTHER}" and row["others_regret"] == 0
+    assert row["others_last_regret"] == pytest.approx(0.20)
+    # MiniLM's dime on BIOSSES is largest at layer 1 (0.152); its scores (BIOSSES, STSB):
+    # layer 1 (0.5243 + 0.5670) / 2, oracle = last = layer 6 (0.8125 + 0.8203) / 2
+    assert row["chosen_layer"] == 1 and row["oracle_layer"] == 6
+    assert row["chosen_score"] == pytest.approx((0.5243 + 0.5670) / 2, abs=1e-4)
+    assert row["last_layer_score"] == pytest.approx((0.8125 + 0.8203) / 2, abs=1e-4)
+    assert row["regret"] == pytest.approx(0.8164 - 0.54565, abs=2e-4)
+    assert row["gain"] == pytest.approx(-row["regret"])
+    assert row["exported"] is True and rows[128]["exported"] is False
+    # the default configuration of MiniLM: mean pooling, normalised, full width, layer 1
+    model = SentenceTransformer(str(out), device="cpu")
+    assert model.get_sentence_embedding_dimension() == 384
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 1
+    # the verdict over both models (OTHER judged on MiniLM's directions)
+    summary = data["recommendation"]
+    assert summary["n_models"] == 2 and summary["models"] == [MINILM, OTHER]
+    assert summary["last_layer_mean_regret"] == pytest.approx((0 + 0.20) / 2)
+    # MiniLM: (0.3310 + 0.2708) / 2 over its two dims; OTHER keeps its last layer (0.20)
+    assert summary["mean_regret"] == pytest.approx((0.3009 + 0.20) / 2, abs=2e-4)
+    assert summary["pays"] is False and "does not pay" in text
+    assert "label-free selection" in text
+
+
+def test_cli_label_free_without_a_judged_model_or_with_one_model(two_models, tmp_path, capsys):
+    from mteb_midlayer.cli import main
+
+    from .conftest import RESULTS
+
+    out = tmp_path / "x"
+    assert main(["select", str(two_models), "--label-free", "--export", str(out)]) == 1
+    assert "Name the judged model with --model" in capsys.readouterr().err
+    assert main(["select", str(RESULTS), "--label-free", "--export", str(out)]) == 1
+    captured = capsys.readouterr()
+    assert "no label-free recommendation can be learned" in captured.out
+    assert "nothing exported" in captured.err and not out.exists()
+    assert main(["select", str(two_models), "--model", "m/none", "--label-free"]) == 2
+    assert "No scores of m/none" in capsys.readouterr().err
