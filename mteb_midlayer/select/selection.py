@@ -234,9 +234,10 @@ def render(selection: Selection, *, top_rules: int | None = None) -> str:
         # run settings that older results did not record are left out rather than shown empty
         shown = [c for c in constant if frames.RUN_DEFAULTS.get(c, object()) != first[c]]
         out.append("Configuration: " + "  ".join(f"{c}={first[c]}" for c in shown))
-    if selection.has_scores and not selection.rules.empty:
+    rec = selection.recommendation
+    if selection.has_scores and (not rec.rows.empty or rec.notes):
         out.append("")
-        out.extend(render_lines(selection.recommendation, drop=constant))
+        out.extend(render_lines(rec, drop=constant))
 
     def table(title: str, df: pd.DataFrame) -> None:
         out.append(f"\n== {title} ==")

@@ -127,6 +127,21 @@ def test_a_rule_missing_on_an_other_model_is_no_candidate():
     assert rec.rows.set_index("model").loc["m/c", "rule"] == LAST_RULE
 
 
+def test_a_judged_model_without_metrics_still_gets_a_baseline():
+    ls, met, _ = _frames()
+    met = met[met["model"] != "m/c"]
+    rec = recommend_frames(ls, met, link_frames(ls, met))
+    rows = rec.rows.set_index("model")
+    # C: lidar is the best candidate on A and B (0) but C has no lidar to apply it to; last
+    # (.20 + .05) / 2 and middle (.10 + .15) / 2 tie at .125, and the tie goes to the last.
+    assert rows.loc["m/c", "rule"] == LAST_RULE and rows.loc["m/c", "chosen_layer"] == 4
+    c_cands = rec.candidates[rec.candidates["model"] == "m/c"].set_index("rule")
+    assert c_cands.loc["argmax lidar/n_views=16 @ A", "mean_regret"] == pytest.approx(0.0)
+    assert c_cands.loc[MIDDLE_RULE, "mean_regret"] == pytest.approx(0.125)
+    # A and B: no metric rule is judged on C, so only the baselines compete
+    assert set(rec.candidates[rec.candidates["model"] == "m/a"]["rule"]) == {LAST_RULE, MIDDLE_RULE}
+
+
 def test_one_model_gives_no_recommendation_and_says_so():
     ls, met, corr = _frames(models=("m/a",))
     rec = recommend_frames(ls, met, corr)
