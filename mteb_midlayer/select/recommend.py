@@ -8,7 +8,7 @@ Both choices are leave-one-model-out (METRICS.md: nothing is fitted on the model
   model counts once: its configurations and dims are averaged first; a candidate must be
   judged on every other model). "last layer" and "middle layer" are candidates like the metric
   rules and win ties, so a metric is recommended only where it beats the default on the other
-  models.
+  models; among tied metric rules, one on the datasets' mean goes first.
 
 The judged model's scores only *report* the pick (its regret and gain); they never make it, so
 the pick is what a user without labels for their domain would get. With one model there is
@@ -25,7 +25,7 @@ from typing import Any
 import pandas as pd
 
 from .. import frames
-from .links import matching_series, metric_series
+from .links import MEAN_DATASET, matching_series, metric_series
 from .priors import DEFAULT_PRIOR, check_prior
 from .rules import Rule, judge, make_rule
 
@@ -180,9 +180,13 @@ def _apply(rule: Rule | str, cell: _Cell, key: tuple[str, str, str] | None) -> d
 
 
 def _order(item: tuple[Any, float]) -> tuple:
-    """Lowest mean regret; on a tie the last layer, then the middle, then the metric rules."""
+    """Lowest mean regret; on a tie the last layer, then the middle, then a metric rule on the
+    datasets' mean (less noisy than one dataset), then the other metric rules by name."""
     key, mean = item
-    rank = BASELINES.index(key) if isinstance(key, str) else len(BASELINES)
+    if isinstance(key, str):
+        rank = BASELINES.index(key)
+    else:
+        rank = len(BASELINES) + (key[2] != MEAN_DATASET)
     return (round(mean / TIE) if math.isfinite(mean) else math.inf, rank, str(key))
 
 

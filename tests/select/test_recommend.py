@@ -142,6 +142,29 @@ def test_a_judged_model_without_metrics_still_gets_a_baseline():
     assert set(rec.candidates[rec.candidates["model"] == "m/a"]["rule"]) == {LAST_RULE, MIDDLE_RULE}
 
 
+def test_tied_metric_rules_prefer_the_datasets_mean():
+    # lidar on datasets A and B (and so their mean): on A and B it is 10 x the score, so every
+    # lidar rule has regret 0 on the others of C; on C only the mean's argmax is layer 3.
+    on_c = {
+        "A": {0: 1.0, 1: 9.0, 2: 2.0, 3: 8.0, 4: 3.0},  # argmax: layer 1 (by name, A wins)
+        "B": {0: 1.0, 1: 1.0, 2: 2.0, 3: 8.0, 4: 3.0},
+    }
+    met = pd.concat(
+        metric_by_layer(m, on_c[d] if m == "m/c" else LIDAR[m], dataset=d)
+        for m in SCORES
+        for d in ("A", "B")
+    )
+    ls = frames.layer_scores(pd.concat([layer_series(m, SCORES[m]) for m in SCORES]))
+    rec = recommend_frames(ls, met, link_frames(ls, met))
+    c_cands = rec.candidates[rec.candidates["model"] == "m/c"].set_index("rule")
+    tied = [f"argmax lidar/n_views=16 @ {d}" for d in ("A", "B", "mean")]
+    assert c_cands.loc[tied, "mean_regret"].tolist() == [0, 0, 0]
+    c = rec.rows.set_index("model").loc["m/c"]
+    # mean on C: layer 1 (9 + 1) / 2 = 5, layer 3 (8 + 8) / 2 = 8: layer 3, C's oracle
+    assert c["rule"] == "argmax lidar/n_views=16 @ mean" and c["dataset"] == "mean"
+    assert c["chosen_layer"] == 3 and c["regret"] == 0
+
+
 def test_one_model_gives_no_recommendation_and_says_so():
     ls, met, corr = _frames(models=("m/a",))
     rec = recommend_frames(ls, met, corr)
@@ -249,7 +272,7 @@ def _other_score(layer: int) -> float:
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory):
     """The committed MiniLM results plus a second model, OTHER, whose only metric (dime, on
-    both datasets) is its score: argmax dime has regret 0 on it, the last layer 0.20."""
+    BIOSSES) is its score: argmax dime has regret 0 on it, the last layer 0.20."""
     import json
     import shutil
 
@@ -272,6 +295,8 @@ def two_models(tmp_path_factory):
                 path.write_text(json.dumps(result))
     for path in sorted((root / "metrics").glob("*.parquet")):
         df = pd.read_parquet(path)
+        if "BIOSSES" not in path.name:
+            continue  # one dataset: dime @ BIOSSES is the only metric rule judged on OTHER
         df = df[df["metric"] == "dime"].assign(model=OTHER)
         df["value"] = df["layer"].map(_other_score)
         df.to_parquet(path.with_name(f"other-{path.name}"))
@@ -296,8 +321,8 @@ def test_cli_label_free_export_of_the_judged_model(two_models, tmp_path, capsys)
     assert set(rows) == {128, 384}  # only the judged model's rows
     assert {r["model"] for r in data["scores"]} == {MINILM}
     row = rows[384]
-    # candidates on OTHER: dime on BIOSSES, STSBenchmark and their mean all have regret 0
-    # (a tie, settled by name: BIOSSES); the last layer (6) 0.20, the middle layer (3) 0.05.
+    # candidates on OTHER: dime on BIOSSES has regret 0, the last layer (6) 0.20, the middle
+    # layer (3) 0.05.
     assert row["rule"] == "argmax dime/value @ BIOSSES" and row["rule_from"] == f"models:{OTHER}"
     assert row["direction_from"] == f"models:{OTHER}" and row["others_regret"] == 0
     assert row["others_last_regret"] == pytest.approx(0.20)
