@@ -595,6 +595,20 @@ def _add_select_parser(sub: argparse._SubParsersAction) -> None:
         help="model path or Hub id to export from (default: the model's name; 'minilm' works)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --export folder")
+    p.add_argument(
+        "--label-free",
+        action="store_true",
+        help="--model names the judged model (rules still learned on the others in RESULTS); "
+        "--export writes its recommended label-free pick (docs/select.md)",
+    )
+    p.add_argument(
+        "--pooling",
+        choices=list(POOLINGS),
+        help="with --label-free --export: this pooling's row (default: the model's own)",
+    )
+    p.add_argument(
+        "--dim", type=int, help="with --label-free --export: this width (default: full width)"
+    )
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
@@ -662,6 +676,7 @@ def cmd_select(args: argparse.Namespace) -> int:
         metrics_dir=args.metrics_dir,
         budgets=[budget],
         prior=args.prior,
+        label_free=args.label_free,
     )
     if not selection.has_scores:
         print(f"No sweep results under {args.results} to choose from:")
@@ -671,6 +686,11 @@ def cmd_select(args: argparse.Namespace) -> int:
             return 1
         return 0
     print(render(selection))
+    if args.label_free and args.export:
+        rc = _export_recommended(args, selection)
+        if args.json:
+            print(f"\nwrote {to_json(selection, args.json)}")
+        return rc
     if args.json:
         print(f"\nwrote {to_json(selection, args.json)}")
     if args.export:
@@ -718,6 +738,61 @@ def cmd_select(args: argparse.Namespace) -> int:
             include_prompt=None if bool(chosen.get("include_prompt", True)) else False,
         )
         _print_export(result)
+    return 0
+
+
+def _export_recommended(args: argparse.Namespace, selection) -> int:
+    """Export the judged model's recommended label-free pick; mark its row `exported`."""
+    from .export import export
+    from .model import EMBEDDED_ALIAS, EMBEDDED_NAME, LayerModel
+    from .select.recommend import export_row
+
+    rows = selection.recommendation.rows
+    models = sorted(rows["model"].unique())
+    if rows.empty:
+        print(
+            "No label-free recommendation to export (it needs two models or more with "
+            "scores and metrics in RESULTS): nothing exported.",
+            file=sys.stderr,
+        )
+        return 1
+    if args.model is None and len(models) > 1:
+        print(
+            f"Name the judged model with --model (one of {', '.join(models)}): nothing exported.",
+            file=sys.stderr,
+        )
+        return 1
+    name = args.model or models[0]
+    source = args.source or (EMBEDDED_ALIAS if name == EMBEDDED_NAME else name)
+    # the model's own pooling and normalisation: its default configuration
+    lm = LayerModel.load(source, name=name, device="cpu", dtype="float32")
+    pooling, normalize = args.pooling or lm.default_pooling, lm.default_normalize
+    del lm
+    index, notes = export_row(rows, name, pooling=pooling, normalize=normalize, dim=args.dim)
+    row = rows.loc[index]
+    result = export(
+        source,
+        args.export,
+        layer=int(row["chosen_layer"]),
+        dim=int(row["dim"]),
+        pooling=row["pooling"],
+        normalize=bool(row["normalize"]),
+        overwrite=args.overwrite,
+        name=name,
+        revision=row["revision"],
+        results=args.results,
+        final_norm=str(row["final_norm"]),
+        max_length=int(row["max_length"] or 0) or None,
+        include_prompt=None if bool(row["include_prompt"]) else False,
+    )
+    rows.loc[index, "exported"] = True
+    print(
+        f"label-free pick of {name}: {row['rule']} -> layer {int(row['chosen_layer'])} "
+        f"(regret {row['regret']:.4f}, gain {row['gain']:+.4f})"
+    )
+    for note in notes:
+        print(f"note: {note}")
+    _print_export(result)
     return 0
 
 

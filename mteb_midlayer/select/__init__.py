@@ -6,6 +6,7 @@ Imports go one way: `frames` <- `select` (never `sweep` or `cli`).
 from .budgets import Budget, BudgetError, best_frame, pareto_frame, stability_folds
 from .links import correlations, link, link_frames, metric_series
 from .priors import DEFAULT_PRIOR, PRIOR_TABLE, UnknownPriorError, prior_direction
+from .recommend import Recommendation, RecommendationError, recommend_frames
 from .rules import Rule, RuleError, judge, make_rule, rules_frame
 from .selection import Selection, render, select, select_frames, to_json
 
@@ -14,6 +15,8 @@ __all__ = [
     "PRIOR_TABLE",
     "Budget",
     "BudgetError",
+    "Recommendation",
+    "RecommendationError",
     "Rule",
     "RuleError",
     "Selection",
@@ -27,6 +30,7 @@ __all__ = [
     "metric_series",
     "pareto_frame",
     "prior_direction",
+    "recommend_frames",
     "render",
     "rules_frame",
     "select",

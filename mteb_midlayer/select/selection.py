@@ -20,6 +20,8 @@ from .. import frames
 from .budgets import Budget, best_frame, pareto_frame, stability_folds, stability_summary
 from .links import LINK_COLUMNS, link_frames, nonfinite_notes
 from .priors import DEFAULT_PRIOR, check_prior
+from .recommend import Recommendation, RecommendationError, recommend_frames, render_lines
+from .recommend import to_dict as recommendation_dict
 from .rules import RULE_COLUMNS, losing_notes, rules_frame
 
 #: JSON keys of each section's rows (the contract; extra keys may follow).
@@ -44,6 +46,8 @@ class Selection:
     ranked_on: list[str] | None = None
     #: `best` recomputed on `ranked_on` (None when `ranked_on` is): what `chosen` ranks.
     across: pd.DataFrame | None = None
+    #: The recommended label-free pick per model (`recommend`); empty with one model.
+    recommendation: Recommendation = field(default_factory=Recommendation)
 
     @property
     def has_scores(self) -> bool:
@@ -79,6 +83,7 @@ class Selection:
             "best_across": None
             if self.across is None
             else _records(self.across, list(self.across.columns)),
+            **_clean(recommendation_dict(self.recommendation)),
         }
 
 
@@ -225,6 +230,9 @@ def select_frames(
         )
     selection.rules = rules_frame(layer_scores, metrics, selection.correlations, prior=prior)
     selection.notes.extend(losing_notes(selection.rules))
+    selection.recommendation = recommend_frames(
+        layer_scores, metrics, selection.correlations, prior=prior
+    )
     return selection
 
 
@@ -236,19 +244,24 @@ def select(
     metrics_dir: Path | str | None = None,
     budgets: Sequence[Budget] = (),
     prior: str = DEFAULT_PRIOR,
+    label_free: bool = False,
 ) -> Selection:
     """Read `results_dir` (and `metrics_dir`, default `results_dir/metrics`) and choose.
 
     A `model` or task that matches no result is named in a note (with what is there), so a
-    misspelt name is never mistaken for a missing sweep.
+    misspelt name is never mistaken for a missing sweep. `model` keeps only that model; with
+    `label_free` it names the *judged* model instead: every model is read, so its rules are
+    learned on the others (`recommend`), and the frames are then narrowed to it.
     """
     everything = frames.scores_frame(results_dir)
-    scores = everything if model is None else everything[everything["model"] == model]
-    filter_notes = _filter_notes(results_dir, everything, scores, model, tasks)
+    of_model = everything if model is None else everything[everything["model"] == model]
+    filter_notes = _filter_notes(results_dir, everything, of_model, model, tasks)
+    read = None if label_free else model
+    scores = everything if read is None else of_model
     if tasks is not None:
         scores = scores[scores["task"].isin(list(tasks))]
     read_notes: list[str] = []
-    metrics = frames.metrics_frame(metrics_dir or results_dir, model=model, notes=read_notes)
+    metrics = frames.metrics_frame(metrics_dir or results_dir, model=read, notes=read_notes)
     selection = select_frames(
         scores.reset_index(drop=True), metrics, tasks=tasks, budgets=budgets, prior=prior
     )
@@ -256,7 +269,7 @@ def select(
         selection.notes = filter_notes  # not "no sweep results": the filters matched nothing
     else:
         selection.notes[:0] = filter_notes + read_notes
-    return selection
+    return judged_only(selection, model) if label_free and model else selection
 
 
 def _filter_notes(
@@ -283,6 +296,35 @@ def _filter_notes(
     ]
 
 
+def judged_only(selection: Selection, model: str) -> Selection:
+    """`selection` narrowed to `model`'s rows (learned on every model; the recommendation's
+    summary stays over every model). A model without scores is a `RecommendationError`."""
+    if not selection.has_scores:
+        return selection
+    if model not in set(selection.scores["model"]):
+        have = ", ".join(sorted(selection.scores["model"].unique()))
+        raise RecommendationError(f"No scores of {model} in the results (models: {have}).")
+
+    others = set(selection.scores["model"]) - {model}
+
+    def mine(df: pd.DataFrame) -> pd.DataFrame:
+        return df[df["model"] == model].reset_index(drop=True) if "model" in df else df
+
+    return Selection(
+        scores=mine(selection.scores),
+        correlations=mine(selection.correlations),
+        rules=mine(selection.rules),
+        best=mine(selection.best),
+        pareto=mine(selection.pareto),
+        stability=[s for s in selection.stability if s.get("model") == model],
+        notes=[n for n in selection.notes if model in n or not any(o in n for o in others)],
+        prior=selection.prior,
+        ranked_on=selection.ranked_on,
+        across=None if selection.across is None else mine(selection.across),
+        recommendation=selection.recommendation.only(model),
+    )
+
+
 def summary_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows on the datasets' mean where a metric has one, else on its single dataset."""
     if df.empty:
@@ -306,6 +348,10 @@ def render(selection: Selection, *, top_rules: int | None = None) -> str:
         # run settings that older results did not record are left out rather than shown empty
         shown = [c for c in constant if frames.RUN_DEFAULTS.get(c, object()) != first[c]]
         out.append("Configuration: " + "  ".join(f"{c}={first[c]}" for c in shown))
+    rec = selection.recommendation
+    if selection.has_scores and (not rec.rows.empty or rec.notes):
+        out.append("")
+        out.extend(render_lines(rec, drop=constant))
 
     def table(title: str, df: pd.DataFrame) -> None:
         out.append(f"\n== {title} ==")
