@@ -38,6 +38,7 @@ LONG_COLUMNS = [
     "final_norm",
     "include_prompt",
     "n_layers",
+    "fuse",
 ]
 
 
@@ -136,10 +137,11 @@ def scan_results(
                     "final_norm": kwargs.get("final_norm", "last"),
                     "include_prompt": bool(kwargs.get("include_prompt", True)),
                     "n_layers": _n_layers(identity.get("n_layers")),
+                    "fuse": str(kwargs.get("fuse") or ""),
                 }
             )
     df = pd.DataFrame(rows, columns=LONG_COLUMNS)
-    df = df.sort_values(["model", "revision", "layer", "dim", "task"], ignore_index=True)
+    df = df.sort_values(["model", "revision", "fuse", "layer", "dim", "task"], ignore_index=True)
     return ResultScan(df, problems)
 
 
@@ -156,8 +158,9 @@ def layer_results(
     The score follows TASKS.md (English subsets, STS17 en-en; see `tasks.benchmark`).
     `max_length`, `dtype` and `prompts` (a hash) tell runs of other settings apart; `final_norm`
     is "last" for results written before the option; `n_layers` is the model's layer count L
-    from the run identity (NaN when not recorded). Files that cannot be read are logged as
-    warnings (`scan_results` returns them).
+    from the run identity (NaN when not recorded). `fuse` is a fused slice's label (e.g.
+    "0+6", `fusion.py`; its `layer` is the deepest fused layer), "" for a single layer. Files
+    that cannot be read are logged as warnings (`scan_results` returns them).
     """
     scan = scan_results(output, model=model, revision=revision, pooling=pooling)
     for line in scan.problems:
@@ -185,9 +188,22 @@ def layer_table(long: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.Da
 
     One block per Matryoshka width: the index is `layer` for a single width, else
     `(dim, layer)`; with several final norms, `final_norm` leads the index. `long` holds one
-    configuration otherwise (model, revision, pooling, normalize).
+    configuration otherwise (model, revision, pooling, normalize). Fused slices (a `fuse`
+    label) follow the layer rows, indexed by their label (e.g. "0+6").
     """
     from .tasks.benchmark import layer_average
+
+    if "fuse" in long.columns and (long["fuse"] != "").any():
+        plain = long[long["fuse"] == ""].drop(columns="fuse")
+        single = layer_table(plain, tasks) if len(plain) else None
+        fused = long[long["fuse"] != ""].drop(columns="layer").rename(columns={"fuse": "layer"})
+        block = layer_table(fused, tasks)
+        order = sorted(fused["layer"].unique(), key=lambda f: (_deepest(f), f))
+        if block.index.nlevels == 1:
+            block = block.reindex(order)
+        else:
+            block = block.reindex(order, level=block.index.nlevels - 1)
+        return block if single is None else pd.concat([single, block])
 
     if "final_norm" in long.columns and long["final_norm"].nunique() > 1:
         blocks = {
@@ -201,3 +217,8 @@ def layer_table(long: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.Da
         return layer_average(long, tasks=tasks)
     blocks = {int(d): layer_average(long[long["dim"] == d], tasks=tasks) for d in dims}
     return pd.concat(blocks, names=["dim", "layer"])
+
+
+def _deepest(label: str) -> int:
+    """The deepest layer of a fusion label ("0+6", "4-6"): fusions sort by their cost."""
+    return max(int(x) for x in label.replace("-", "+").split("+") if x)
