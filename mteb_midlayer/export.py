@@ -12,6 +12,16 @@ and loading them needs `mteb_midlayer` installed; post-norm encoders (BERT famil
 layer, and every `final_norm="every"` slice (which *is* the cut model's output) load with
 sentence-transformers alone. Every export is checked against `LayerEncoder` on
 probe texts before it is moved into place; nothing half-written is left behind.
+
+A fusion of layers (`fusion.py`, `export(..., fuse="0+6")`) cuts the backbone to its deepest
+layer's blocks, saves its config with `output_hidden_states` on, and puts sentence-transformers'
+own `WeightedLayerPooling` before `Pooling`: weight 1 on each fused layer and 0 on the others
+from the shallowest fused layer on, so its token states are the layers' mean and, for every
+linear pooling, the pooled vector is the mean of the layers' pooled vectors (`LayerEncoder(...,
+layers=[...])`). Under our "last" convention the cut model's hidden states are the raw block
+outputs (its final norm skipped by `RawStreamTransformer` for an inner deepest layer), so no
+custom module is needed; a fusion under `final_norm="every"` of a model with a final norm is
+refused (each fused layer would need the norm, which `WeightedLayerPooling` cannot apply).
 """
 
 from __future__ import annotations
@@ -31,9 +41,11 @@ from torch import nn
 from . import pooling as pooling_modes
 from .encoder import LayerEncoder
 from .frames import scores_frame
+from .fusion import NO_FUSION, fusion_label, parse_label
 from .layers import base_model, find_blocks
 from .model import LayerModel
 from .st_modules import RawStreamTransformer, final_norm
+from .st_modules import final_norm as model_final_norm  # `final_norm` is also an option
 
 #: our pooling name -> sentence-transformers `Pooling.pooling_mode` (every mode we pool has one)
 ST_POOLING = {ours: st for st, ours in pooling_modes.ST_POOLING.items()}
@@ -73,6 +85,8 @@ class ExportResult:
     #: False: the folder has prompts and its Pooling leaves their tokens out
     #: (`include_prompt=False`); as the results frame's `include_prompt` column.
     include_prompt: bool = True
+    #: a fusion's label ("0+6"; `layer` is then its deepest layer), "" for one layer
+    fuse: str = NO_FUSION
 
 
 def check_out(out: Path, overwrite: bool) -> None:
@@ -111,8 +125,10 @@ def truncate(model: nn.Module, layer: int) -> nn.Module:
     return model
 
 
-def _save_backbone(lm: LayerModel, layer: int, folder: Path) -> None:
+def _save_backbone(lm: LayerModel, layer: int, folder: Path, all_layers: bool = False) -> None:
     net = truncate(lm.model, layer)
+    if all_layers:  # sentence-transformers then passes every layer on (`all_layer_embeddings`)
+        net.config.output_hidden_states = True
     net.save_pretrained(folder, safe_serialization=True)
     tok = lm.tokenizer
     # Our forward pass: right padding, no token_type_ids (GPT-2 would add wte[0] for them).
@@ -133,8 +149,12 @@ def build(
     max_length: int,
     prompts: dict[str, str] | None,
     include_prompt: bool = True,
+    fuse: Sequence[int] = (),
 ) -> Any:
-    """The `SentenceTransformer` of a saved cut backbone, from sentence-transformers' modules."""
+    """The `SentenceTransformer` of a saved cut backbone, from sentence-transformers' modules.
+
+    `fuse`: the fused layers (the backbone is cut to the deepest and returns every layer):
+    a `WeightedLayerPooling` with equal weights on them goes before `Pooling`."""
     from sentence_transformers import SentenceTransformer
 
     try:  # sentence-transformers >= 6
@@ -143,12 +163,30 @@ def build(
             Normalize,
             Pooling,
             Transformer,
+            WeightedLayerPooling,
         )
     except ImportError:  # pragma: no cover - older releases
-        from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+        from sentence_transformers.models import (
+            Dense,
+            Normalize,
+            Pooling,
+            Transformer,
+            WeightedLayerPooling,
+        )
 
     cls = RawStreamTransformer if raw else Transformer
     modules: list[nn.Module] = [cls(str(backbone), max_seq_length=max_length)]
+    if fuse:
+        start, deepest = min(fuse), max(fuse)
+        weights = [1.0 if layer in fuse else 0.0 for layer in range(start, deepest + 1)]
+        modules.append(
+            WeightedLayerPooling(
+                hidden,
+                num_hidden_layers=deepest,
+                layer_start=start,
+                layer_weights=nn.Parameter(torch.tensor(weights), requires_grad=False),
+            )
+        )
     modules.append(Pooling(hidden, pooling_mode=ST_POOLING[pooling], include_prompt=include_prompt))
     if dim < hidden:
         modules.append(
@@ -172,13 +210,14 @@ def needs_raw_stream(model: nn.Module, layer: int, n_layers: int, setting: str) 
 
 
 def slice_scores(results: str | Path | None, result: ExportResult) -> pd.DataFrame | None:
-    """The task rows of exactly this slice (model, layer, dim, pooling, normalize, final_norm,
-    include_prompt) in `results`."""
+    """The task rows of exactly this slice (model, layer, fuse, dim, pooling, normalize,
+    final_norm, include_prompt) in `results`."""
     if results is None:
         return None
     df = scores_frame(results, model=result.model)
     keep = (
         (df["layer"] == result.layer)
+        & (df["fuse"] == result.fuse)
         & (df["dim"] == result.dim)
         & (df["pooling"] == result.pooling)
         & (df["normalize"] == result.normalize)
@@ -192,17 +231,24 @@ def slice_scores(results: str | Path | None, result: ExportResult) -> pd.DataFra
 
 def model_card(result: ExportResult, scores: pd.DataFrame | None = None) -> str:
     """README.md of the folder: where the slice comes from, how it is configured, its scores."""
+    what = f"layers {result.fuse} (fused)" if result.fuse else f"layer {result.layer}"
+    fused = (
+        f" Layers {result.fuse} are averaged with equal weights (sentence-transformers' "
+        "`WeightedLayerPooling`) before pooling."
+        if result.fuse
+        else ""
+    )
     lines = [
-        f"# {result.model}, layer {result.layer} of {result.n_layers}, dim {result.dim}",
+        f"# {result.model}, {what} of {result.n_layers}, dim {result.dim}",
         "",
         "A layer slice exported by mteb-midlayer (`mteb-midlayer export`): the source model cut "
-        f"to its first {result.layer} blocks.",
+        f"to its first {result.layer} blocks.{fused}",
         "",
         "| | |",
         "|---|---|",
         f"| source model | `{result.model}` |",
         f"| revision | `{result.revision}` |",
-        f"| layer | {result.layer} of {result.n_layers} (blocks run: {result.layer}) |",
+        f"| layer | {what} of {result.n_layers} (blocks run: {result.layer}) |",
         f"| dim | {result.dim} of {result.hidden_size} |",
         f"| pooling | {result.pooling} |",
         f"| normalize | {result.normalize} |",
@@ -243,7 +289,7 @@ def export(
     model: str | Path,
     out: str | Path,
     *,
-    layer: int,
+    layer: int | None = None,
     dim: int | None = None,
     pooling: str | None = None,
     normalize: bool | None = None,
@@ -256,6 +302,7 @@ def export(
     probe_texts: Sequence[str] = PROBE_TEXTS,
     final_norm: str = "last",
     include_prompt: bool | None = None,
+    fuse: str | Sequence[int] | None = None,
 ) -> ExportResult:
     """Write layer `layer` (first `dim` coordinates) of `model` to `out` as a sentence-transformers
     folder, checked against `LayerEncoder` on `probe_texts` (fp32, CPU).
@@ -267,8 +314,12 @@ def export(
 
     `results`: a results folder (`sweep --output`); the slice's task scores there go into the
     model card.
+    `fuse`: a fusion of layers instead of `layer` (a label such as "0+6" or "4-6", or the
+    layers): equal to `LayerEncoder(model, layers=[...])` (see the module's docstring).
     """
     out = Path(out)
+    if (layer is None) == (fuse is None or fuse == ""):
+        raise ExportError("Give either a layer or a fusion (fuse='0+6'), not both or neither.")
     check_out(out, overwrite)
     lm = LayerModel.load(
         model,
@@ -281,9 +332,13 @@ def export(
         include_prompt=include_prompt,
     )
     try:
+        fused: Sequence[int] | None = None
+        if fuse is not None and fuse != "":
+            fused = parse_label(fuse if isinstance(fuse, str) else fusion_label(fuse), lm.n_layers)
         encoder = LayerEncoder(
             lm,
-            layer=layer,
+            layer=-1 if layer is None else layer,
+            layers=fused,
             dim=dim,
             pooling=pooling,
             normalize=normalize,
@@ -295,10 +350,15 @@ def export(
     expected = {p: encoder.embed(list(probe_texts), prompt=p) for p in prompts}
     n_layers, hidden = lm.n_layers, lm.hidden_size
     raw = needs_raw_stream(lm.model, encoder.layer, n_layers, encoder.final_norm)
+    if encoder.layers and encoder.final_norm == "every" and model_final_norm(lm.model) is not None:
+        raise ExportError(
+            f"cannot export fusion {encoder.fuse} under final_norm='every': each fused layer "
+            "would need the model's final norm, which WeightedLayerPooling cannot apply."
+        )
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
-        _save_backbone(lm, encoder.layer, work / "backbone")
+        _save_backbone(lm, encoder.layer, work / "backbone", all_layers=bool(encoder.layers))
         st = build(
             work / "backbone",
             raw=raw,
@@ -309,6 +369,7 @@ def export(
             max_length=lm.max_length,
             prompts=lm.prompts,
             include_prompt=lm.include_prompt,
+            fuse=encoder.layers,
         )
         diff = max(_max_diff(st, probe_texts, p, want) for p, want in expected.items())
         if not diff <= CHECK_ATOL:
@@ -331,6 +392,7 @@ def export(
             max_abs_diff=diff,
             final_norm=encoder.final_norm,
             include_prompt=not lm.excludes_prompt(),
+            fuse=encoder.fuse,
         )
         final = work / "model"
         st.save(str(final), create_model_card=False)

@@ -191,20 +191,6 @@ def layer_table(long: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.Da
     configuration otherwise (model, revision, pooling, normalize). Fused slices (a `fuse`
     label) follow the layer rows, indexed by their label (e.g. "0+6").
     """
-    from .tasks.benchmark import layer_average
-
-    if "fuse" in long.columns and (long["fuse"] != "").any():
-        plain = long[long["fuse"] == ""].drop(columns="fuse")
-        single = layer_table(plain, tasks) if len(plain) else None
-        fused = long[long["fuse"] != ""].drop(columns="layer").rename(columns={"fuse": "layer"})
-        block = layer_table(fused, tasks)
-        order = sorted(fused["layer"].unique(), key=lambda f: (_deepest(f), f))
-        if block.index.nlevels == 1:
-            block = block.reindex(order)
-        else:
-            block = block.reindex(order, level=block.index.nlevels - 1)
-        return block if single is None else pd.concat([single, block])
-
     if "final_norm" in long.columns and long["final_norm"].nunique() > 1:
         blocks = {
             str(norm): layer_table(long[long["final_norm"] == norm], tasks)
@@ -214,9 +200,22 @@ def layer_table(long: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.Da
         return pd.concat(blocks, names=["final_norm", *inner])
     dims = sorted(long["dim"].unique(), reverse=True) if len(long) else []
     if len(dims) <= 1:
-        return layer_average(long, tasks=tasks)
-    blocks = {int(d): layer_average(long[long["dim"] == d], tasks=tasks) for d in dims}
+        return _with_fusions(long, tasks)
+    blocks = {int(d): _with_fusions(long[long["dim"] == d], tasks) for d in dims}
     return pd.concat(blocks, names=["dim", "layer"])
+
+
+def _with_fusions(long: pd.DataFrame, tasks: Sequence[str] | None) -> pd.DataFrame:
+    """`layer_average` of the single layers, then one row per fusion (by cost, then label)."""
+    from .tasks.benchmark import layer_average
+
+    if "fuse" not in long.columns or not (long["fuse"] != "").any():
+        return layer_average(long, tasks=tasks)
+    plain = long[long["fuse"] == ""]
+    fused = long[long["fuse"] != ""].drop(columns="layer").rename(columns={"fuse": "layer"})
+    order = sorted(fused["layer"].unique(), key=lambda f: (_deepest(f), f))
+    block = layer_average(fused, tasks=tasks).reindex(order)
+    return block if plain.empty else pd.concat([layer_average(plain, tasks=tasks), block])
 
 
 def _deepest(label: str) -> int:
