@@ -29,8 +29,6 @@ RUN_COLUMNS = ["max_length", "dtype", "prompts", "include_prompt"]
 CONFIG_COLUMNS = ["model", "revision", "pooling", "normalize", "final_norm", *RUN_COLUMNS]
 #: The scores frame: one row per (configuration, layer, dim, task). `n_layers` is the model's
 #: layer count L (relative depth = layer / L), NaN for results that predate its recording.
-#: `fuse` names a fused slice (`fusion.py`, e.g. "0+6"; its `layer` is the deepest fused
-#: layer, what it costs), "" for a single layer: (layer, fuse, dim) is the slice.
 SCORE_COLUMNS = [
     *CONFIG_COLUMNS,
     "layer",
@@ -40,8 +38,12 @@ SCORE_COLUMNS = [
     "score",
     "mteb_version",
     "n_layers",
-    "fuse",
 ]
+#: The column `scores_frame` and `layer_scores` add after the schema's: a fused slice's label
+#: (`fusion.py`, e.g. "0+6"; its `layer` is the deepest fused layer, what it costs), "" for a
+#: single layer, so (layer, fuse, dim) is the slice. Optional in frames given to consumers (a
+#: frame without it holds single layers only: `with_fuse`).
+FUSE = "fuse"
 #: `fuse` of a single-layer slice (and of every result written before fusions).
 NO_FUSION = ""
 #: What a run column holds for results written before it was recorded (so that groupings and
@@ -73,7 +75,6 @@ LAYER_SCORE_COLUMNS = [
     "n_expected",
     "missing",
     "n_layers",
-    "fuse",
 ]
 #: `task_type` of the aggregate over every task (the benchmark's average).
 ALL_TYPES = "all"
@@ -131,7 +132,7 @@ def scores_frame(
     if "final_norm" not in df.columns:
         df["final_norm"] = DEFAULT_FINAL_NORM
     df["final_norm"] = df["final_norm"].fillna(DEFAULT_FINAL_NORM)
-    for col in SCORE_COLUMNS:
+    for col in [*SCORE_COLUMNS, FUSE]:
         if col not in df.columns:
             df[col] = pd.Series(dtype=float if col == "n_layers" else object)
     df["fuse"] = df["fuse"].fillna(NO_FUSION)
@@ -141,7 +142,7 @@ def scores_frame(
         df = df[df["task"].isin(list(tasks))]
     keys = [*CONFIG_COLUMNS, "layer", "fuse", "dim", "task"]
     df = df.drop_duplicates(subset=keys, keep="first")
-    return df[SCORE_COLUMNS].sort_values(keys, ignore_index=True)
+    return df[[*SCORE_COLUMNS, FUSE]].sort_values(keys, ignore_index=True)
 
 
 def metrics_frame(
@@ -212,7 +213,7 @@ def layer_scores(
                         "fuse": fuse,
                     }
                 )
-    return pd.DataFrame(out, columns=LAYER_SCORE_COLUMNS)
+    return pd.DataFrame(out, columns=[*LAYER_SCORE_COLUMNS, FUSE])
 
 
 def complete(layer_scores_df: pd.DataFrame) -> pd.DataFrame:

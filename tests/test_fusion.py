@@ -232,7 +232,7 @@ def _scores(rows):
         "include_prompt": True, "task_type": "STS", "mteb_version": "x", "n_layers": 6.0,
     }  # fmt: skip
     df = pd.DataFrame([base | r for r in rows])
-    return df[frames.SCORE_COLUMNS]
+    return df[[*frames.SCORE_COLUMNS, frames.FUSE]]
 
 
 def test_select_best_and_budgets_count_a_fusions_deepest_layer():
