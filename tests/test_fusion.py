@@ -7,7 +7,6 @@ import json
 
 import mteb
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -220,46 +219,6 @@ def test_max_pooling_sweep_refuses_fusions(minilm, tmp_path):
 
     with pytest.raises(ValueError, match="not linear"):
         sweep(minilm, tasks=["BIOSSES"], pooling="max", fuse="0+6", output=tmp_path, dry_run=True)
-
-
-# -------------------------------------------------------------------------- select
-def _scores(rows):
-    from mteb_midlayer import frames
-
-    base = {
-        "model": "m", "revision": "r", "pooling": "mean", "normalize": True,
-        "final_norm": "last", "max_length": 0, "dtype": "", "prompts": "",
-        "include_prompt": True, "task_type": "STS", "mteb_version": "x", "n_layers": 6.0,
-    }  # fmt: skip
-    df = pd.DataFrame([base | r for r in rows])
-    return df[[*frames.SCORE_COLUMNS, frames.FUSE]]
-
-
-def test_select_best_and_budgets_count_a_fusions_deepest_layer():
-    from mteb_midlayer.select import Budget, select_frames
-
-    rows = []
-    for task, bonus in (("A", 0.0), ("B", 0.01)):
-        rows += [
-            {"layer": 3, "dim": 8, "task": task, "score": 0.70 + bonus, "fuse": ""},
-            {"layer": 6, "dim": 8, "task": task, "score": 0.79 + bonus, "fuse": ""},
-            {"layer": 6, "dim": 8, "task": task, "score": 0.81 + bonus, "fuse": "0+6"},
-            {"layer": 3, "dim": 8, "task": task, "score": 0.72 + bonus, "fuse": "0+3"},
-        ]
-    selection = select_frames(
-        _scores(rows), pd.DataFrame(), budgets=[Budget(max_layer=3), Budget(max_layer=2)]
-    )
-    best = selection.chosen()
-    assert (best["fuse"], best["layer"]) == ("0+6", 6)
-    assert best["score"] == pytest.approx(0.815)
-    under = selection.chosen("layer<=3")
-    assert (under["fuse"], under["layer"]) == ("0+3", 3)  # costs its deepest layer: fits
-    assert selection.chosen("layer<=2") is None
-    assert set(selection.pareto["fuse"]) == {"0+6", "0+3"}
-    assert selection.stability[0]["same_as_best"] == 1.0
-    assert all(f["fuse"] == "0+6" for f in selection.stability[0]["folds"])
-    record = selection.to_dict()["scores"][0]
-    assert "fuse" in record
 
 
 # -------------------------------------------------------------------------- export
