@@ -248,7 +248,8 @@ def model_card(result: ExportResult, scores: pd.DataFrame | None = None) -> str:
         "|---|---|",
         f"| source model | `{result.model}` |",
         f"| revision | `{result.revision}` |",
-        f"| layer | {what} of {result.n_layers} (blocks run: {result.layer}) |",
+        f"| layer | {result.fuse + ' (fused)' if result.fuse else result.layer} of "
+        f"{result.n_layers} (blocks run: {result.layer}) |",
         f"| dim | {result.dim} of {result.hidden_size} |",
         f"| pooling | {result.pooling} |",
         f"| normalize | {result.normalize} |",
