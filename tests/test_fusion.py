@@ -317,3 +317,16 @@ def test_cli_export_needs_layer_or_fuse(tmp_path, capsys):
 
     assert main(["export", "minilm", str(tmp_path / "x")]) == 2
     assert "--fuse" in capsys.readouterr().err
+
+
+def test_cli_sweep_fuse_dry_run(shared_data, tmp_path, capsys):
+    """`sweep --fuse`: the plan scores the layers plus each fusion; its layers join the store."""
+    from mteb_midlayer.cli import main
+
+    out = tmp_path / "plan"
+    argv = ["sweep", "minilm", "--data-dir", str(shared_data), "--tasks", "BIOSSES"]
+    argv += ["--layers", "6", "--fuse", "first-last,windows:6", "--dry-run", "--output", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "4 score units" in printed  # layer 6, 0+6 (first-last), windows:6: 0-5 and 1-6
+    assert not out.exists()
