@@ -151,10 +151,12 @@ def _md_fusion_table(fused: pd.DataFrame) -> str:
     """Fused slices under the layer table: blocks run, scores x100, gain over the best layer."""
     out = pd.DataFrame(index=fused.index)
     out[T.BLOCKS] = fused[T.BLOCKS].astype(int).astype(str)
+    gains = (T.VS_BEST_LAYER, T.VS_SAME_BLOCKS)
     for col in fused.columns:
-        if col not in (T.BLOCKS, T.VS_BEST_LAYER):
+        if col not in (T.BLOCKS, *gains):
             out[col] = fused[col].map(fmt_score)
-    out[T.VS_BEST_LAYER] = fused[T.VS_BEST_LAYER].map(fmt_gain)
+    for col in gains:
+        out[col] = fused[col].map(fmt_gain)
     out.index.name = "fusion"
     return out.to_markdown(disable_numparse=True, colalign=["left"] + ["right"] * out.shape[1])
 
@@ -177,7 +179,8 @@ def _md_fusions(scores: pd.DataFrame, config: dict, dim: int) -> list[str]:
         "",
         "Equal-weight mean of the layers' pooled vectors (`sweep --fuse`); blocks: what the "
         "fusion runs (its deepest layer); vs best layer: its average minus the best single "
-        "layer's.",
+        "layer's; vs best layer <= blocks: minus the best single layer that runs no more "
+        "blocks (the gain at equal cost).",
         "",
         _md_fusion_table(fused),
         "",
@@ -344,7 +347,8 @@ def _html_model(scores: pd.DataFrame, config: dict, plots: dict[str, str]) -> di
                 }
             )
     fused = T.fusion_table(scores, config, dims[0])
-    fusion_columns = [c for c in fused.columns if c not in (T.BLOCKS, T.VS_BEST_LAYER)]
+    gains = (T.VS_BEST_LAYER, T.VS_SAME_BLOCKS)
+    fusion_columns = [c for c in fused.columns if c not in (T.BLOCKS, *gains)]
     fusion_rows = []
     for label, values in fused.iterrows():
         fusion_rows.append(
@@ -355,12 +359,13 @@ def _html_model(scores: pd.DataFrame, config: dict, plots: dict[str, str]) -> di
                     _cell(values[c], fused[c].min(), fused[c].max(), best=False)
                     for c in fusion_columns
                 ],
-                "vs": {
-                    "v": ""
-                    if pd.isna(values[T.VS_BEST_LAYER])
-                    else f"{values[T.VS_BEST_LAYER]:.6g}",
-                    "text": fmt_gain(values[T.VS_BEST_LAYER]),
-                },
+                "gains": [
+                    {
+                        "v": "" if pd.isna(values[g]) else f"{values[g]:.6g}",
+                        "text": fmt_gain(values[g]),
+                    }
+                    for g in gains
+                ],
             }
         )
     grid = T.window_grid(fused)

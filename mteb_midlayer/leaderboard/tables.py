@@ -152,6 +152,8 @@ def _complete_mean(block: pd.DataFrame) -> pd.Series:
 BLOCKS = "blocks"
 #: Column of a fusion table: its average minus the best single layer's (same dim).
 VS_BEST_LAYER = "vs best layer"
+#: Column of a fusion table: its average minus the best single layer that runs no more blocks.
+VS_SAME_BLOCKS = "vs best layer <= blocks"
 
 
 def _deepest(label: str) -> int:
@@ -162,13 +164,15 @@ def fusion_table(scores: pd.DataFrame, config: dict, dim: int) -> pd.DataFrame:
     """The fused slices (`fusion.py`) of one configuration at width `dim`, shown under the
     layer rows: one row per fusion label (by deepest layer, then label), `blocks` (what it
     costs: its deepest layer), the task columns and averages as in `layer_task_table`, and
-    `vs best layer` (its average minus the best single layer's). Empty when there is none."""
+    `vs best layer` (its average minus the best single layer's) and `vs best layer <= blocks`
+    (minus the best single layer that runs no more blocks: the gain at equal cost). Empty
+    when there is none."""
     own = frames.fused_slices(select_config(scores, config))
     types = _ordered_tasks(scores)
     tasks = list(types)
     at_dim = own[own["dim"] == dim]
     if at_dim.empty:
-        return pd.DataFrame(columns=[BLOCKS, *tasks, AVERAGE, VS_BEST_LAYER])
+        return pd.DataFrame(columns=[BLOCKS, *tasks, AVERAGE, VS_BEST_LAYER, VS_SAME_BLOCKS])
     wide = at_dim.pivot_table(index="fuse", columns="task", values="score", aggfunc="first")
     wide = wide.reindex(columns=tasks)
     wide = wide.reindex(sorted(wide.index, key=lambda f: (_deepest(f), f)))
@@ -182,10 +186,12 @@ def fusion_table(scores: pd.DataFrame, config: dict, dim: int) -> pd.DataFrame:
     wide[AVERAGE] = _complete_mean(scores_only)
     wide.insert(0, BLOCKS, [_deepest(f) for f in wide.index])
     try:
-        best_layer = layer_task_table(scores, config, dim).table[AVERAGE].max(skipna=True)
+        layer_avg = layer_task_table(scores, config, dim).table[AVERAGE]
     except ValueError:  # fusions without single layers at this width
-        best_layer = float("nan")
-    wide[VS_BEST_LAYER] = wide[AVERAGE] - best_layer
+        layer_avg = pd.Series(dtype=float)
+    wide[VS_BEST_LAYER] = wide[AVERAGE] - layer_avg.max(skipna=True)
+    cheaper = [layer_avg[layer_avg.index <= b].max(skipna=True) for b in wide[BLOCKS]]
+    wide[VS_SAME_BLOCKS] = wide[AVERAGE] - pd.Series(cheaper, index=wide.index, dtype=float)
     return wide
 
 

@@ -39,6 +39,11 @@ def test_layer_table_ignores_fusions_and_fusion_table_lists_them(fused_scores):
     assert fused.loc["0+6", tables.VS_BEST_LAYER] == pytest.approx(
         fused.loc["0+6", tables.AVERAGE] - best_layer
     )
+    # at equal cost: 0-3 (3 blocks) against the best of layers 0..3
+    cheaper = plain.table.loc[plain.table.index <= 3, tables.AVERAGE].max()
+    assert fused.loc["0-3", tables.VS_SAME_BLOCKS] == pytest.approx(
+        fused.loc["0-3", tables.AVERAGE] - cheaper
+    )
     grid = tables.window_grid(fused)
     assert list(grid.index) == [0, 3] and list(grid.columns) == [3, 6]
     assert grid.loc[0, 6] == pytest.approx(fused.loc["0-6", tables.AVERAGE])
