@@ -140,6 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_task_options(p)
     p.add_argument("--layers", default="all", help="'all' or comma-separated, e.g. 0,3,6 or -1")
+    p.add_argument(
+        "--fuse",
+        help="fused layer slices too (equal-weight mean of their pooled vectors, from the same "
+        "pass): e.g. 0+6,4-6 | windows:2 | first-last (docs/fusion.md; not with max pooling)",
+    )
     _add_pass_options(p)
     p.add_argument("--dims", help="Matryoshka widths, e.g. 384,128 (default: full width)")
     p.add_argument(
@@ -302,6 +307,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         devices=args.devices,
         dry_run=args.dry_run,
         search_backend=args.search_backend,  # issue 14
+        fuse=args.fuse,
     )
     if args.dry_run:
         print(table.attrs["plan"].summary())
@@ -617,7 +623,8 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("model", help="Hub id, local path, or 'minilm'")
     p.add_argument("out", type=Path, help="folder to write (must be empty or absent)")
-    p.add_argument("--layer", type=int, required=True, help="1..L, or negative from the end")
+    p.add_argument("--layer", type=int, help="1..L, or negative from the end")
+    p.add_argument("--fuse", help="a fusion of layers instead of --layer, e.g. 0+6 or 4-6")
     p.add_argument("--dim", type=int, help="keep the first DIM coordinates (default: all)")
     p.add_argument("--pooling", choices=list(POOLINGS))
     p.add_argument(
@@ -650,8 +657,9 @@ def _select_tasks(args: argparse.Namespace) -> list[str] | None:
 
 
 def _print_export(result) -> None:
+    what = f"layers {result.fuse}" if result.fuse else f"layer {result.layer}"
     print(
-        f"wrote {result.path}: {result.model} layer {result.layer}/{result.n_layers}, "
+        f"wrote {result.path}: {result.model} {what}/{result.n_layers}, "
         f"dim {result.dim}/{result.hidden_size}, pooling={result.pooling}, "
         f"normalize={result.normalize}, final_norm={result.final_norm} "
         f"(max |diff| vs LayerEncoder {result.max_abs_diff:.1e})"
@@ -724,7 +732,8 @@ def cmd_select(args: argparse.Namespace) -> int:
         result = export(
             source,
             args.export,
-            layer=int(chosen["layer"]),
+            layer=None if chosen.get("fuse") else int(chosen["layer"]),
+            fuse=chosen.get("fuse") or None,
             dim=int(chosen["dim"]),
             pooling=chosen["pooling"],
             normalize=bool(chosen["normalize"]),
@@ -799,10 +808,14 @@ def _export_recommended(args: argparse.Namespace, selection) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
+    if (args.layer is None) == (args.fuse is None):
+        print("error: give --layer L or --fuse A+B (one of them)", file=sys.stderr)
+        return 2
     result = export(
         args.model,
         args.out,
         layer=args.layer,
+        fuse=args.fuse,
         dim=args.dim,
         pooling=args.pooling,
         normalize=args.normalize,

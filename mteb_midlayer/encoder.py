@@ -13,6 +13,7 @@ from mteb.models.abs_encoder import AbsEncoder, get_prompt
 from mteb.models.model_meta import ScoringFunction
 
 from .batching import check_batch_limits
+from .fusion import NO_FUSION, check_fusable, fuse_vectors, fusion_label
 from .layers import check_final_norms, resolve_layer
 from .model import LayerModel, check_texts, dtype_name, warn_constant_pooling
 from .pooling import check_pooling
@@ -56,6 +57,7 @@ def experiment_kwargs(
     prompts: dict[str, str] | None = None,
     final_norm: str = "last",
     include_prompt: bool = True,
+    fuse: str = NO_FUSION,
 ) -> dict[str, Any]:
     """What tells one slice of a model from another in mteb's result folders.
 
@@ -64,9 +66,13 @@ def experiment_kwargs(
     fingerprint is in the run identity beside each result (`results.py`). `final_norm` is
     named only when it is not the default "last", so folders written before it keep their names;
     so is `include_prompt` (only `False`, given when prompts are used and their tokens are left
-    out of the vectors: `spec.excludes_prompt`).
+    out of the vectors: `spec.excludes_prompt`). `fuse`: a fusion's label (`fusion.py`, e.g.
+    "0+6", its `layer` being the deepest), named only for fusions.
     """
-    out: dict[str, Any] = {"layer": layer, "dim": dim, "pooling": pooling, "normalize": normalize}
+    out: dict[str, Any] = {"layer": layer}
+    if fuse:
+        out["fuse"] = fuse
+    out |= {"dim": dim, "pooling": pooling, "normalize": normalize}
     if final_norm != "last":
         out["final_norm"] = final_norm
     if max_length is not None:
@@ -93,6 +99,7 @@ def slice_meta(
     loader: Any = None,
     prompts: dict[str, str] | None = None,
     final_norm: str = "last",
+    fuse: str = NO_FUSION,
 ) -> ModelMeta:
     """`ModelMeta` of the model's resolved spec, with the slice in `experiment_kwargs`."""
     spec = lm.current_spec()
@@ -106,6 +113,7 @@ def slice_meta(
         prompts,
         final_norm,
         include_prompt=not excludes_prompt(spec.include_prompt, prompts),
+        fuse=fuse,
     )
     return ModelMeta.create_empty(
         overwrites=dict(
@@ -154,7 +162,9 @@ class LayerEncoder(AbsEncoder):
     `include_prompt`: False leaves prompt tokens out of the vectors (sentence-transformers'
     `Pooling(include_prompt=False)`); `None` takes the model's own Pooling setting, else True.
     `search_backend`: how mteb searches retrieval/reranking tasks (`auto`: faiss when installed).
-    Only the blocks up to `layer` run.
+    `layers`: two or more layers to fuse (`fusion.py`): the equal-weight mean of their pooled
+    vectors, then the dim cut, then normalisation; `layer` is then their deepest (not `max`
+    pooling). Only the blocks up to `layer` run.
     """
 
     def __init__(
@@ -180,6 +190,7 @@ class LayerEncoder(AbsEncoder):
         final_norm: str = "last",
         max_tokens_per_batch: int | None = None,
         include_prompt: bool | None = None,
+        layers: Sequence[int] | None = None,
     ) -> None:
         if pooling is not None:
             check_pooling(pooling)
@@ -199,11 +210,19 @@ class LayerEncoder(AbsEncoder):
         )
         self.lm = lm
         self.model = lm.model
-        self.layer = resolve_layer(layer, lm.n_layers)
+        fused = sorted({resolve_layer(int(x), lm.n_layers) for x in layers or ()})
+        if fused and layer != -1:
+            raise ValueError("Give either layer= or layers= (a fusion), not both.")
+        #: the fused layers (empty for one layer); `layer` is the deepest of them
+        self.layers: tuple[int, ...] = tuple(fused) if len(fused) > 1 else ()
+        self.fuse = fusion_label(self.layers) if self.layers else NO_FUSION
+        self.layer = fused[-1] if fused else resolve_layer(layer, lm.n_layers)
         self.dim = resolve_dim(dim, lm.hidden_size)
         self.pooling = pooling or (spec and spec.pooling) or lm.default_pooling
         self.normalize = lm.default_normalize if normalize is None else bool(normalize)
         warn_constant_pooling(lm, self.pooling)
+        if self.layers:
+            check_fusable(self.pooling)
         self.final_norm = final_norm
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch
@@ -217,6 +236,7 @@ class LayerEncoder(AbsEncoder):
             self.normalize,
             prompts=self.model_prompts,
             final_norm=final_norm,
+            fuse=self.fuse,
         )
         # issue 14: retrieval/reranking search through faiss (auto: when installed)
         self.search_backend = attach_search_backend(self, search_backend)
@@ -250,7 +270,7 @@ class LayerEncoder(AbsEncoder):
         out = np.zeros((len(unique), self.dim), dtype=np.float32)
         for batch in self.lm.iter_batches(
             unique,
-            [self.layer],
+            list(self.layers) or [self.layer],
             self.pooling,
             batch_size=batch_size or self.batch_size,
             show_progress=self.show_progress,
@@ -258,7 +278,10 @@ class LayerEncoder(AbsEncoder):
             final_norms=(self.final_norm,),
             prompts=prompt,
         ):
-            pooled = batch.pooled[self.layer]
+            if self.layers:  # fused mean, then the dim cut, then normalisation
+                pooled = fuse_vectors([batch.pooled[x].cpu().numpy() for x in self.layers])
+            else:
+                pooled = batch.pooled[self.layer]
             out[batch.indices] = slice_and_normalize(pooled, self.dim, self.normalize)
         if len(unique) == len(texts):
             return out
@@ -283,7 +306,8 @@ class LayerEncoder(AbsEncoder):
         )
 
     def __repr__(self) -> str:
+        where = f"layers={list(self.layers)}" if self.layers else f"layer={self.layer}"
         return (
-            f"LayerEncoder({self.lm.name!r}, layer={self.layer}/{self.lm.n_layers}, dim={self.dim}, "
+            f"LayerEncoder({self.lm.name!r}, {where}/{self.lm.n_layers}, dim={self.dim}, "
             f"pooling={self.pooling!r}, normalize={self.normalize}, final_norm={self.final_norm!r})"
         )

@@ -18,6 +18,16 @@ OUT is built in a work folder beside it (never inside it) and renamed into place
 another folder, the current directory or one holding it, a results folder, or the model
 being exported (`check_out`). Work folders of killed exports are removed by the next export
 into the same parent once their writer is gone (`tempfiles.clean_temp_folders`).
+
+A fusion of layers (`fusion.py`, `export(..., fuse="0+6")`) cuts the backbone to its deepest
+layer's blocks, saves its config with `output_hidden_states` on, and puts sentence-transformers'
+own `WeightedLayerPooling` before `Pooling`: weight 1 on each fused layer and 0 on the others
+from the shallowest fused layer on, so its token states are the layers' mean and, for every
+linear pooling, the pooled vector is the mean of the layers' pooled vectors (`LayerEncoder(...,
+layers=[...])`). Under our "last" convention the cut model's hidden states are the raw block
+outputs (its final norm skipped by `RawStreamTransformer` for an inner deepest layer), so no
+custom module is needed; a fusion under `final_norm="every"` of a model with a final norm is
+refused (each fused layer would need the norm, which `WeightedLayerPooling` cannot apply).
 """
 
 from __future__ import annotations
@@ -39,6 +49,7 @@ from torch import nn
 from . import pooling as pooling_modes
 from .encoder import LayerEncoder
 from .frames import scores_frame
+from .fusion import NO_FUSION, fusion_label, parse_label
 from .layers import (
     FinalNormError,
     base_model,
@@ -93,6 +104,8 @@ class ExportResult:
     #: False: the folder has prompts and its Pooling leaves their tokens out
     #: (`include_prompt=False`); as the results frame's `include_prompt` column.
     include_prompt: bool = True
+    #: a fusion's label ("0+6"; `layer` is then its deepest layer), "" for one layer
+    fuse: str = NO_FUSION
 
 
 def is_export(folder: Path) -> bool:
@@ -211,8 +224,10 @@ def truncate(model: nn.Module, layer: int) -> nn.Module:
     return model
 
 
-def _save_backbone(lm: LayerModel, layer: int, folder: Path) -> None:
+def _save_backbone(lm: LayerModel, layer: int, folder: Path, all_layers: bool = False) -> None:
     net = truncate(lm.model, layer)
+    if all_layers:  # sentence-transformers then passes every layer on (`all_layer_embeddings`)
+        net.config.output_hidden_states = True
     net.save_pretrained(folder, safe_serialization=True)
     tok = lm.tokenizer
     # Our forward pass: right padding, no token_type_ids (GPT-2 would add wte[0] for them).
@@ -234,11 +249,14 @@ def build(
     prompts: dict[str, str] | None,
     include_prompt: bool = True,
     skip_module: str | None = None,
+    fuse: Sequence[int] = (),
 ) -> Any:
     """The `SentenceTransformer` of a saved cut backbone, from sentence-transformers' modules.
 
     `raw`: the first module is `RawStreamTransformer`, skipping the norm at `skip_module` (the
-    path `layers.final_norm_path` gave on the full model; None: found on the cut model)."""
+    path `layers.final_norm_path` gave on the full model; None: found on the cut model).
+    `fuse`: the fused layers (the backbone is cut to the deepest and returns every layer):
+    a `WeightedLayerPooling` with equal weights on them goes before `Pooling`."""
     from sentence_transformers import SentenceTransformer
 
     try:  # sentence-transformers >= 6
@@ -247,9 +265,16 @@ def build(
             Normalize,
             Pooling,
             Transformer,
+            WeightedLayerPooling,
         )
     except ImportError:  # pragma: no cover - older releases
-        from sentence_transformers.models import Dense, Normalize, Pooling, Transformer
+        from sentence_transformers.models import (
+            Dense,
+            Normalize,
+            Pooling,
+            Transformer,
+            WeightedLayerPooling,
+        )
 
     first = (
         RawStreamTransformer(str(backbone), max_seq_length=max_length, skip_module=skip_module)
@@ -257,6 +282,17 @@ def build(
         else Transformer(str(backbone), max_seq_length=max_length)
     )
     modules: list[nn.Module] = [first]
+    if fuse:
+        start, deepest = min(fuse), max(fuse)
+        weights = [1.0 if layer in fuse else 0.0 for layer in range(start, deepest + 1)]
+        modules.append(
+            WeightedLayerPooling(
+                hidden,
+                num_hidden_layers=deepest,
+                layer_start=start,
+                layer_weights=nn.Parameter(torch.tensor(weights), requires_grad=False),
+            )
+        )
     modules.append(Pooling(hidden, pooling_mode=ST_POOLING[pooling], include_prompt=include_prompt))
     if dim < hidden:
         modules.append(
@@ -283,13 +319,14 @@ def needs_raw_stream(model: nn.Module, layer: int, n_layers: int, setting: str) 
 def slice_scores(
     results: str | Path | None, result: ExportResult, revision: str | None = None
 ) -> pd.DataFrame | None:
-    """The task rows of exactly this slice (model, layer, dim, pooling, normalize, final_norm,
-    include_prompt) in `results`, under `revision` (default: the export's)."""
+    """The task rows of exactly this slice (model, layer, fuse, dim, pooling, normalize,
+    final_norm, include_prompt) in `results`, under `revision` (default: the export's)."""
     if results is None:
         return None
     df = scores_frame(results, model=result.model)
     keep = (
         (df["layer"] == result.layer)
+        & (df["fuse"] == result.fuse)
         & (df["dim"] == result.dim)
         & (df["pooling"] == result.pooling)
         & (df["normalize"] == result.normalize)
@@ -304,18 +341,25 @@ def slice_scores(
 
 def model_card(result: ExportResult, scores: pd.DataFrame | None = None) -> str:
     """README.md of the folder: where the slice comes from, how it is configured, its scores."""
+    what = f"layers {result.fuse} (fused)" if result.fuse else f"layer {result.layer}"
+    fused = (
+        f" Layers {result.fuse} are averaged with equal weights (sentence-transformers' "
+        "`WeightedLayerPooling`) before pooling."
+        if result.fuse
+        else ""
+    )
     lines = [
-        f"# {markdown_inert(result.model)}, layer {result.layer} of {result.n_layers}, "
-        f"dim {result.dim}",
+        f"# {markdown_inert(result.model)}, {what} of {result.n_layers}, dim {result.dim}",
         "",
         f"{CARD_MARK} (`mteb-midlayer export`): the source model cut "
-        f"to its first {result.layer} blocks.",
+        f"to its first {result.layer} blocks.{fused}",
         "",
         "| | |",
         "|---|---|",
         f"| source model | {markdown_inert(result.model)} |",
         f"| revision | {markdown_inert(result.revision)} |",
-        f"| layer | {result.layer} of {result.n_layers} (blocks run: {result.layer}) |",
+        f"| layer | {result.fuse + ' (fused)' if result.fuse else result.layer} of "
+        f"{result.n_layers} (blocks run: {result.layer}) |",
         f"| dim | {result.dim} of {result.hidden_size} |",
         f"| pooling | {result.pooling} |",
         f"| normalize | {result.normalize} |",
@@ -357,7 +401,7 @@ def export(
     model: str | Path,
     out: str | Path,
     *,
-    layer: int,
+    layer: int | None = None,
     dim: int | None = None,
     pooling: str | None = None,
     normalize: bool | None = None,
@@ -371,6 +415,7 @@ def export(
     final_norm: str = "last",
     include_prompt: bool | None = None,
     expected_revision: str | None = None,
+    fuse: str | Sequence[int] | None = None,
 ) -> ExportResult:
     """Write layer `layer` (first `dim` coordinates) of `model` to `out` as a sentence-transformers
     folder, checked against `LayerEncoder` on `probe_texts` (fp32, CPU).
@@ -384,8 +429,12 @@ def export(
     model card. `expected_revision`: the revision the results name; a model that loads with
     another (a local folder whose files changed) is refused before anything is written.
     `overwrite` replaces a previous export only (`check_out`).
+    `fuse`: a fusion of layers instead of `layer` (a label such as "0+6" or "4-6", or the
+    layers): equal to `LayerEncoder(model, layers=[...])` (see the module's docstring).
     """
     out = Path(out)
+    if (layer is None) == (fuse is None or fuse == ""):
+        raise ExportError("Give either a layer or a fusion (fuse='0+6'), not both or neither.")
     source = model if isinstance(model, (str, Path)) else None
     target = check_out(out, overwrite, results=results, source=source)
     lm = LayerModel.load(
@@ -407,9 +456,13 @@ def export(
             "(a local folder's files changed?): pass --source the folder that was swept."
         )
     try:
+        fused: Sequence[int] | None = None
+        if fuse is not None and fuse != "":
+            fused = parse_label(fuse if isinstance(fuse, str) else fusion_label(fuse), lm.n_layers)
         encoder = LayerEncoder(
             lm,
-            layer=layer,
+            layer=-1 if layer is None else layer,
+            layers=fused,
             dim=dim,
             pooling=pooling,
             normalize=normalize,
@@ -424,12 +477,17 @@ def export(
         raw = needs_raw_stream(lm.model, encoder.layer, n_layers, encoder.final_norm)
     except FinalNormError as e:
         raise ExportError(str(e)) from None
+    if encoder.layers and encoder.final_norm == "every" and find_final_norm(lm.model) is not None:
+        raise ExportError(
+            f"cannot export fusion {encoder.fuse} under final_norm='every': each fused layer "
+            "would need the model's final norm, which WeightedLayerPooling cannot apply."
+        )
     skip_module = final_norm_path(lm.model) if raw else None  # found on the full model
     target.parent.mkdir(parents=True, exist_ok=True)
     clean_temp_folders(target.parent)  # what killed exports left (never a live one's)
     work = make_temp_folder(target)  # beside OUT, never inside it
     try:
-        _save_backbone(lm, encoder.layer, work / "backbone")
+        _save_backbone(lm, encoder.layer, work / "backbone", all_layers=bool(encoder.layers))
         st = build(
             work / "backbone",
             raw=raw,
@@ -441,6 +499,7 @@ def export(
             max_length=lm.max_length,
             prompts=lm.prompts,
             include_prompt=lm.include_prompt,
+            fuse=encoder.layers,
         )
         diff = max(_max_diff(st, probe_texts, p, want) for p, want in expected.items())
         if not diff <= CHECK_ATOL:
@@ -463,6 +522,7 @@ def export(
             max_abs_diff=diff,
             final_norm=encoder.final_norm,
             include_prompt=not lm.excludes_prompt(),
+            fuse=encoder.fuse,
         )
         final = work / "model"
         st.save(str(final), create_model_card=False)

@@ -40,6 +40,13 @@ SCORE_COLUMNS = [
     "mteb_version",
     "n_layers",
 ]
+#: The column `scores_frame` and `layer_scores` add after the schema's: a fused slice's label
+#: (`fusion.py`, e.g. "0+6"; its `layer` is the deepest fused layer, what it costs), "" for a
+#: single layer, so (layer, fuse, dim) is the slice. Optional in frames given to consumers (a
+#: frame without it holds single layers only: `with_fuse`).
+FUSE = "fuse"
+#: `fuse` of a single-layer slice (and of every result written before fusions).
+NO_FUSION = ""
 #: What a run column holds for results written before it was recorded (so that groupings and
 #: equality work: no NaN in a configuration).
 RUN_DEFAULTS = {"max_length": 0, "dtype": "", "prompts": "", "include_prompt": True}
@@ -135,16 +142,17 @@ def scores_frame(
     if "final_norm" not in df.columns:
         df["final_norm"] = DEFAULT_FINAL_NORM
     df["final_norm"] = df["final_norm"].fillna(DEFAULT_FINAL_NORM)
-    for col in SCORE_COLUMNS:
+    for col in [*SCORE_COLUMNS, FUSE]:
         if col not in df.columns:
             df[col] = pd.Series(dtype=float if col == "n_layers" else object)
+    df["fuse"] = df["fuse"].fillna(NO_FUSION)
     df = df.fillna(RUN_DEFAULTS)
     df["max_length"] = df["max_length"].astype(int)
     if tasks is not None:
         df = df[df["task"].isin(list(tasks))]
-    keys = [*CONFIG_COLUMNS, "layer", "dim", "task"]
+    keys = [*CONFIG_COLUMNS, "layer", "fuse", "dim", "task"]
     df = df.drop_duplicates(subset=keys, keep="first")
-    return df[SCORE_COLUMNS].sort_values(keys, ignore_index=True)
+    return df[[*SCORE_COLUMNS, FUSE]].sort_values(keys, ignore_index=True)
 
 
 def metrics_frame(
@@ -262,7 +270,7 @@ def layer_scores(
     `n_expected` say how many of how many, and `missing` names the others (comma-separated),
     so a consumer can refuse or mark incomplete layers. `task_type` is "all" for the overall
     mean, else the mteb task type. `n_layers` is the model's layer count where recorded (NaN
-    otherwise).
+    otherwise). Fused slices get their own rows (`fuse` their label, `layer` their deepest).
     """
     check_scores(scores)
     out = []
@@ -274,7 +282,8 @@ def layer_scores(
         if by_type:
             for task in expected:
                 type_groups.setdefault(str(types.get(task)), []).append(task)
-        for (dim, layer), cell in group.groupby(["dim", "layer"], sort=True):
+        group = with_fuse(group)
+        for (dim, layer, fuse), cell in group.groupby(["dim", "layer", "fuse"], sort=True):
             have = cell.dropna(subset=["score"]).set_index("task")["score"]
             for task_type, names in type_groups.items():
                 present = [t for t in names if t in have.index]
@@ -289,9 +298,10 @@ def layer_scores(
                         "n_expected": len(names),
                         "missing": ", ".join(t for t in names if t not in have.index),
                         "n_layers": n_layers,
+                        "fuse": fuse,
                     }
                 )
-    return pd.DataFrame(out, columns=LAYER_SCORE_COLUMNS)
+    return pd.DataFrame(out, columns=[*LAYER_SCORE_COLUMNS, FUSE])
 
 
 def complete(layer_scores_df: pd.DataFrame) -> pd.DataFrame:
@@ -309,3 +319,25 @@ def model_layers(rows: pd.DataFrame) -> float:
         return float("nan")
     recorded = pd.to_numeric(rows["n_layers"], errors="coerce").dropna()
     return float(recorded.max()) if len(recorded) else float("nan")
+
+
+def with_fuse(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` with a `fuse` column ("" where absent: frames built before fusions)."""
+    if "fuse" in df.columns:
+        return df.assign(fuse=df["fuse"].fillna(NO_FUSION))
+    return df.assign(fuse=NO_FUSION)
+
+
+def single_layers(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of single-layer slices (no fusion): what per-layer consumers (metric
+    correlations, label-free rules, the layer x task tables) line up by layer."""
+    if "fuse" not in df.columns:
+        return df
+    return df[df["fuse"].fillna(NO_FUSION) == NO_FUSION]
+
+
+def fused_slices(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows of fused slices (`fuse` set)."""
+    if "fuse" not in df.columns:
+        return df.iloc[0:0]
+    return df[df["fuse"].fillna(NO_FUSION) != NO_FUSION]

@@ -120,11 +120,14 @@ class ScoreUnit:
     depends_on: tuple[str, ...] = ()
     #: the driver's task subsets (e.g. English only), so a worker rebuilds the same task
     hf_subsets: tuple[str, ...] | None = None
+    #: the fused layers of a fusion slice (`fusion.py`; `layer` is their deepest), else ()
+    fuse: tuple[int, ...] = ()
 
     @property
     def key(self) -> str:
+        fused = "-F" + "+".join(map(str, self.fuse)) if self.fuse else ""
         return (
-            f"{self.task}-L{self.layer}-d{self.dim}-{self.pooling}-n{int(self.normalize)}"
+            f"{self.task}-L{self.layer}{fused}-d{self.dim}-{self.pooling}-n{int(self.normalize)}"
             f"-{self.final_norm}"
         )
 

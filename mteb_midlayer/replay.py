@@ -24,6 +24,7 @@ from .encoder import (
     slice_and_normalize,
     slice_meta,
 )
+from .fusion import NO_FUSION, check_fusable, fuse_vectors, fusion_label
 from .layers import check_final_norms
 from .model import LayerModel
 from .spec import excludes_prompt
@@ -186,7 +187,12 @@ class EmbeddingSource:
 
 
 class StoreEncoder(AbsEncoder):
-    """One `(layer, dim)` slice, answered from an `EmbeddingSource`."""
+    """One `(layer, dim)` slice, answered from an `EmbeddingSource`.
+
+    `fuse`: two or more layers to fuse (`fusion.py`): the mean of their stored vectors, then
+    the dim cut, then normalisation, with no new forward pass; `layer` is then ignored and set
+    to their deepest (what the fusion costs).
+    """
 
     def __init__(
         self,
@@ -197,9 +203,16 @@ class StoreEncoder(AbsEncoder):
         normalize: bool = False,
         model_prompts: dict[str, str] | None = None,
         final_norm: str = "last",
+        fuse: tuple[int, ...] | list[int] = (),
     ) -> None:
-        if layer not in source.layers:
-            raise ValueError(f"layer {layer} is not among the sweep's layers {source.layers}.")
+        fused = tuple(sorted(set(fuse)))
+        if fused:
+            fusion_label(fused)  # two layers or more
+            check_fusable(source.pooling)
+            layer = fused[-1]
+        for needed in fused or (layer,):
+            if needed not in source.layers:
+                raise ValueError(f"layer {needed} is not among the sweep's layers {source.layers}.")
         final_norm = check_final_norm(final_norm)
         if final_norm not in source.final_norms:
             raise ValueError(
@@ -208,6 +221,9 @@ class StoreEncoder(AbsEncoder):
         self.source = source
         self.model = None
         self.layer = layer
+        #: the fused layers (empty for one layer) and their label ("" for one layer)
+        self.fuse = fused
+        self.fuse_label = fusion_label(fused) if fused else NO_FUSION
         self.dim = dim
         self.normalize = normalize
         self.final_norm = final_norm
@@ -220,6 +236,7 @@ class StoreEncoder(AbsEncoder):
             normalize,
             prompts=self.model_prompts,
             final_norm=final_norm,
+            fuse=self.fuse_label,
         )
 
     def encode(
@@ -240,11 +257,16 @@ class StoreEncoder(AbsEncoder):
         namespace = (task_metadata.name, hf_split, hf_subset)
         self.source.fill(texts, kind, namespace, prompt)
         entries = self.source.entries(texts, prompt)
-        raw = self.source.store(kind, self.final_norm).read(entries, self.layer, self.dim)
+        store = self.source.store(kind, self.final_norm)
+        if self.fuse:  # the fused mean (cut to dim: the mean is per coordinate), then normalise
+            raw = fuse_vectors([store.read(entries, layer, self.dim) for layer in self.fuse])
+        else:
+            raw = store.read(entries, self.layer, self.dim)
         return slice_and_normalize(raw, self.dim, self.normalize)
 
     def __repr__(self) -> str:
+        where = f"fuse={self.fuse_label!r}" if self.fuse else f"layer={self.layer}"
         return (
-            f"StoreEncoder(layer={self.layer}, dim={self.dim}, pooling={self.source.pooling!r}, "
+            f"StoreEncoder({where}, dim={self.dim}, pooling={self.source.pooling!r}, "
             f"final_norm={self.final_norm!r})"
         )

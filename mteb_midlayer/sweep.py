@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .batching import check_batch_limits
 from .encoder import resolve_dim
+from .fusion import check_fusable, fusion_label, parse_fusions
 from .layers import check_final_norms, resolve_layers
 from .model import LayerModel, dtype_name, warn_constant_pooling
 from .plan import Plan, ScoreUnit, encode_units, record_requests, texts_path, write_texts
@@ -57,6 +58,8 @@ class SweepPlan:
     tasks: list[Any]
     failures: dict[str, str] = field(default_factory=dict)
     final_norms: tuple[str, ...] = ("last",)
+    #: fused layer sets (`fusion.py`), each scored at every dim and final norm
+    fusions: list[tuple[int, ...]] = field(default_factory=list)
 
     @property
     def slices(self) -> list[tuple[int, int, str]]:
@@ -67,6 +70,21 @@ class SweepPlan:
             for layer in self.layers
             for dim in self.dims
         ]
+
+    @property
+    def fused_slices(self) -> list[tuple[tuple[int, ...], int, str]]:
+        """Every `(fusion, dim, final_norm)` to score."""
+        return [
+            (fused, dim, norm)
+            for norm in self.final_norms
+            for fused in self.fusions
+            for dim in self.dims
+        ]
+
+    @property
+    def store_layers(self) -> list[int]:
+        """The layers the store holds: the swept ones and every fused one."""
+        return sorted({*self.layers, *(x for fused in self.fusions for x in fused)})
 
 
 def parse_dims(dims: Sequence[int] | str | None, hidden_size: int) -> list[int]:
@@ -209,6 +227,7 @@ def sweep(
     max_tokens_per_batch: int | None = None,
     executor: Any = None,
     include_prompt: bool | None = None,
+    fuse: str | Sequence[Any] | None = None,
 ) -> pd.DataFrame:
     """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
 
@@ -237,6 +256,9 @@ def sweep(
     `include_prompt`: False leaves prompt tokens out of the vectors (sentence-transformers'
     `Pooling(include_prompt=False)`; default: the model's own); with prompts, part of every
     result's and stored vector's identity.
+    `fuse`: fused layer sets scored too, from the same store (`fusion.parse_fusions`:
+    ``"0+6,4-6"``, ``"windows:2"``, ``"first-last"``); their layers join the store's, their
+    rows follow the layer rows of the table, labelled by the fusion (e.g. ``"0+6"``).
     """
     search_backend = resolve_search_backend(search_backend)  # fail before any work
     final_norms = check_final_norms(final_norm)
@@ -259,6 +281,9 @@ def sweep(
     pooling = check_pooling(pooling or (spec and spec.pooling) or lm.default_pooling)
     warn_constant_pooling(lm, pooling)
     normalize = lm.default_normalize if normalize is None else bool(normalize)
+    fusions = parse_fusions(fuse, lm.n_layers)
+    if fusions:
+        check_fusable(pooling)
     if executor is not None:  # a worker elsewhere would resolve a relative path from its own cwd
         output = Path(output).absolute()
         data_dir = Path(data_dir).absolute() if data_dir else None
@@ -272,6 +297,7 @@ def sweep(
         tasks=list(task_objects),
         failures=failures,
         final_norms=final_norms,
+        fusions=fusions,
     )
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -285,7 +311,7 @@ def sweep(
         lm,
         output / "store",
         pooling=pooling,
-        layers=plan.layers,
+        layers=plan.store_layers,
         batch_size=batch_size,
         shard_size=shard_size,
         show_progress=show_progress,
@@ -327,7 +353,9 @@ def sweep(
         )
     long = layer_results(output, model=lm.name, revision=lm.revision, pooling=pooling)
     long = long[long["task"].isin([t.metadata.name for t in plan.tasks])]
-    long = long[long["layer"].isin(plan.layers) & long["dim"].isin(plan.dims)]
+    labels = [fusion_label(fused) for fused in plan.fusions]
+    single = (long["fuse"] == "") & long["layer"].isin(plan.layers)
+    long = long[(single | long["fuse"].isin(labels)) & long["dim"].isin(plan.dims)]
     long = long[(long["normalize"] == normalize) & long["final_norm"].isin(final_norms)]
     long = long[
         (long["max_length"] == lm.max_length)
@@ -365,7 +393,7 @@ def slice_identity(
         "data": data,
         "n_layers": encoder.source.lm.n_layers,
         "search_backend": search_backend,
-    }
+    } | ({"fuse": encoder.fuse_label} if encoder.fuse else {})
 
 
 def pending_slices(
@@ -505,6 +533,9 @@ def plan_units(
     encoders = [
         StoreEncoder(source, layer=layer, dim=dim, normalize=plan.normalize, final_norm=norm)
         for layer, dim, norm in plan.slices
+    ] + [
+        StoreEncoder(source, layer=-1, dim=dim, normalize=plan.normalize, final_norm=norm, fuse=f)
+        for f, dim, norm in plan.fused_slices
     ]
     units = Plan(failures=plan.failures)
     for task in plan.tasks:
@@ -583,6 +614,7 @@ def plan_units(
                 final_norms=tuple(source.final_norms),
                 search_backend=search_backend,
                 depends_on=tuple(depends),
+                fuse=enc.fuse,
             )
             for enc in pending
         )

@@ -38,6 +38,7 @@ LONG_COLUMNS = [
     "final_norm",
     "include_prompt",
     "n_layers",
+    "fuse",
 ]
 
 
@@ -136,10 +137,11 @@ def scan_results(
                     "final_norm": kwargs.get("final_norm", "last"),
                     "include_prompt": bool(kwargs.get("include_prompt", True)),
                     "n_layers": _n_layers(identity.get("n_layers")),
+                    "fuse": str(kwargs.get("fuse") or ""),
                 }
             )
     df = pd.DataFrame(rows, columns=LONG_COLUMNS)
-    df = df.sort_values(["model", "revision", "layer", "dim", "task"], ignore_index=True)
+    df = df.sort_values(["model", "revision", "fuse", "layer", "dim", "task"], ignore_index=True)
     return ResultScan(df, problems)
 
 
@@ -156,8 +158,9 @@ def layer_results(
     The score follows TASKS.md (English subsets, STS17 en-en; see `tasks.benchmark`).
     `max_length`, `dtype` and `prompts` (a hash) tell runs of other settings apart; `final_norm`
     is "last" for results written before the option; `n_layers` is the model's layer count L
-    from the run identity (NaN when not recorded). Files that cannot be read are logged as
-    warnings (`scan_results` returns them).
+    from the run identity (NaN when not recorded). `fuse` is a fused slice's label (e.g.
+    "0+6", `fusion.py`; its `layer` is the deepest fused layer), "" for a single layer. Files
+    that cannot be read are logged as warnings (`scan_results` returns them).
     """
     scan = scan_results(output, model=model, revision=revision, pooling=pooling)
     for line in scan.problems:
@@ -185,10 +188,9 @@ def layer_table(long: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.Da
 
     One block per Matryoshka width: the index is `layer` for a single width, else
     `(dim, layer)`; with several final norms, `final_norm` leads the index. `long` holds one
-    configuration otherwise (model, revision, pooling, normalize).
+    configuration otherwise (model, revision, pooling, normalize). Fused slices (a `fuse`
+    label) follow the layer rows, indexed by their label (e.g. "0+6").
     """
-    from .tasks.benchmark import layer_average
-
     if "final_norm" in long.columns and long["final_norm"].nunique() > 1:
         blocks = {
             str(norm): layer_table(long[long["final_norm"] == norm], tasks)
@@ -198,6 +200,24 @@ def layer_table(long: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.Da
         return pd.concat(blocks, names=["final_norm", *inner])
     dims = sorted(long["dim"].unique(), reverse=True) if len(long) else []
     if len(dims) <= 1:
-        return layer_average(long, tasks=tasks)
-    blocks = {int(d): layer_average(long[long["dim"] == d], tasks=tasks) for d in dims}
+        return _with_fusions(long, tasks)
+    blocks = {int(d): _with_fusions(long[long["dim"] == d], tasks) for d in dims}
     return pd.concat(blocks, names=["dim", "layer"])
+
+
+def _with_fusions(long: pd.DataFrame, tasks: Sequence[str] | None) -> pd.DataFrame:
+    """`layer_average` of the single layers, then one row per fusion (by cost, then label)."""
+    from .tasks.benchmark import layer_average
+
+    if "fuse" not in long.columns or not (long["fuse"] != "").any():
+        return layer_average(long, tasks=tasks)
+    plain = long[long["fuse"] == ""]
+    fused = long[long["fuse"] != ""].drop(columns="layer").rename(columns={"fuse": "layer"})
+    order = sorted(fused["layer"].unique(), key=lambda f: (_deepest(f), f))
+    block = layer_average(fused, tasks=tasks).reindex(order)
+    return block if plain.empty else pd.concat([layer_average(plain, tasks=tasks), block])
+
+
+def _deepest(label: str) -> int:
+    """The deepest layer of a fusion label ("0+6", "4-6"): fusions sort by their cost."""
+    return max(int(x) for x in label.replace("-", "+").split("+") if x)

@@ -359,6 +359,7 @@ def run_score_unit(unit: ScoreUnit) -> ScoreReport:
         dim=unit.dim,
         normalize=unit.normalize,
         final_norm=unit.final_norm,
+        fuse=unit.fuse,
     )
     cache = AtomicResultCache(unit.output)
     task = _task(unit.task, unit.data_dir, unit.hf_subsets)

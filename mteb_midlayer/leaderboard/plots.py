@@ -193,8 +193,16 @@ def plot_score_vs_metric(
     return _save(fig, stem)
 
 
-def plot_dim_heatmap(dim_table: pd.DataFrame, stem: Path | str, *, title: str) -> list[Path]:
-    """Heatmap of `tables.dim_table` (layers down, widths across); missing cells left blank."""
+def plot_dim_heatmap(
+    dim_table: pd.DataFrame,
+    stem: Path | str,
+    *,
+    title: str,
+    xlabel: str = "dim",
+    ylabel: str = "layer",
+) -> list[Path]:
+    """Heatmap of `tables.dim_table` (layers down, widths across); missing cells left blank.
+    Also draws `tables.window_grid` (start down, end across) with the labels changed."""
     plt = _plt()
     values = 100 * dim_table.to_numpy(dtype=float)
     fig, ax = plt.subplots(
@@ -204,8 +212,8 @@ def plot_dim_heatmap(dim_table: pd.DataFrame, stem: Path | str, *, title: str) -
     image = ax.imshow(values, cmap="Greens", aspect="auto")
     ax.set_xticks(range(dim_table.shape[1]), [str(d) for d in dim_table.columns])
     ax.set_yticks(range(dim_table.shape[0]), [str(i) for i in dim_table.index])
-    ax.set_xlabel("dim")
-    ax.set_ylabel("layer")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
     finite = values[~pd.isna(values)]
     mid = (finite.min() + finite.max()) / 2 if finite.size else 0
     best = divmod(int(pd.Series(values.ravel()).idxmax()), values.shape[1]) if finite.size else None

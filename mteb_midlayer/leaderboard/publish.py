@@ -70,6 +70,18 @@ def publish(
                 )
                 dim_plots[slug] = files[0]
                 written += files
+            grid = T.window_grid(T.fusion_table(scores, config, T.dims_of(scores, config)[0]))
+            if grid.notna().sum().sum() > 1:  # windows of fused layers: start x end heatmap
+                slug = T.config_slug(config)
+                files = P.plot_dim_heatmap(
+                    grid,
+                    plot_dir / f"{name}-{slug}-windows",
+                    title=f"{T.config_label(config)}: fused windows, average",
+                    xlabel="end layer",
+                    ylabel="start layer",
+                )
+                dim_plots[f"{slug}-windows"] = files[0]
+                written += files
     written.append(R.to_md(scores, folder / f"{name}.md", title=title, prov=prov, plots=page_plots))
     page = R.to_html(
         scores,

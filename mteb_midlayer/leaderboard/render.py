@@ -145,6 +145,50 @@ def _md_dim_table(dims: pd.DataFrame) -> str:
     return out.to_markdown(disable_numparse=True, colalign=["left"] + ["right"] * out.shape[1])
 
 
+def _md_fusion_table(fused: pd.DataFrame) -> str:
+    """Fused slices under the layer table: blocks run, scores x100, gain over the best layer."""
+    out = pd.DataFrame(index=fused.index)
+    out[T.BLOCKS] = fused[T.BLOCKS].astype(int).astype(str)
+    gains = (T.VS_BEST_LAYER, T.VS_SAME_BLOCKS)
+    for col in fused.columns:
+        if col not in (T.BLOCKS, *gains):
+            out[col] = fused[col].map(fmt_score)
+    for col in gains:
+        out[col] = fused[col].map(fmt_gain)
+    out.index.name = "fusion"
+    return out.to_markdown(disable_numparse=True, colalign=["left"] + ["right"] * out.shape[1])
+
+
+def _md_window_grid(grid: pd.DataFrame) -> str:
+    """The windows' average, start layer down and end layer across ("—": not scored)."""
+    out = grid.map(fmt_score)
+    out.columns = [f"end {c}" for c in grid.columns]
+    out.index = [f"start {i}" for i in grid.index]
+    return out.to_markdown(disable_numparse=True, colalign=["left"] + ["right"] * out.shape[1])
+
+
+def _md_fusions(scores: pd.DataFrame, config: dict, dim: int) -> list[str]:
+    """The fused-layers section of a configuration (nothing when it has no fusion)."""
+    fused = T.fusion_table(scores, config, dim)
+    if fused.empty:
+        return []
+    parts = [
+        "### Fused layers",
+        "",
+        "Equal-weight mean of the layers' pooled vectors (`sweep --fuse`); blocks: what the "
+        "fusion runs (its deepest layer); vs best layer: its average minus the best single "
+        "layer's; vs best layer <= blocks: minus the best single layer that runs no more "
+        "blocks (the gain at equal cost).",
+        "",
+        _md_fusion_table(fused),
+        "",
+    ]
+    grid = T.window_grid(fused)
+    if not grid.empty:
+        parts += ["Windows (layers start..end), average:", "", _md_window_grid(grid), ""]
+    return parts
+
+
 def _md_summary(summary: pd.DataFrame) -> str:
     view = pd.DataFrame(
         {
@@ -220,6 +264,7 @@ def to_md(
             _md_layer_table(lt),
             "",
         ]
+        parts += _md_fusions(scores, config, dims[0])
         if len(dims) > 1:
             parts += [
                 "### Average by layer and width (2D Matryoshka)",
@@ -299,7 +344,42 @@ def _html_model(scores: pd.DataFrame, config: dict, plots: dict[str, str]) -> di
                     "cells": [_cell(v, lo, hi, best=best == (layer, d)) for d, v in values.items()],
                 }
             )
+    fused = T.fusion_table(scores, config, dims[0])
+    gains = (T.VS_BEST_LAYER, T.VS_SAME_BLOCKS)
+    fusion_columns = [c for c in fused.columns if c not in (T.BLOCKS, *gains)]
+    fusion_rows = []
+    for label, values in fused.iterrows():
+        fusion_rows.append(
+            {
+                "label": str(label),
+                "blocks": int(values[T.BLOCKS]),
+                "cells": [
+                    _cell(values[c], fused[c].min(), fused[c].max(), best=False)
+                    for c in fusion_columns
+                ],
+                "gains": [
+                    {
+                        "v": "" if pd.isna(values[g]) else f"{values[g]:.6g}",
+                        "text": fmt_gain(values[g]),
+                    }
+                    for g in gains
+                ],
+            }
+        )
+    grid = T.window_grid(fused)
+    window_rows = []
+    if not grid.empty:
+        lo, hi = grid.min().min(), grid.max().max()
+        for start, values in grid.iterrows():
+            window_rows.append(
+                {"label": str(start), "cells": [_cell(v, lo, hi) for v in values.to_numpy()]}
+            )
     return {
+        "fusion_columns": fusion_columns,
+        "fusion_rows": fusion_rows,
+        "window_ends": [str(c) for c in grid.columns],
+        "window_rows": window_rows,
+        "window_plot": plots.get(T.config_slug(config) + "-windows"),
         "slug": T.config_slug(config),
         "label": T.config_label(config),
         "config": config,

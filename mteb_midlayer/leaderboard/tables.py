@@ -121,7 +121,7 @@ def layer_task_table(scores: pd.DataFrame, config: dict, dim: int) -> LayerTable
     the same tasks), then `avg <type>` per type and `average`. An average is NaN unless the layer
     has every task it covers (mteb nulls incomplete rows the same way). `best` ignores NaN; `gain` is best minus the last layer.
     """
-    own = select_config(scores, config)
+    own = frames.single_layers(select_config(scores, config))  # fusions: `fusion_table`
     types = _ordered_tasks(scores)
     tasks = list(types)
     at_dim = own[own["dim"] == dim]
@@ -158,6 +158,70 @@ def layer_task_table(scores: pd.DataFrame, config: dict, dim: int) -> LayerTable
 def _complete_mean(block: pd.DataFrame) -> pd.Series:
     """Row means over every column, NaN for a row missing any (never a mean over fewer)."""
     return block.mean(axis=1, skipna=False)
+
+
+#: Column of a fusion table: the blocks a fusion runs (its deepest layer).
+BLOCKS = "blocks"
+#: Column of a fusion table: its average minus the best single layer's (same dim).
+VS_BEST_LAYER = "vs best layer"
+#: Column of a fusion table: its average minus the best single layer that runs no more blocks.
+VS_SAME_BLOCKS = "vs best layer <= blocks"
+
+
+def _deepest(label: str) -> int:
+    return max(int(x) for x in str(label).replace("-", "+").split("+") if x)
+
+
+def fusion_table(scores: pd.DataFrame, config: dict, dim: int) -> pd.DataFrame:
+    """The fused slices (`fusion.py`) of one configuration at width `dim`, shown under the
+    layer rows: one row per fusion label (by deepest layer, then label), `blocks` (what it
+    costs: its deepest layer), the task columns and averages as in `layer_task_table`, and
+    `vs best layer` (its average minus the best single layer's) and `vs best layer <= blocks`
+    (minus the best single layer that runs no more blocks: the gain at equal cost). Empty
+    when there is none."""
+    own = frames.fused_slices(select_config(scores, config))
+    types = _ordered_tasks(scores)
+    tasks = list(types)
+    at_dim = own[own["dim"] == dim]
+    if at_dim.empty:
+        return pd.DataFrame(columns=[BLOCKS, *tasks, AVERAGE, VS_BEST_LAYER, VS_SAME_BLOCKS])
+    wide = at_dim.pivot_table(index="fuse", columns="task", values="score", aggfunc="first")
+    wide = wide.reindex(columns=tasks)
+    wide = wide.reindex(sorted(wide.index, key=lambda f: (_deepest(f), f)))
+    wide.columns.name = None
+    wide.index.name = "fusion"
+    scores_only = wide[tasks]
+    for task_type in dict.fromkeys(types.values()):
+        wide[f"{TYPE_PREFIX}{task_type}"] = _complete_mean(
+            scores_only[[t for t in tasks if types[t] == task_type]]
+        )
+    wide[AVERAGE] = _complete_mean(scores_only)
+    wide.insert(0, BLOCKS, [_deepest(f) for f in wide.index])
+    try:
+        layer_avg = layer_task_table(scores, config, dim).table[AVERAGE]
+    except ValueError:  # fusions without single layers at this width
+        layer_avg = pd.Series(dtype=float)
+    wide[VS_BEST_LAYER] = wide[AVERAGE] - layer_avg.max(skipna=True)
+    cheaper = [layer_avg[layer_avg.index <= b].max(skipna=True) for b in wide[BLOCKS]]
+    wide[VS_SAME_BLOCKS] = wide[AVERAGE] - pd.Series(cheaper, index=wide.index, dtype=float)
+    return wide
+
+
+def window_grid(fusions: pd.DataFrame) -> pd.DataFrame:
+    """Start x end grid of the average of the window fusions ("a-b", contiguous) of a
+    `fusion_table`; NaN where a window was not scored. Empty when there is no window."""
+    windows = [f for f in fusions.index if "+" not in str(f)]
+    if not windows:
+        return pd.DataFrame()
+    spans = [tuple(int(x) for x in str(f).split("-")) for f in windows]
+    starts = sorted({a for a, _ in spans})
+    ends = sorted({b for _, b in spans})
+    grid = pd.DataFrame(float("nan"), index=starts, columns=ends)
+    for (a, b), label in zip(spans, windows, strict=True):
+        grid.loc[a, b] = fusions.loc[label, AVERAGE]
+    grid.index.name = "start"
+    grid.columns.name = "end"
+    return grid
 
 
 def dims_of(scores: pd.DataFrame, config: dict) -> list[int]:
@@ -256,23 +320,25 @@ def tidy_rows(scores: pd.DataFrame) -> pd.DataFrame:
     parts = []
     tasks = scores.drop_duplicates("task")[["task", "task_type"]]
     for config in configs(scores):
-        own = select_config(scores, config)
-        grid = own[["layer", "dim"]].drop_duplicates().merge(tasks, how="cross")
+        own = frames.with_fuse(select_config(scores, config))
+        grid = own[["layer", "fuse", "dim"]].drop_duplicates().merge(tasks, how="cross")
         full = grid.merge(
-            own[["layer", "dim", "task", "score", "mteb_version"]],
-            on=["layer", "dim", "task"],
+            own[["layer", "fuse", "dim", "task", "score", "mteb_version"]],
+            on=["layer", "fuse", "dim", "task"],
             how="left",
         )
         for key, value in config.items():
             full[key] = value
         parts.append(full)
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=CSV_COLUMNS)
-    out = out.rename(columns={"score": "main_score"})
-    return out[CSV_COLUMNS].sort_values(
-        [*frames.CONFIG_COLUMNS, "dim", "layer", "task"],
-        ascending=[True] * len(frames.CONFIG_COLUMNS) + [False, True, True],
+    out = frames.with_fuse(out.rename(columns={"score": "main_score"}))
+    # fused slices (`fusion.py`) add a last column, `fuse` (their label, "" for a layer)
+    columns = [*CSV_COLUMNS, frames.FUSE] if (out["fuse"] != "").any() else CSV_COLUMNS
+    return out.sort_values(
+        [*frames.CONFIG_COLUMNS, "dim", "fuse", "layer", "task"],
+        ascending=[True] * len(frames.CONFIG_COLUMNS) + [False, True, True, True],
         ignore_index=True,
-    )
+    )[columns]
 
 
 CSV_COLUMNS = [

@@ -16,9 +16,11 @@ from .. import frames
 
 #: A configuration without its width: the best is taken over (layer, dim) inside one.
 GROUP = frames.CONFIG_COLUMNS
-BEST_COLUMNS = [*GROUP, "budget", "layer", "dim", "score", "n_layers"]
-PARETO_COLUMNS = [*GROUP, "layer", "dim", "score"]
-FOLD_COLUMNS = [*GROUP, "left_out", "layer", "dim", "score", "best_score", "regret"]
+#: `fuse`: a fused slice's label ("" for one layer); its `layer` is its deepest fused layer,
+#: so budgets and the Pareto front count what a fusion costs (its deepest layer's blocks).
+BEST_COLUMNS = [*GROUP, "budget", "layer", "dim", "score", "n_layers", "fuse"]
+PARETO_COLUMNS = [*GROUP, "layer", "dim", "score", "fuse"]
+FOLD_COLUMNS = [*GROUP, "left_out", "layer", "dim", "score", "best_score", "regret", "fuse"]
 
 
 class BudgetError(ValueError):
@@ -69,13 +71,15 @@ class Budget:
 
 
 def _overall(layer_scores: pd.DataFrame) -> pd.DataFrame:
-    df = frames.complete(layer_scores)
+    df = frames.complete(frames.with_fuse(layer_scores))
     return df[df["task_type"] == frames.ALL_TYPES].dropna(subset=["score"])
 
 
 def _pick(cell: pd.DataFrame) -> pd.Series:
-    """Highest score; ties go to fewer layers run, then the narrower slice."""
-    return cell.sort_values(["score", "layer", "dim"], ascending=[False, True, True]).iloc[0]
+    """Highest score; ties go to fewer layers run, then the narrower slice, then a single
+    layer before a fusion."""
+    order = ["score", "layer", "dim", "fuse"]
+    return cell.sort_values(order, ascending=[False, True, True, True]).iloc[0]
 
 
 def best_frame(layer_scores: pd.DataFrame, budgets: list[Budget] | None = None) -> pd.DataFrame:
@@ -104,6 +108,7 @@ def best_frame(layer_scores: pd.DataFrame, budgets: list[Budget] | None = None) 
                     "dim": int(top["dim"]),
                     "score": float(top["score"]),
                     "n_layers": n_layers,
+                    "fuse": top["fuse"],
                 }
             )
     return pd.DataFrame(rows, columns=BEST_COLUMNS)
@@ -112,15 +117,15 @@ def best_frame(layer_scores: pd.DataFrame, budgets: list[Budget] | None = None) 
 def pareto_frame(layer_scores: pd.DataFrame) -> pd.DataFrame:
     """Slices no other slice beats on all of score (higher), layers run and dim (fewer).
 
-    Layers run = the layer index: the exported model runs blocks 1..layer.
+    Layers run = the layer index: the exported model runs blocks 1..layer (a fusion's deepest).
     """
     rows = []
     for key, cell in _overall(layer_scores).groupby(GROUP, dropna=False, sort=True):
-        points = cell[["layer", "dim", "score"]].to_numpy()
-        for layer, dim, score in points:
+        points = cell[["layer", "dim", "score", "fuse"]].to_numpy()
+        for layer, dim, score, fuse in points:
             dominated = any(
                 s >= score and lay <= layer and d <= dim and (s, lay, d) != (score, layer, dim)
-                for lay, d, s in points
+                for lay, d, s, _ in points
             )
             if not dominated:
                 rows.append(
@@ -129,6 +134,7 @@ def pareto_frame(layer_scores: pd.DataFrame) -> pd.DataFrame:
                         "layer": int(layer),
                         "dim": int(dim),
                         "score": float(score),
+                        "fuse": fuse,
                     }
                 )
     df = pd.DataFrame(rows, columns=PARETO_COLUMNS)
@@ -140,14 +146,16 @@ def stability_folds(scores: pd.DataFrame, tasks: list[str] | None = None) -> pd.
     on the other tasks, and its regret on the left-out one (best score there minus its score).
 
     Needs two tasks or more; a slice missing any of the other tasks is not a candidate.
+    Fused slices are candidates like layers (`fuse` names the pick's fusion, "" for a layer).
     """
-    frames.check_scores(scores)
+    frames.check_scores(frames.with_fuse(scores))
+    scores = frames.with_fuse(scores)
     rows = []
     for key, cell in scores.groupby(GROUP, dropna=False, sort=True):
         names = list(dict.fromkeys(tasks if tasks is not None else cell["task"]))
         if len(names) < 2:
             continue
-        wide = cell.pivot_table(index=["layer", "dim"], columns="task", values="score")
+        wide = cell.pivot_table(index=["layer", "dim", "fuse"], columns="task", values="score")
         wide = wide.reindex(columns=names)
         for task in names:
             others = wide.drop(columns=task).dropna()
@@ -156,7 +164,7 @@ def stability_folds(scores: pd.DataFrame, tasks: list[str] | None = None) -> pd.
                 continue
             mean = others.mean(axis=1).rename("score").reset_index()
             pick = _pick(mean)
-            at = (int(pick["layer"]), int(pick["dim"]))
+            at = (int(pick["layer"]), int(pick["dim"]), pick["fuse"])
             score = float(held.get(at, math.nan))
             best = float(held.max())
             rows.append(
@@ -168,6 +176,7 @@ def stability_folds(scores: pd.DataFrame, tasks: list[str] | None = None) -> pd.
                     "score": score,
                     "best_score": best,
                     "regret": best - score,
+                    "fuse": at[2],
                 }
             )
     return pd.DataFrame(rows, columns=FOLD_COLUMNS)
@@ -186,7 +195,14 @@ def stability_summary(folds: pd.DataFrame, best: pd.DataFrame) -> list[dict]:
         same = math.nan
         if not match.empty:
             top = match.iloc[0]
-            same = float(((cell["layer"] == top["layer"]) & (cell["dim"] == top["dim"])).mean())
+            fuse = top["fuse"] if "fuse" in top.index else frames.NO_FUSION
+            same = float(
+                (
+                    (cell["layer"] == top["layer"])
+                    & (cell["dim"] == top["dim"])
+                    & (cell["fuse"] == fuse)
+                ).mean()
+            )
         out.append(
             {
                 **config,
@@ -194,7 +210,7 @@ def stability_summary(folds: pd.DataFrame, best: pd.DataFrame) -> list[dict]:
                 "mean_regret": float(cell["regret"].mean()),
                 "same_as_best": same,
                 "folds": cell[
-                    ["left_out", "layer", "dim", "score", "best_score", "regret"]
+                    ["left_out", "layer", "dim", "score", "best_score", "regret", "fuse"]
                 ].to_dict("records"),
             }
         )

@@ -135,7 +135,7 @@ def link_frames(layer_scores: pd.DataFrame, metrics: pd.DataFrame) -> pd.DataFra
     Only layers with every expected task count (`frames.complete`): a layer missing a task is
     never correlated on a smaller average.
     """
-    scores = frames.complete(layer_scores).dropna(subset=["score"])
+    scores = frames.complete(frames.single_layers(layer_scores)).dropna(subset=["score"])
     series = metric_series(metrics)
     rows = []
     config_keys = [*frames.CONFIG_COLUMNS, "dim"]

@@ -154,7 +154,7 @@ def rules_frame(
 ) -> pd.DataFrame:
     """Every rule judged on every configuration and dim (scores on task type "all")."""
     check_prior(prior)
-    scores = frames.complete(layer_scores)
+    scores = frames.complete(frames.single_layers(layer_scores))  # rules pick layers
     scores = scores[scores["task_type"] == frames.ALL_TYPES].dropna(subset=["score"])
     if scores.empty or metrics.empty:
         return pd.DataFrame(columns=RULE_COLUMNS)

@@ -26,6 +26,8 @@ from .rules import RULE_COLUMNS, losing_notes, rules_frame
 
 #: JSON keys of each section's rows (the contract; extra keys may follow).
 SCORE_KEYS = [*frames.CONFIG_COLUMNS, "dim", "layer", "task_type", "score", "n_tasks"]
+#: Extra key of every scores/best/pareto row: a fused slice's label ("" for one layer).
+FUSE_KEY = "fuse"
 
 
 @dataclass
@@ -63,15 +65,13 @@ class Selection:
         rows = best[best["budget"] == (budget or "none")]
         if rows.empty:
             return None
-        return (
-            rows.sort_values(["score", "layer", "dim"], ascending=[False, True, True])
-            .iloc[0]
-            .to_dict()
-        )
+        rows = frames.with_fuse(rows)
+        order = ["score", "layer", "dim", "fuse"]
+        return rows.sort_values(order, ascending=[False, True, True, True]).iloc[0].to_dict()
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "scores": _records(self.scores, [*SCORE_KEYS, "n_expected", "missing"]),
+            "scores": _records(self.scores, [*SCORE_KEYS, "n_expected", "missing", FUSE_KEY]),
             "correlations": _records(self.correlations, LINK_COLUMNS),
             "rules": _records(self.rules, RULE_COLUMNS),
             "best": _records(self.best, list(self.best.columns)),
@@ -115,9 +115,10 @@ def to_json(selection: Selection, path: Path | str) -> Path:
 def _incomplete_notes(layer_scores: pd.DataFrame) -> list[str]:
     overall = layer_scores[layer_scores["task_type"] == frames.ALL_TYPES]
     notes = []
-    for row in overall[overall["n_tasks"] < overall["n_expected"]].itertuples():
+    for row in frames.with_fuse(overall[overall["n_tasks"] < overall["n_expected"]]).itertuples():
+        what = f"fusion {row.fuse}" if row.fuse else f"layer {row.layer}"
         notes.append(
-            f"{row.model} layer {row.layer} dim {row.dim}: missing {row.missing} "
+            f"{row.model} {what} dim {row.dim}: missing {row.missing} "
             f"({row.n_tasks}/{row.n_expected} tasks); left out of every choice"
         )
     return notes
@@ -223,15 +224,16 @@ def select_frames(
         selection.notes.append("no metric rows found: only the score-based choice is shown")
         return selection
     selection.notes.extend(nonfinite_notes(metrics))
-    selection.correlations = link_frames(layer_scores, metrics)
+    per_layer = frames.single_layers(layer_scores)  # metrics are per layer, not per fusion
+    selection.correlations = link_frames(per_layer, metrics)
     if selection.correlations.empty:
         selection.notes.append(
             "no metric rows match a swept configuration (model, revision, pooling)"
         )
-    selection.rules = rules_frame(layer_scores, metrics, selection.correlations, prior=prior)
+    selection.rules = rules_frame(per_layer, metrics, selection.correlations, prior=prior)
     selection.notes.extend(losing_notes(selection.rules))
     selection.recommendation = recommend_frames(
-        layer_scores, metrics, selection.correlations, prior=prior
+        per_layer, metrics, selection.correlations, prior=prior
     )
     return selection
 
