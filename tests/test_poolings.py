@@ -217,3 +217,24 @@ def test_cli_takes_several_poolings_and_refuses_unknown_ones(capsys):
     with pytest.raises(SystemExit):
         build_parser().parse_args(["sweep", "--pooling", "mean,sgpt"])
     assert "Unknown pooling 'sgpt'" in capsys.readouterr().err
+
+
+def test_sweep_several_poolings_leave_prompt_tokens_out_as_each_single_run(tmp_path):
+    """With prompts and `include_prompt=False`: the same stores (prompt-aware entries) and results."""
+    lm = _tiny_lm("gpt2", prompts={"STS": "qry: "}, include_prompt=False)
+    common = dict(tasks=[_sts_task()], layers=[1, 4], show_progress=False)
+    sweep(lm, pooling="weightedmean,max", output=tmp_path / "both", **common)
+    want: dict[str, dict[str, np.ndarray]] = {}
+    scores: dict[str, float] = {}
+    for mode in ("weightedmean", "max"):
+        sweep(lm, pooling=mode, output=tmp_path / mode, **common)
+        want |= _store_entries(tmp_path / mode)
+        scores |= _results(tmp_path / mode)
+    got = _store_entries(tmp_path / "both")
+    assert sorted(got) == sorted(want) and len(got) == 2
+    for digest, entries in want.items():
+        assert sorted(got[digest]) == sorted(entries)
+        for text_hash, vectors in entries.items():
+            np.testing.assert_allclose(got[digest][text_hash], vectors, atol=1e-6, rtol=0)
+    assert all("include_prompt_False" in path for path in scores)  # the slice folders say so
+    assert _results(tmp_path / "both") == pytest.approx(scores, abs=1e-6)
