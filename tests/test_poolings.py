@@ -238,3 +238,27 @@ def test_sweep_several_poolings_leave_prompt_tokens_out_as_each_single_run(tmp_p
             np.testing.assert_allclose(got[digest][text_hash], vectors, atol=1e-6, rtol=0)
     assert all("include_prompt_False" in path for path in scores)  # the slice folders say so
     assert _results(tmp_path / "both") == pytest.approx(scores, abs=1e-6)
+
+
+def test_cli_metrics_with_several_poolings_keys_rows_and_table_by_pooling(tmp_path, capsys):
+    from mteb_midlayer.cli import main
+
+    folder = tmp_path / "tiny-llama"
+    tiny_model("llama", n_layers=2).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    corpus = tmp_path / "domain.txt"
+    corpus.write_text("\n".join(f"sentence {i} of a corpus" for i in range(12)) + "\n")
+    out = tmp_path / "out"
+    code = main(
+        ["metrics", str(folder), "--texts", str(corpus), "--n", "12", "--metrics",
+         "effective_rank,curvature", "--pooling", "mean,last", "--device", "cpu",
+         "--output", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "pooling" in printed and "last" in printed  # the printed table keeps them apart
+    rows = pd.read_parquet(out / "metrics")
+    assert sorted(set(rows["pooling"])) == ["last", "mean"]
+    assert len(list((out / "metrics").glob("*.parquet"))) == 2  # one file per pooling
+    er = rows[rows["metric"] == "effective_rank"].set_index(["pooling", "layer"])["value"]
+    assert er.loc[("mean", 1)] != pytest.approx(er.loc[("last", 1)], abs=1e-6)
