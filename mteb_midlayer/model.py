@@ -31,7 +31,7 @@ from .batching import (
     plan_batches,
 )
 from .layers import base_model, capture_layers, check_final_norms, find_blocks, num_layers
-from .pooling import ST_POOLING, check_pooling, pool
+from .pooling import ST_POOLING, check_poolings, exclude_prompt, pool
 from .spec import (
     EMBEDDED_ALIAS,
     ModelSpec,
@@ -161,6 +161,9 @@ class Batch:
     by_final_norm: dict[str, dict[int, torch.Tensor]] = field(default_factory=dict)
     #: `{(layer, final_norm): score_tokens(...)}` when `iter_batches` was given a scorer.
     token_scores: dict[tuple[int, str], Any] = field(default_factory=dict)
+    #: `{pooling: {final_norm: {layer: (B, D)}}}` for every requested pooling, all from the
+    #: same pass (`by_final_norm` is the first pooling's).
+    by_pooling: dict[str, dict[str, dict[int, torch.Tensor]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -460,7 +463,7 @@ class LayerModel:
         self,
         texts: Sequence[str],
         layers: Sequence[int],
-        pooling: str,
+        pooling: str | Sequence[str],
         *,
         batch_size: int = 32,
         token_layers: Sequence[int] = (),
@@ -479,6 +482,10 @@ class LayerModel:
         `token_layers`, also the real-token states (for token-level metrics).
         `max_tokens_per_batch`: batches by a budget of padded tokens instead of `batch_size`.
         `final_norms`: `Batch.pooled` holds the first, `Batch.by_final_norm` all (one pass).
+        `pooling`: one mode, or several ("mean,last" or a list): `Batch.by_pooling` holds every
+        one, each layer pooled every way inside its capture (the first is `Batch.pooled`).
+        Token states (kept or scored) are the tokens pooling sees: real tokens, less each
+        text's prompt when `include_prompt` is False; the same for every pooling.
         `score_tokens`: instead of keeping the token states (first final norm only), score them
         for every `(token layer, final norm)` inside that layer's capture (`Batch.token_scores`),
         so at most one layer's token states under one setting exist beyond the forward pass's own.
@@ -487,7 +494,7 @@ class LayerModel:
         with `include_prompt` False its tokens are left out of every pooled vector.
         On out-of-memory the batch is halved (said once per model) and the run goes on.
         """
-        check_pooling(pooling)
+        poolings = check_poolings(pooling)
         check_batch_limits(batch_size, max_tokens_per_batch)
         norms = check_final_norms(final_norms)
         texts = check_texts(texts)
@@ -508,7 +515,7 @@ class LayerModel:
                         [skip[i] for i in chunk],
                         chunk,
                         layers,
-                        pooling,
+                        poolings,
                         token_layers,
                         norms,
                         accepted,
@@ -537,7 +544,7 @@ class LayerModel:
         skip: list[int],
         chunk: list[int],
         layers: Sequence[int],
-        pooling: str,
+        poolings: tuple[str, ...],
         token_layers: Sequence[int],
         norms: tuple[str, ...],
         accepted: set[str],
@@ -547,12 +554,17 @@ class LayerModel:
         captured. `skip`: per row, the prompt tokens pooling leaves out."""
         inputs = self._collate(rows, accepted)
         mask = inputs["attention_mask"]
-        keep = mask.bool()
         prompt_lengths = torch.tensor(skip, device=mask.device) if any(skip) else None
+        # The tokens every pooling sees (prompt tokens left out where asked): token states too.
+        keep = (
+            mask.bool() if prompt_lengths is None else exclude_prompt(mask, prompt_lengths).bool()
+        )
         pool_set, token_set = set(layers), set(token_layers)
 
         def reduce(layer: int, setting: str, state: torch.Tensor):
-            pooled = pool(state, mask, pooling, prompt_lengths) if layer in pool_set else None
+            pooled = None
+            if layer in pool_set:
+                pooled = {p: pool(state, mask, p, prompt_lengths) for p in poolings}
             tokens = None
             if layer in token_set and (score_tokens is not None or setting == norms[0]):
                 hidden = state.float()
@@ -564,8 +576,14 @@ class LayerModel:
         captured = capture_layers(
             self.model, inputs, sorted(pool_set | token_set), final_norms=norms, reduce=reduce
         )
-        by_norm = {s: {layer: captured[(layer, s)][0] for layer in layers} for s in norms}
-        batch = Batch(indices=chunk, pooled=by_norm[norms[0]], by_final_norm=by_norm)
+        by_pooling = {
+            p: {s: {layer: captured[(layer, s)][0][p] for layer in layers} for s in norms}
+            for p in poolings
+        }
+        by_norm = by_pooling[poolings[0]]
+        batch = Batch(
+            indices=chunk, pooled=by_norm[norms[0]], by_final_norm=by_norm, by_pooling=by_pooling
+        )
         for layer in token_layers:
             if score_tokens is None:
                 batch.tokens[layer] = captured[(layer, norms[0])][1]
@@ -602,9 +620,11 @@ class LayerModel:
 
     @staticmethod
     def _check_finite(batch: Batch, texts: list[str]) -> None:
+        first = next(iter(batch.by_pooling), None)
         pooled = {
-            (layer, setting): vectors
-            for setting, by_layer in batch.by_final_norm.items()
+            (layer, setting if pooling == first else f"{setting}, pooling={pooling}"): vectors
+            for pooling, by_norm in (batch.by_pooling or {first: batch.by_final_norm}).items()
+            for setting, by_layer in by_norm.items()
             for layer, vectors in by_layer.items()
         }
         bad = first_non_finite(pooled)

@@ -45,7 +45,9 @@ class EncodeUnit:
 
     `model`: the spec the worker loads (`ModelSpec.to_dict()`, as the user gave it);
     `resolved`: the spec the driver's model resolved to (name, revision, max_length, dtype,
-    prompts), which keys the store and which the worker's model must match.
+    prompts), which keys the store and which the worker's model must match. `pooling`: one
+    mode, or several comma-separated ("mean,last"): every one pooled in the same pass, each
+    into its own store.
     """
 
     model: dict[str, Any]
@@ -137,7 +139,8 @@ class MetricsUnit:
     """The unsupervised layer metrics of one `(model, task)` into `output` (the metrics folder).
 
     `settings` is the driver's record of the run (it names the task's parquet file); the other
-    fields are `metrics.driver.layer_metrics`'s options.
+    fields are `metrics.driver.layer_metrics`'s options (`pooling`: one mode, or several
+    comma-separated, all from the same passes).
     """
 
     model: dict[str, Any]

@@ -6,6 +6,8 @@ whatever side the tokenizer pads on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 
 POOLINGS = ("mean", "cls", "last", "max", "weightedmean", "mean_sqrt_len")
@@ -26,6 +28,17 @@ def check_pooling(pooling: str) -> str:
     if pooling not in POOLINGS:
         raise ValueError(f"Unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}.")
     return pooling
+
+
+def check_poolings(poolings: Sequence[str] | str) -> tuple[str, ...]:
+    """Unique poolings in the given order, from a list or a comma string ("mean,last"); an
+    unknown one raises a `ValueError` listing the choices. Several come from one forward pass."""
+    if isinstance(poolings, str):
+        poolings = [x.strip() for x in poolings.split(",") if x.strip()]
+    out = tuple(dict.fromkeys(check_pooling(p) for p in poolings))
+    if not out:
+        raise ValueError(f"No pooling requested; choose from {', '.join(POOLINGS)}.")
+    return out
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:

@@ -27,6 +27,7 @@ from .encoder import (
 from .fusion import NO_FUSION, check_fusable, fuse_vectors, fusion_label
 from .layers import check_final_norms
 from .model import LayerModel
+from .pooling import check_poolings
 from .spec import excludes_prompt
 from .store import EmbeddingStore, StoreKey
 
@@ -93,9 +94,11 @@ def store_entries(texts: Sequence[str], prompt: str, include_prompt: bool) -> li
 class EmbeddingSource:
     """Store plus (optionally) the network that fills it: shared by all slices of a sweep.
 
-    One store per (prompt type, final norm); `fill` writes every setting of `final_norms`
-    from the same forward pass. `max_tokens_per_batch` batches by padded tokens (the store's
-    vectors do not depend on it).
+    One store per (prompt type, final norm, pooling); `fill` writes every setting of
+    `final_norms` under every pooling of `pooling` (one mode, or several: "mean,last" or a
+    list) from the same forward pass, each store exactly what a single-pooling source writes.
+    `pooling` (the attribute) is the first; `poolings` all. `max_tokens_per_batch` batches by
+    padded tokens (the store's vectors do not depend on it).
     """
 
     def __init__(
@@ -103,7 +106,7 @@ class EmbeddingSource:
         lm: LayerModel,
         root: Path | str,
         *,
-        pooling: str,
+        pooling: str | Sequence[str],
         layers: Sequence[int],
         batch_size: int = 32,
         shard_size: int | None = None,
@@ -114,25 +117,34 @@ class EmbeddingSource:
     ) -> None:
         self.lm = lm
         self.root = Path(root)
-        self.pooling = pooling
+        self.poolings = check_poolings(pooling)
+        self.pooling = self.poolings[0]
         self.layers = sorted(set(layers))
         self.final_norms = check_final_norms(final_norms)
         self.batch_size = batch_size
         self.max_tokens_per_batch = max_tokens_per_batch
         self.shard_size = shard_texts(
-            len(self.layers) * len(self.final_norms), lm.hidden_size, shard_size
+            len(self.layers) * len(self.final_norms) * len(self.poolings),
+            lm.hidden_size,
+            shard_size,
         )
         self.show_progress = show_progress
         self.replay_only = replay_only
-        self._stores: dict[tuple[str | None, str], EmbeddingStore] = {}
+        self._stores: dict[tuple[str | None, str, str], EmbeddingStore] = {}
         #: texts run through the network by this source (for tests and benchmarks)
         self.n_encoded = 0
 
-    def store(self, prompt_type: str | None, final_norm: str = "last") -> EmbeddingStore:
-        if (prompt_type, final_norm) not in self._stores:
-            key = store_key(self.lm, self.pooling, prompt_type, final_norm)
-            self._stores[prompt_type, final_norm] = EmbeddingStore(self.root, key)
-        return self._stores[prompt_type, final_norm]
+    def store(
+        self, prompt_type: str | None, final_norm: str = "last", pooling: str | None = None
+    ) -> EmbeddingStore:
+        """The store of one (prompt type, final norm, pooling); `pooling` defaults to the first."""
+        pooling = pooling or self.pooling
+        if pooling not in self.poolings:
+            raise ValueError(f"pooling {pooling!r} is not among the source's {self.poolings}.")
+        if (prompt_type, final_norm, pooling) not in self._stores:
+            key = store_key(self.lm, pooling, prompt_type, final_norm)
+            self._stores[prompt_type, final_norm, pooling] = EmbeddingStore(self.root, key)
+        return self._stores[prompt_type, final_norm, pooling]
 
     def entries(self, texts: Sequence[str], prompt: str = "") -> list[str]:
         """The store's entries for `texts` (each starting with `prompt`): `store_entries`."""
@@ -146,29 +158,36 @@ class EmbeddingSource:
         namespace: tuple[str, ...],
         prompt: str = "",
     ) -> None:
-        """Make sure every text has every sweep layer under every final norm in the store (one
-        pass for the texts any setting lacks). `prompt`: what every text starts with (mteb
+        """Make sure every text has every sweep layer under every final norm and pooling in the
+        store (one pass for the texts any setting lacks). `prompt`: what every text starts with (mteb
         picks one per task and prompt type); pooling leaves its tokens out when the model's
         `include_prompt` is False."""
-        stores = {norm: self.store(prompt_type, norm) for norm in self.final_norms}
+        stores = {
+            (pooling, norm): self.store(prompt_type, norm, pooling)
+            for pooling in self.poolings
+            for norm in self.final_norms
+        }
         entries = self.entries(texts, prompt)
-        missing = sorted({i for st in stores.values() for i in st.missing(entries, self.layers)})
+        lacking = {key: set(st.missing(entries, self.layers)) for key, st in stores.items()}
+        missing = sorted(set().union(*lacking.values()))
         if not missing:
             return
         if self.replay_only:
             raise KeyError(f"{len(missing)} texts of {namespace} are not in the store {stores}.")
         todo = list(dict.fromkeys(texts[i] for i in missing))
         entry_of = dict(zip(texts, entries, strict=True))
+        # Each store gets only the texts it lacks (a setting already stored is not written twice).
+        lacks = {key: {entries[i] for i in rows} for key, rows in lacking.items()}
         for start in range(0, len(todo), self.shard_size):
             chunk = todo[start : start + self.shard_size]
             pooled = {
-                norm: torch.empty((len(self.layers), len(chunk), self.lm.hidden_size))
-                for norm in self.final_norms
+                key: torch.empty((len(self.layers), len(chunk), self.lm.hidden_size))
+                for key in stores
             }
             for batch in self.lm.iter_batches(
                 chunk,
                 self.layers,
-                self.pooling,
+                self.poolings,
                 batch_size=self.batch_size,
                 max_tokens_per_batch=self.max_tokens_per_batch,
                 final_norms=self.final_norms,
@@ -176,18 +195,24 @@ class EmbeddingSource:
                 show_progress=self.show_progress,
                 desc=f"Encoding {'/'.join(namespace)} [{start // self.shard_size + 1}]",
             ):
-                for norm, by_layer in batch.by_final_norm.items():
-                    stacked = torch.stack([by_layer[layer] for layer in self.layers])
-                    pooled[norm][:, batch.indices] = stacked.cpu()
-            for norm, store in stores.items():
-                store.write(
-                    namespace, [entry_of[t] for t in chunk], pooled[norm].numpy(), self.layers
-                )
+                for pooling, by_norm in batch.by_pooling.items():
+                    for norm, by_layer in by_norm.items():
+                        stacked = torch.stack([by_layer[layer] for layer in self.layers])
+                        pooled[pooling, norm][:, batch.indices] = stacked.cpu()
+            for key, store in stores.items():
+                rows = [j for j, t in enumerate(chunk) if entry_of[t] in lacks[key]]
+                if not rows:
+                    continue
+                vectors = pooled[key].numpy()
+                if len(rows) < len(chunk):
+                    vectors = vectors[:, rows]
+                store.write(namespace, [entry_of[chunk[j]] for j in rows], vectors, self.layers)
             self.n_encoded += len(chunk)
 
 
 class StoreEncoder(AbsEncoder):
-    """One `(layer, dim)` slice, answered from an `EmbeddingSource`.
+    """One `(layer, dim)` slice, answered from an `EmbeddingSource`; `pooling`: one of the
+    source's poolings (default: its first).
 
     `fuse`: two or more layers to fuse (`fusion.py`): the mean of their stored vectors, then
     the dim cut, then normalisation, with no new forward pass; `layer` is then ignored and set
@@ -204,11 +229,15 @@ class StoreEncoder(AbsEncoder):
         model_prompts: dict[str, str] | None = None,
         final_norm: str = "last",
         fuse: tuple[int, ...] | list[int] = (),
+        pooling: str | None = None,
     ) -> None:
+        pooling = pooling or source.pooling
+        if pooling not in source.poolings:
+            raise ValueError(f"pooling {pooling!r} is not among the sweep's {source.poolings}.")
         fused = tuple(sorted(set(fuse)))
         if fused:
             fusion_label(fused)  # two layers or more
-            check_fusable(source.pooling)
+            check_fusable(pooling)
             layer = fused[-1]
         for needed in fused or (layer,):
             if needed not in source.layers:
@@ -227,12 +256,13 @@ class StoreEncoder(AbsEncoder):
         self.dim = dim
         self.normalize = normalize
         self.final_norm = final_norm
+        self.pooling = pooling
         self.model_prompts = model_prompts if model_prompts is not None else source.lm.prompts
         self.mteb_model_meta = slice_meta(
             source.lm,
             layer,
             dim,
-            source.pooling,
+            pooling,
             normalize,
             prompts=self.model_prompts,
             final_norm=final_norm,
@@ -257,7 +287,7 @@ class StoreEncoder(AbsEncoder):
         namespace = (task_metadata.name, hf_split, hf_subset)
         self.source.fill(texts, kind, namespace, prompt)
         entries = self.source.entries(texts, prompt)
-        store = self.source.store(kind, self.final_norm)
+        store = self.source.store(kind, self.final_norm, self.pooling)
         if self.fuse:  # the fused mean (cut to dim: the mean is per coordinate), then normalise
             raw = fuse_vectors([store.read(entries, layer, self.dim) for layer in self.fuse])
         else:
@@ -267,6 +297,6 @@ class StoreEncoder(AbsEncoder):
     def __repr__(self) -> str:
         where = f"fuse={self.fuse_label!r}" if self.fuse else f"layer={self.layer}"
         return (
-            f"StoreEncoder({where}, dim={self.dim}, pooling={self.source.pooling!r}, "
+            f"StoreEncoder({where}, dim={self.dim}, pooling={self.pooling!r}, "
             f"final_norm={self.final_norm!r})"
         )

@@ -35,7 +35,7 @@ from .fusion import check_fusable, fusion_label, parse_fusions
 from .layers import check_final_norms, resolve_layers
 from .model import LayerModel, dtype_name, warn_constant_pooling
 from .plan import Plan, ScoreUnit, encode_units, record_requests, texts_path, write_texts
-from .pooling import check_pooling
+from .pooling import check_poolings
 from .replay import EmbeddingSource, StoreEncoder
 from .results import AtomicResultCache, task_fingerprint, unfinished_reason
 from .search import resolve_search_backend, with_search_backend
@@ -60,6 +60,8 @@ class SweepPlan:
     final_norms: tuple[str, ...] = ("last",)
     #: fused layer sets (`fusion.py`), each scored at every dim and final norm
     fusions: list[tuple[int, ...]] = field(default_factory=list)
+    #: every pooling of the pass (`pooling` is the first); each is its own slice
+    poolings: tuple[str, ...] = ()
 
     @property
     def slices(self) -> list[tuple[int, int, str]]:
@@ -203,7 +205,7 @@ def sweep(
     benchmark: str | None = None,
     layers: Sequence[int] | str | None = "all",
     dims: Sequence[int] | str | None = None,
-    pooling: str | None = None,
+    pooling: Sequence[str] | str | None = None,
     normalize: bool | None = None,
     data_dir: Path | str | None = None,
     output: Path | str = "results",
@@ -252,6 +254,9 @@ def sweep(
     scores move at rounding level only); recorded in each result's run identity.
     `final_norm`: "last", "every" or both ("last,every"): each is its own slice, all from one
     forward pass per text. With several, the table gains a `final_norm` index level.
+    `pooling`: one mode, or several ("mean,weightedmean,last" or a list): each is its own slice
+    and store, exactly as its single-pooling sweep files it, all pooled in one forward pass per
+    text; with several, the table gains a leading `pooling` index level.
     `max_tokens_per_batch`: batch by a budget of padded tokens (no effect on any result).
     `include_prompt`: False leaves prompt tokens out of the vectors (sentence-transformers'
     `Pooling(include_prompt=False)`; default: the model's own); with prompts, part of every
@@ -278,12 +283,14 @@ def sweep(
         trust_remote_code=trust_remote_code,
         include_prompt=include_prompt,
     )
-    pooling = check_pooling(pooling or (spec and spec.pooling) or lm.default_pooling)
-    warn_constant_pooling(lm, pooling)
+    poolings = check_poolings(pooling or (spec and spec.pooling) or lm.default_pooling)
+    pooling = poolings[0]
+    for mode in poolings:
+        warn_constant_pooling(lm, mode)
     normalize = lm.default_normalize if normalize is None else bool(normalize)
     fusions = parse_fusions(fuse, lm.n_layers)
-    if fusions:
-        check_fusable(pooling)
+    for mode in poolings if fusions else ():
+        check_fusable(mode)
     if executor is not None:  # a worker elsewhere would resolve a relative path from its own cwd
         output = Path(output).absolute()
         data_dir = Path(data_dir).absolute() if data_dir else None
@@ -298,6 +305,7 @@ def sweep(
         failures=failures,
         final_norms=final_norms,
         fusions=fusions,
+        poolings=poolings,
     )
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -310,7 +318,7 @@ def sweep(
     source = EmbeddingSource(
         lm,
         output / "store",
-        pooling=pooling,
+        pooling=poolings,
         layers=plan.store_layers,
         batch_size=batch_size,
         shard_size=shard_size,
@@ -351,7 +359,10 @@ def sweep(
             show_progress=show_progress,
             timings=timings,
         )
-    long = layer_results(output, model=lm.name, revision=lm.revision, pooling=pooling)
+    long = layer_results(
+        output, model=lm.name, revision=lm.revision, pooling=pooling if len(poolings) == 1 else None
+    )
+    long = long[long["pooling"].isin(poolings)] if len(poolings) > 1 else long
     long = long[long["task"].isin([t.metadata.name for t in plan.tasks])]
     labels = [fusion_label(fused) for fused in plan.fusions]
     single = (long["fuse"] == "") & long["layer"].isin(plan.layers)
@@ -384,7 +395,7 @@ def slice_identity(
         "max_length": spec.max_length,
         "dtype": spec.dtype,
         "prompts": dict(encoder.model_prompts) if encoder.model_prompts else None,
-        "pooling": encoder.source.pooling,
+        "pooling": encoder.pooling,
         "normalize": encoder.normalize,
         "layer": encoder.layer,
         "dim": encoder.dim,
@@ -525,16 +536,30 @@ def plan_units(
     lm = source.lm
     model = request_spec(lm)
     resolved = lm.current_spec().to_dict()
-    digest = _store_digest(resolved, source.pooling)
+    # One name for several poolings ("mean,last"); a single pooling's is unchanged.
+    pass_pooling = ",".join(source.poolings)
+    digest = _store_digest(resolved, pass_pooling)
     absent = not output.exists()
     cache = AtomicResultCache(output)  # mteb's cache makes its folder
     if dry_run and absent:
         output.rmdir()
     encoders = [
-        StoreEncoder(source, layer=layer, dim=dim, normalize=plan.normalize, final_norm=norm)
+        StoreEncoder(
+            source, layer=layer, dim=dim, normalize=plan.normalize, final_norm=norm, pooling=mode
+        )
+        for mode in source.poolings
         for layer, dim, norm in plan.slices
     ] + [
-        StoreEncoder(source, layer=-1, dim=dim, normalize=plan.normalize, final_norm=norm, fuse=f)
+        StoreEncoder(
+            source,
+            layer=-1,
+            dim=dim,
+            normalize=plan.normalize,
+            final_norm=norm,
+            fuse=f,
+            pooling=mode,
+        )
+        for mode in source.poolings
         for f, dim, norm in plan.fused_slices
     ]
     units = Plan(failures=plan.failures)
@@ -570,8 +595,9 @@ def plan_units(
             path = texts_path(output, digest, name, texts.prompt_type)
             if not dry_run:
                 try:
-                    for norm in source.final_norms:  # the store's config first, then the plan
-                        source.store(texts.prompt_type, norm)
+                    for mode in source.poolings:  # the store's config first, then the plan
+                        for norm in source.final_norms:
+                            source.store(texts.prompt_type, norm, mode)
                     write_texts(path, texts)
                 except OSError as exc:
                     raise_if_disk_full(exc, path)  # stops the run, as in the store
@@ -585,7 +611,7 @@ def plan_units(
                 data_dir=_data_dir(task),
                 store_root=str(source.root),
                 layers=tuple(source.layers),
-                pooling=source.pooling,
+                pooling=pass_pooling,
                 batch_size=source.batch_size,
                 final_norms=tuple(source.final_norms),
                 max_tokens_per_batch=source.max_tokens_per_batch,
@@ -607,7 +633,7 @@ def plan_units(
                 layer=enc.layer,
                 dim=enc.dim,
                 normalize=enc.normalize,
-                pooling=source.pooling,
+                pooling=enc.pooling,
                 layers=tuple(source.layers),
                 batch_size=source.batch_size,
                 final_norm=enc.final_norm,

@@ -187,10 +187,18 @@ def layer_table(long: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.Da
     """Wide layer x task table of main scores, with `mean`, `n_tasks` and `missing`.
 
     One block per Matryoshka width: the index is `layer` for a single width, else
-    `(dim, layer)`; with several final norms, `final_norm` leads the index. `long` holds one
-    configuration otherwise (model, revision, pooling, normalize). Fused slices (a `fuse`
-    label) follow the layer rows, indexed by their label (e.g. "0+6").
+    `(dim, layer)`; with several final norms, `final_norm` leads the index, and with several
+    poolings, `pooling` leads it. `long` holds one configuration otherwise (model, revision,
+    normalize). Fused slices (a `fuse` label) follow the layer rows, indexed by their label
+    (e.g. "0+6").
     """
+    if "pooling" in long.columns and long["pooling"].nunique() > 1:
+        blocks = {
+            str(mode): layer_table(long[long["pooling"] == mode], tasks)
+            for mode in sorted(long["pooling"].unique())
+        }
+        inner = next(iter(blocks.values())).index.names
+        return pd.concat(blocks, names=["pooling", *inner])
     if "final_norm" in long.columns and long["final_norm"].nunique() > 1:
         blocks = {
             str(norm): layer_table(long[long["final_norm"] == norm], tasks)

@@ -55,6 +55,20 @@ def test_plan_batches_by_count_and_by_token_budget():
         plan_batches(order, lengths, 0)
 
 
+def test_plan_batches_by_count_caps_long_texts_at_512_tokens_a_row():
+    """The default: texts up to 512 tokens batch by count; a decoder's long texts go fewer to
+    a batch, within `batch_size x 512` padded tokens (a longer text alone)."""
+    short = [512] * 10 + [7] * 5
+    assert plan_batches(length_order(short), short, 4) == [
+        [0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14]
+    ]  # fmt: skip
+    lengths = [2048, 2048, 1500, 1024, 1024, 700, 30, 20]
+    order = length_order(lengths)
+    # 4 x 512 = 2048 tokens a batch: 1 x 2048 | 1 x 2048 | 1 x 1500 | 2 x 1024 | ... rows <= 4
+    assert plan_batches(order, lengths, 4) == [[0], [1], [2], [3, 4], [5, 6], [7]]
+    assert plan_batches(order, lengths, 32) == [[0, 1, 2, 3, 4, 5, 6, 7]]  # 8 x 2048 <= 16384
+
+
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama", "mamba"])
 def test_token_budget_batches_equal_fixed_size_batches(arch):
     lm = _lm(arch)

@@ -292,7 +292,11 @@ def run_encode_unit(
         final_norms=unit.final_norms,
         max_tokens_per_batch=unit.max_tokens_per_batch,
     )
-    stores = [source.store(unit.prompt_type, norm) for norm in source.final_norms]
+    stores = [
+        source.store(unit.prompt_type, norm, mode)
+        for mode in source.poolings
+        for norm in source.final_norms
+    ]
 
     def complete() -> bool:
         for store in stores:

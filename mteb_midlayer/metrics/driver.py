@@ -3,10 +3,10 @@
 Per task: sample N texts (`sampling`), run the model once over them, pooling every layer and,
 in the same pass, scoring the token-level metrics (prompt entropy, curvature) inside each layer's
 capture so token states never outlive it; then once per augmented view (InfoNCE and DiME use
-views 0 and 1, LiDAR all `n_views`). Each pass serves every requested `final_norm` at once.
-The maths is `functional`; this module only moves tensors and writes tidy rows to
-`DIR/metrics/*.parquet` (`pd.read_parquet(DIR / "metrics")` reads all), one file per task and
-final norm.
+views 0 and 1, LiDAR all `n_views`). Each pass serves every requested `final_norm` and
+`pooling` at once. The maths is `functional`; this module only moves tensors and writes tidy
+rows to `DIR/metrics/*.parquet` (`pd.read_parquet(DIR / "metrics")` reads all), one file per
+task, pooling and final norm.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from ..batching import check_batch_limits
 from ..frames import METRIC_COLUMNS, METRIC_RUN_COLUMNS
 from ..layers import check_final_norms, resolve_layers
 from ..model import LayerModel, TokenScorer, warn_constant_pooling
-from ..pooling import check_pooling
+from ..pooling import check_poolings
 from ..results import task_fingerprint
 from ..spec import ModelSpec
 from ..tempfiles import clean_temp_files, temp_path
@@ -171,6 +171,19 @@ def encode_texts(
     texts: Sequence[str],
     layers: Sequence[int],
     pooling: str,
+    **options: Any,
+) -> dict[str, Encoded]:
+    """`{final_norm: Encoded}` of one pooling (`encode_pooled` with its options)."""
+    (mode,) = check_poolings(pooling)
+    encoded = encode_pooled(lm, texts, layers, (mode,), **options)
+    return {norm: value for (_mode, norm), value in encoded.items()}
+
+
+def encode_pooled(
+    lm: LayerModel,
+    texts: Sequence[str],
+    layers: Sequence[int],
+    poolings: Sequence[str] | str,
     *,
     batch_size: int,
     token_metrics: Sequence[str] = (),
@@ -180,28 +193,33 @@ def encode_texts(
     show_progress: bool = False,
     final_norms: Sequence[str] | str = ("last",),
     max_tokens_per_batch: int | None = None,
-) -> dict[str, Encoded]:
-    """`{final_norm: Encoded}` for every setting in `final_norms`, from one pass over `texts`.
+) -> dict[tuple[str, str], Encoded]:
+    """`{(pooling, final_norm): Encoded}` for every pooling and setting, from one pass.
 
     Token-level metrics are scored inside each layer's capture (`token_scorer`), on the same
-    states as the pooled ones (under `final_norm="every"`, the normed states), so no token
-    states are kept: the device holds one `(n_layers, N, D)` pooled tensor per setting.
+    states as the pooled ones (under `final_norm="every"`, the normed states; the tokens every
+    pooling sees), so no token states are kept: the device holds one `(n_layers, N, D)` pooled
+    tensor per (pooling, setting). The per-text token metrics of a setting are computed once
+    and shared by its poolings (they see the same tokens).
     """
     timer = timer or Timer(lm.device)
     norms = check_final_norms(final_norms)
+    modes = check_poolings(poolings)
     n = len(texts)
+    per_text = {norm: _empty_per_text(token_metrics, layers, n, lm.device) for norm in norms}
     out = {
-        norm: Encoded(
+        (mode, norm): Encoded(
             pooled=torch.empty((len(layers), n, lm.hidden_size), device=lm.device),
-            per_text=_empty_per_text(token_metrics, layers, n, lm.device),
+            per_text=per_text[norm],
         )
+        for mode in modes
         for norm in norms
     }
     scorer = token_scorer(token_metrics, alpha, timer, lm.device) if token_metrics else None
     batches = lm.iter_batches(
         texts,
         layers,
-        pooling,
+        modes,
         batch_size=batch_size,
         token_layers=layers if token_metrics else (),
         show_progress=show_progress,
@@ -216,13 +234,13 @@ def encode_texts(
         if batch is None:
             break
         index = torch.tensor(batch.indices, device=lm.device)
-        for norm, encoded in out.items():
+        for (mode, norm), encoded in out.items():
             for i, layer in enumerate(layers):
-                encoded.pooled[i, index] = batch.by_final_norm[norm][layer]
+                encoded.pooled[i, index] = batch.by_pooling[mode][norm][layer]
         for (layer, norm), scores in batch.token_scores.items():
             for name, variants in scores.items():
                 for variant, values in variants.items():
-                    out[norm].per_text[(name, layer)][variant][index] = values
+                    per_text[norm][(name, layer)][variant][index] = values
     return out
 
 
@@ -318,7 +336,7 @@ def layer_metrics(
     seed: int = 42,
     n_views: int = 16,
     layers: Sequence[int] | str | None = "all",
-    pooling: str | None = None,
+    pooling: Sequence[str] | str | None = None,
     name: str | None = None,
     revision: str | None = None,
     tokenizer: Any = None,
@@ -340,6 +358,9 @@ def layer_metrics(
     its own file). Both come from one pass per text and view (see `_task_metrics` for the
     memory this takes); a setting whose file exists is read back and only the missing ones are
     computed. `max_tokens_per_batch`: batch by padded tokens (changes no value).
+    `pooling`: one mode, or several ("mean,weightedmean,last" or a list): every metric under
+    each, rows (and files) keyed by pooling, all from the same passes; the same rows and files
+    as one run per pooling.
     `executor` (an `executors.base.Executor`, e.g. `ProcessExecutor(devices=["cuda:0",
     "cuda:1"])`) runs one metrics unit per task there (the model is loaded from its spec in
     each worker); a `--texts` corpus is computed here.
@@ -376,8 +397,10 @@ def layer_metrics(
         max_length=max_length,
         trust_remote_code=trust_remote_code,
     )
-    pooling = check_pooling(pooling or (spec and spec.pooling) or lm.default_pooling)
-    warn_constant_pooling(lm, pooling)
+    poolings = check_poolings(pooling or (spec and spec.pooling) or lm.default_pooling)
+    for mode in poolings:
+        warn_constant_pooling(lm, mode)
+    pooling = ",".join(poolings)  # one mode: as before; several: each file keys its own
     layer_list = resolve_layers(layers, lm.n_layers)
     if executor is not None:  # a worker elsewhere would resolve a relative path from its own cwd
         output = Path(output).absolute()
@@ -520,36 +543,45 @@ def _task_metrics(
     final_norms: Sequence[str] | str = ("last",),
     max_tokens_per_batch: int | None = None,
 ) -> pd.DataFrame:
-    """One task's rows under each final norm, in the order given.
+    """One task's rows under each pooling and final norm, in the order given.
 
-    Each setting has its own file (named by the settings, task data and final norm; "last" is
-    left out of the key, so files written before the option are still read back). A whole file
-    is read back; the missing settings are computed together, one pass per text and per view
-    (`_compute_settings`), and each written atomically.
+    Each (pooling, setting) has its own file (named by the settings with that pooling, task
+    data and final norm; "last" is left out of the key, so files written before the option are
+    still read back). A whole file is read back; the missing ones are computed together, one
+    pass per text and per view (`_compute_settings`), and each written atomically.
     """
     norms = check_final_norms(final_norms)
+    modes = check_poolings(pooling)
+    pairs = [(mode, norm) for mode in modes for norm in norms]
     task_name = _dataset_name(task)
     data = f"corpus-{task.digest}" if isinstance(task, Corpus) else task_fingerprint(task)
     keyed = {**settings, "data": data}
-    paths = {norm: _metrics_path(out_dir, lm.name, task_name, keyed, norm) for norm in norms}
-    parts: dict[str, pd.DataFrame] = {}
+    paths = {
+        (mode, norm): _metrics_path(out_dir, lm.name, task_name, {**keyed, "pooling": mode}, norm)
+        for mode, norm in pairs
+    }
+    parts: dict[tuple[str, str], pd.DataFrame] = {}
     if not overwrite:
-        done = {norm: _read_back(paths[norm], norm, keyed) for norm in norms}
-        parts = {norm: df for norm, df in done.items() if df is not None}
-    missing = tuple(norm for norm in norms if norm not in parts)
+        done = {
+            pair: _read_back(paths[pair], pair[1], {**keyed, "pooling": pair[0]}) for pair in pairs
+        }
+        parts = {pair: df for pair, df in done.items() if df is not None}
+    missing = [pair for pair in pairs if pair not in parts]
     if missing:
         texts = sample_texts(task_texts(task), n, seed)
         rows = _compute_settings(
             lm, texts, chosen, layer_list, pooling, timer, task_name=task_name, seed=seed,
             alpha=alpha, n_views=n_views, batch_size=batch_size, show_progress=show_progress,
-            final_norms=missing, max_tokens_per_batch=max_tokens_per_batch,
+            final_norms=tuple(dict.fromkeys(norm for _, norm in missing)),
+            poolings=tuple(dict.fromkeys(mode for mode, _ in missing)),
+            max_tokens_per_batch=max_tokens_per_batch,
         )  # fmt: skip
-        for norm in missing:
-            df = _rows_frame(rows[norm], lm, task_name, pooling, alpha, seed, norm)
-            df = _with_run_columns(df, keyed, norm, _now())
-            _atomic_parquet(df, paths[norm])
-            parts[norm] = df
-    return pd.concat([parts[norm] for norm in norms], ignore_index=True)
+        for mode, norm in missing:
+            df = _rows_frame(rows[mode, norm], lm, task_name, mode, alpha, seed, norm)
+            df = _with_run_columns(df, {**keyed, "pooling": mode}, norm, _now())
+            _atomic_parquet(df, paths[mode, norm])
+            parts[mode, norm] = df
+    return pd.concat([parts[pair] for pair in pairs], ignore_index=True)
 
 
 def _metrics_path(
@@ -627,42 +659,46 @@ def _compute_settings(
     show_progress: bool,
     final_norms: tuple[str, ...],
     max_tokens_per_batch: int | None,
-) -> dict[str, list[dict[str, Any]]]:
-    """`{final_norm: metric rows}` for every setting, from one pass over the texts and one per
-    augmented view: the network runs as often as for a single setting.
+    poolings: tuple[str, ...] | None = None,
+) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """`{(pooling, final_norm): metric rows}` for every pooling (`poolings`, default the
+    `pooling` given) and setting, from one pass over the texts and one per augmented view: the
+    network runs as often as for a single pooling and setting.
 
     Peak memory: token states are scored inside each layer's capture and dropped (at most one
     layer's, of one batch, under one setting, besides the forward pass's own activations); what
-    is held per setting is the pooled `(n_layers, N, D)` and, for the view metrics, the views
-    `(n_layers, N, V, D)` (V = `n_views` with LiDAR, else 2), float32 on the device. So both
-    settings hold twice one setting's pooled states and views, and nothing grows with text
-    length; where that does not fit, run the settings one after the other (the second run
-    reads the first's file back and computes only its own).
+    is held per (pooling, setting) is the pooled `(n_layers, N, D)` and, for the view metrics,
+    the views `(n_layers, N, V, D)` (V = `n_views` with LiDAR, else 2), float32 on the device.
+    So k poolings x 2 settings hold 2k times one's pooled states and views, and nothing grows
+    with text length; where that does not fit, run them one after the other (a later run reads
+    the earlier files back and computes only its own).
     """
+    modes = check_poolings(poolings or pooling)
+    pairs = [(mode, norm) for mode in modes for norm in final_norms]
     token_metrics = [m for m in chosen if m in TOKEN_METRICS]
-    encoded = encode_texts(
-        lm, texts, layer_list, pooling, batch_size=batch_size, token_metrics=token_metrics,
+    encoded = encode_pooled(
+        lm, texts, layer_list, modes, batch_size=batch_size, token_metrics=token_metrics,
         alpha=alpha, timer=timer, desc=f"{task_name} texts", show_progress=show_progress,
         final_norms=final_norms, max_tokens_per_batch=max_tokens_per_batch,
     )  # fmt: skip
-    views: dict[str, torch.Tensor | None] = dict.fromkeys(final_norms)
+    views: dict[tuple[str, str], torch.Tensor | None] = dict.fromkeys(pairs)
     if VIEW_METRICS & set(chosen):
         needed = n_views if "lidar" in chosen else 2
         shape = (len(layer_list), len(texts), needed, lm.hidden_size)
-        views = {norm: torch.empty(shape, device=lm.device) for norm in final_norms}
+        views = {pair: torch.empty(shape, device=lm.device) for pair in pairs}
         for v, view_texts in enumerate(augment_views(texts, needed, seed=seed)):
-            view = encode_texts(
-                lm, view_texts, layer_list, pooling, batch_size=batch_size, timer=timer,
+            view = encode_pooled(
+                lm, view_texts, layer_list, modes, batch_size=batch_size, timer=timer,
                 desc=f"{task_name} view {v + 1}/{needed}", show_progress=show_progress,
                 final_norms=final_norms, max_tokens_per_batch=max_tokens_per_batch,
             )  # fmt: skip
-            for norm in final_norms:
-                views[norm][:, :, v] = view[norm].pooled
+            for pair in pairs:
+                views[pair][:, :, v] = view[pair].pooled
     rows = {}
     with linalg_threads(lm.device):
-        for norm in final_norms:
-            rows[norm] = compute_rows(
-                encoded[norm].pooled, encoded[norm].per_text, views[norm], layer_list, chosen,
+        for pair in pairs:
+            rows[pair] = compute_rows(
+                encoded[pair].pooled, encoded[pair].per_text, views[pair], layer_list, chosen,
                 alpha=alpha, seed=seed, timer=timer,
             )  # fmt: skip
     return rows
