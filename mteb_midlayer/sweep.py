@@ -33,7 +33,15 @@ from .batching import check_batch_limits
 from .encoder import resolve_dim
 from .layers import check_final_norms, resolve_layers
 from .model import LayerModel, dtype_name, warn_constant_pooling
-from .plan import Plan, ScoreUnit, encode_units, record_requests, texts_path, write_texts
+from .plan import (
+    Plan,
+    RecordedTexts,
+    ScoreUnit,
+    encode_units,
+    record_requests,
+    texts_path,
+    write_texts,
+)
 from .pooling import check_pooling
 from .replay import EmbeddingSource, StoreEncoder
 from .results import AtomicResultCache, task_fingerprint, unfinished_reason
@@ -188,6 +196,7 @@ def sweep(
     max_tokens_per_batch: int | None = None,
     executor: Any = None,
     include_prompt: bool | None = None,
+    recorded: RecordedTexts | None = None,
 ) -> pd.DataFrame:
     """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
 
@@ -216,6 +225,8 @@ def sweep(
     `include_prompt`: False leaves prompt tokens out of the vectors (sentence-transformers'
     `Pooling(include_prompt=False)`; default: the model's own); with prompts, part of every
     result's and stored vector's identity.
+    `recorded`: task texts already recorded by an earlier sweep of the same tasks (a checkpoint
+    series, `series.sweep_series`): reused instead of recording them again.
     """
     search_backend = resolve_search_backend(search_backend)  # fail before any work
     final_norms = check_final_norms(final_norm)
@@ -273,7 +284,7 @@ def sweep(
     if dry_run:
         units = plan_units(
             plan, source, output, dry_run=True, raise_error=raise_error,
-            search_backend=search_backend,
+            search_backend=search_backend, recorded=recorded,
         )  # fmt: skip
         table = pd.DataFrame()
         table.attrs["plan"] = units
@@ -289,8 +300,9 @@ def sweep(
     with executors as (encoder, scorer):
         t0 = time.perf_counter()
         units = plan_units(
-            plan, source, output, raise_error=raise_error, search_backend=search_backend
-        )
+            plan, source, output, raise_error=raise_error, search_backend=search_backend,
+            recorded=recorded,
+        )  # fmt: skip
         timings["plan_s"] = time.perf_counter() - t0
         n_encoded = run_units(
             units,
@@ -443,6 +455,7 @@ def plan_units(
     dry_run: bool = False,
     raise_error: bool = False,
     search_backend: str = "torch",
+    recorded: RecordedTexts | None = None,
 ) -> Plan:
     """Write down every unit of the sweep before anything runs.
 
@@ -450,6 +463,8 @@ def plan_units(
     once with a recording encoder to learn the task's texts (`plan.record_requests`), which
     are written under `<output>/plan/` (not in a dry run) and cut into encode units of one
     store shard each. A task that cannot be planned is recorded in `plan.failures`.
+    With `recorded` (a checkpoint series), a task recorded before is not recorded again and
+    its texts file is the one written then.
     """
     from .executors.base import task_subsets
 
@@ -475,14 +490,21 @@ def plan_units(
             units.done[name] = len(encoders) - len(pending)
             if not pending:
                 continue
-            loaded_here = not task.data_loaded
-            if loaded_here:
-                task.load_data()
-            try:
-                requests = record_requests(task, lm.prompts, lm.name)
-            finally:
+            memo_key = (name, task_fingerprint(task), prompts_hash(lm.prompts))
+            if recorded is not None and memo_key in recorded.entries:
+                requests = recorded.entries[memo_key]
+            else:
+                loaded_here = not task.data_loaded
                 if loaded_here:
-                    task.unload_data()
+                    task.load_data()
+                try:
+                    requests = record_requests(task, lm.prompts, lm.name)
+                finally:
+                    if loaded_here:
+                        task.unload_data()
+                if recorded is not None:
+                    recorded.entries[memo_key] = requests
+                    recorded.n_recorded += 1
         except KeyboardInterrupt:
             raise
         except Exception as exc:
@@ -496,6 +518,8 @@ def plan_units(
         depends = []
         for texts in requests:
             path = texts_path(output, digest, name, texts.prompt_type)
+            if recorded is not None:  # a series: every checkpoint reads the first one's file
+                path = recorded.files.setdefault((memo_key, texts.prompt_type), path)
             if not dry_run:
                 try:
                     for norm in source.final_norms:  # the store's config first, then the plan
