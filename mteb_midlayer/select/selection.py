@@ -21,6 +21,7 @@ from .budgets import Budget, best_frame, pareto_frame, stability_folds, stabilit
 from .links import LINK_COLUMNS, link_frames, nonfinite_notes
 from .priors import DEFAULT_PRIOR, check_prior
 from .rules import RULE_COLUMNS, losing_notes, rules_frame
+from .series import checkpoint_best
 
 #: JSON keys of each section's rows (the contract; extra keys may follow).
 SCORE_KEYS = [*frames.CONFIG_COLUMNS, "dim", "layer", "task_type", "score", "n_tasks"]
@@ -44,6 +45,8 @@ class Selection:
     ranked_on: list[str] | None = None
     #: `best` recomputed on `ranked_on` (None when `ranked_on` is): what `chosen` ranks.
     across: pd.DataFrame | None = None
+    #: The best layer of each checkpoint of a series, in step order (None: no series).
+    checkpoints: pd.DataFrame | None = None
 
     @property
     def has_scores(self) -> bool:
@@ -79,6 +82,11 @@ class Selection:
             "best_across": None
             if self.across is None
             else _records(self.across, list(self.across.columns)),
+            **(
+                {}
+                if self.checkpoints is None
+                else {"checkpoints": _records(self.checkpoints, list(self.checkpoints.columns))}
+            ),
         }
 
 
@@ -209,6 +217,7 @@ def select_frames(
         prior=prior,
     )
     _rank_across(selection, scores, budgets, tasks)
+    selection.checkpoints = checkpoint_best(scores, best)
     for budget in budgets:
         if not budget.is_none and best[best["budget"] == budget.label].empty:
             selection.notes.append(f"no swept slice fits the budget {budget.label}")
@@ -317,6 +326,8 @@ def render(selection: Selection, *, top_rules: int | None = None) -> str:
 
     if selection.has_scores:
         table("Best (layer, dim) per configuration and budget", selection.best)
+        if selection.checkpoints is not None:
+            table("Best layer per checkpoint", selection.checkpoints)
         if selection.ranked_on:
             title = "Best across configurations, on the tasks they all have: "
             table(title + ", ".join(selection.ranked_on), selection.across)
