@@ -78,12 +78,13 @@ def sweep_series(
     checkpoints, name, spec = _series(model, revisions, spec, name)
     options = _with_pooling(options, spec)
     recorded = RecordedTexts()
-    parts, failures, n_encoded = [], {}, 0
+    parts, failures, n_encoded, filed_as = [], {}, 0, name
     for checkpoint in checkpoints:
         lm = load_checkpoint(checkpoint, name, spec)
         table = sweep(lm, output=output, recorded=recorded, **options)
         if not options.get("dry_run"):
-            record_checkpoint(output, name, lm.revision, checkpoint)
+            record_checkpoint(output, lm.name, lm.revision, checkpoint)
+        filed_as = lm.name  # the name results are filed under (e.g. "local/run")
         failures.update({f"{checkpoint.name}: {t}": r for t, r in table.attrs["failures"].items()})
         n_encoded += table.attrs.get("n_encoded", 0)
         flat = table.reset_index()
@@ -94,7 +95,7 @@ def sweep_series(
         del lm
         gc.collect()
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    out.attrs.update(recorded=recorded, failures=failures, n_encoded=n_encoded, model=name)
+    out.attrs.update(recorded=recorded, failures=failures, n_encoded=n_encoded, model=filed_as)
     return out
 
 
@@ -111,16 +112,17 @@ def metrics_series(
     checkpoints with `checkpoint` and `step` columns."""
     checkpoints, name, spec = _series(model, revisions, spec, name)
     options = _with_pooling(options, spec)
-    parts, failures = [], {}
+    parts, failures, filed_as = [], {}, name
     for checkpoint in checkpoints:
         lm = load_checkpoint(checkpoint, name, spec)
         df = layer_metrics(lm, output=output, **options)
-        record_checkpoint(output, name, lm.revision, checkpoint)
+        record_checkpoint(output, lm.name, lm.revision, checkpoint)
+        filed_as = lm.name
         failures.update({f"{checkpoint.name}: {t}": r for t, r in df.attrs["failures"].items()})
         df = df.assign(checkpoint=checkpoint.name, step=checkpoint.step)
         parts.append(df)
         del lm
         gc.collect()
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    out.attrs.update(failures=failures, model=name)
+    out.attrs.update(failures=failures, model=filed_as)
     return out
