@@ -128,7 +128,8 @@ def scores_frame(
     from .tables import layer_results
 
     parts = []
-    for root in _roots(roots):
+    roots = _roots(roots)  # read twice: the results, then the series manifests
+    for root in roots:
         if not root.is_dir():
             raise FileNotFoundError(f"No results folder at {root}.")
         df = layer_results(root, model=model)
@@ -151,9 +152,7 @@ def scores_frame(
     return df[[*SCORE_COLUMNS, *extra]].sort_values(keys, ignore_index=True)
 
 
-def with_checkpoints(
-    df: pd.DataFrame, roots: Path | str | Iterable[Path | str]
-) -> pd.DataFrame:
+def with_checkpoints(df: pd.DataFrame, roots: Path | str | Iterable[Path | str]) -> pd.DataFrame:
     """`df` with `checkpoint` and `step` columns from the series manifests under `roots`
     (`checkpoints.read_series`), matched on model and revision; rows of no series get None.
     Without any manifest `df` comes back unchanged (single-model runs have no such columns)."""
@@ -183,7 +182,8 @@ def metrics_frame(
     run each (their name's hash), dated by their modification time.
     """
     parts = []
-    for root in _roots(roots):
+    roots = _roots(roots)
+    for root in roots:
         folder = root / "metrics" if (root / "metrics").is_dir() else root
         for path in sorted(folder.glob("*.parquet")):
             if not path.name.startswith("."):  # a killed writer's temp file (older versions)
