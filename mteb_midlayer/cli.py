@@ -304,7 +304,8 @@ def _series_kwargs(args: argparse.Namespace) -> dict | None:
 
 def _print_series(table: pd.DataFrame, args: argparse.Namespace) -> int:
     """A series' checkpoint x layer table of the mean score, then its failures."""
-    wide = table.pivot_table(index=["step", "checkpoint"], columns="layer", values="mean")
+    columns = [c for c in ("final_norm", "dim", "layer") if c in table.columns]
+    wide = table.pivot_table(index="checkpoint", columns=columns, values="mean", sort=False)
     _print_table(wide)
     print(f"\nEncoded {table.attrs.get('n_encoded', 0)} new texts; "
           f"{table.attrs['recorded'].n_recorded} task(s) planned once for the series.")  # fmt: skip

@@ -142,7 +142,8 @@ def test_cli_series_resumes_without_encoding(series_run, capsys):
             "1",
         ]
     )
-    printed = capsys.readouterr().out
-    assert code == 0
+    captured = capsys.readouterr()
+    printed = captured.out
+    assert code == 0, captured.err
     assert "Encoded 0 new texts" in printed
     assert "checkpoint-4" in printed

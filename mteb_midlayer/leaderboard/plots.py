@@ -239,10 +239,11 @@ def plot_checkpoint_heatmaps(
 def plot_score_vs_step(
     table: pd.DataFrame, steps: pd.Series, stem: Path | str, *, title: str
 ) -> list[Path]:
-    """Average score against training step, one line per layer (columns of `table`)."""
+    """Average score against training step, one line per layer (columns of `table`); a
+    checkpoint without a step (a Hub `main`) has no point."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.2, 3.4), layout="constrained")
-    x = [steps[c] for c in table.index]
+    x = [float(steps[c]) if pd.notna(steps[c]) else float("nan") for c in table.index]  # "main"
     for layer in table.columns:
         ax.plot(
             x, 100 * table[layer].to_numpy(dtype=float), marker="o", ms=3, label=f"layer {layer}"
