@@ -147,3 +147,41 @@ def test_cli_series_resumes_without_encoding(series_run, capsys):
     assert code == 0, captured.err
     assert "Encoded 0 new texts" in printed
     assert "checkpoint-4" in printed
+
+
+def test_hub_revisions_reach_the_loader_and_cli(monkeypatch, capsys):
+    """`--revisions` (no Hub here): each checkpoint is loaded with its revision under one name."""
+    import mteb_midlayer.series as S
+    from mteb_midlayer.checkpoints import revision_checkpoints
+    from mteb_midlayer.cli import main
+    from mteb_midlayer.spec import ModelSpec
+
+    seen = []
+    monkeypatch.setattr(S.LayerModel, "coerce", lambda model, spec: seen.append(spec))
+    for checkpoint in revision_checkpoints("org/model", "step1000,main"):
+        S.load_checkpoint(checkpoint, "org/model", ModelSpec(pooling="mean"))
+    assert [(s.source, s.name, s.revision, s.pooling) for s in seen] == [
+        ("org/model", "org/model", "step1000", "mean"),
+        ("org/model", "org/model", "main", "mean"),
+    ]
+    with pytest.raises(ValueError, match="drop --revision"):
+        S.load_checkpoint(
+            revision_checkpoints("org/m", "main")[0], "org/m", ModelSpec(revision="x")
+        )
+
+    calls = {}
+
+    def fake_sweep_series(**kwargs):
+        calls.update(kwargs)
+        table = pd.DataFrame(
+            {"checkpoint": ["step1000", "main"], "step": [1000, None], "layer": [0, 0]}
+        ).assign(mean=[0.1, 0.2])
+        table.attrs.update(recorded=S.RecordedTexts(n_recorded=1), failures={}, n_encoded=0)
+        return table
+
+    monkeypatch.setattr(S, "sweep_series", fake_sweep_series)
+    code = main(["sweep", "org/model", "--revisions", "step1000,main", "--tasks", TASK])
+    assert code == 0
+    assert calls["revisions"] == "step1000,main" and calls["spec"].source == "org/model"
+    printed = capsys.readouterr().out
+    assert printed.index("step1000") < printed.index("main")  # step order kept, main included
