@@ -86,6 +86,11 @@ def _add_model_options(p: argparse.ArgumentParser) -> None:
         help="run the model repository's own code (models that need it, e.g. some Hub encoders)",
     )
     _add_prompt_tokens_option(p)
+    p.add_argument(  # issue 24: a checkpoint series
+        "--revisions",
+        help="a checkpoint series of one Hub model, e.g. step1000,step8000,main (a MODEL like "
+        "'run/checkpoint-*' is a series of local folders, ordered by step); see docs/checkpoints.md",
+    )
 
 
 def _add_prompt_tokens_option(p: argparse.ArgumentParser) -> None:
@@ -303,10 +308,44 @@ def _print_failures(failures: dict[str, str]) -> int:
     return 1 if failures else 0
 
 
+def _series_kwargs(args: argparse.Namespace) -> dict | None:
+    """`revisions` for a checkpoint series (issue 24), None for a single model."""
+    from .checkpoints import is_pattern
+
+    if getattr(args, "revisions", None) or is_pattern(args.model):
+        return {"revisions": args.revisions}
+    return None
+
+
+def _print_series(table: pd.DataFrame, args: argparse.Namespace) -> int:
+    """A series' checkpoint x layer table of the mean score, then its failures."""
+    columns = [c for c in ("final_norm", "dim", "layer") if c in table.columns]
+    wide = table.pivot_table(index="checkpoint", columns=columns, values="mean", sort=False)
+    _print_table(wide)
+    print(f"\nEncoded {table.attrs.get('n_encoded', 0)} new texts; "
+          f"{table.attrs['recorded'].n_recorded} task(s) planned once for the series.")  # fmt: skip
+    print(f"Results: {args.output} (series manifest under {args.output / 'series'})")
+    return _print_failures(table.attrs.get("failures") or {})
+
+
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .executors.local import available_cores
     from .sweep import sweep
 
+    series = _series_kwargs(args)
+    if series is not None:
+        from .series import sweep_series
+
+        table = sweep_series(
+            **_common(args),
+            **series,
+            dims=args.dims,
+            normalize=args.normalize,
+            shard_size=args.shard_size,
+            jobs=args.jobs if args.jobs is not None else available_cores(),
+            search_backend=args.search_backend,
+        )
+        return _print_series(table, args)
     table = sweep(
         **_common(args),
         **executor_kwargs(args),
@@ -336,8 +375,16 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     engine = executor_kwargs(args).get("executor")  # --executor ray | submitit
     devices = parse_devices(args.devices)
     local = ProcessExecutor(devices=devices) if devices and engine is None else None
+    run = layer_metrics
+    series = _series_kwargs(args)
+    if series is not None:  # issue 24: every checkpoint of a series
+        import functools
+
+        from .series import metrics_series
+
+        run = functools.partial(metrics_series, **series)
     try:
-        df = layer_metrics(
+        df = run(
             **_common(args),
             texts=args.texts,
             n=args.n,

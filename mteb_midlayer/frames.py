@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .checkpoints import SERIES_COLUMNS, read_series
+
 #: The settings of a run besides the slice: two runs that differ only here (another
 #: `--max-length`, `--dtype`, prompt set or `--exclude-prompt-tokens`) are two configurations,
 #: never one. `include_prompt` is False only for results whose prompt tokens were left out.
@@ -133,7 +135,8 @@ def scores_frame(
     from .tables import layer_results
 
     parts = []
-    for root in _roots(roots):
+    roots = _roots(roots)  # read twice: the results, then the series manifests
+    for root in roots:
         if not root.is_dir():
             raise FileNotFoundError(f"No results folder at {root}.")
         df = layer_results(root, model=model)
@@ -152,7 +155,24 @@ def scores_frame(
         df = df[df["task"].isin(list(tasks))]
     keys = [*CONFIG_COLUMNS, "layer", "fuse", "dim", "task"]
     df = df.drop_duplicates(subset=keys, keep="first")
-    return df[[*SCORE_COLUMNS, FUSE]].sort_values(keys, ignore_index=True)
+    df = with_checkpoints(df, roots)
+    extra = [c for c in SERIES_COLUMNS if c in df.columns]
+    return df[[*SCORE_COLUMNS, FUSE, *extra]].sort_values(keys, ignore_index=True)
+
+
+def with_checkpoints(df: pd.DataFrame, roots: Path | str | Iterable[Path | str]) -> pd.DataFrame:
+    """`df` with `checkpoint` and `step` columns from the series manifests under `roots`
+    (`checkpoints.read_series`), matched on model and revision; rows of no series get None.
+    Without any manifest `df` comes back unchanged (single-model runs have no such columns)."""
+    rows = read_series(_roots(roots))
+    if not rows or df.empty:
+        return df
+    series = pd.DataFrame(rows).drop_duplicates(["model", "revision"], keep="last")
+    series["step"] = series["step"].astype("Int64")
+    out = df.drop(columns=[c for c in SERIES_COLUMNS if c in df.columns])
+    out = out.merge(series, on=["model", "revision"], how="left")
+    out.attrs = df.attrs
+    return out
 
 
 def metrics_frame(
@@ -170,7 +190,8 @@ def metrics_frame(
     run each (their name's hash), dated by their modification time.
     """
     parts = []
-    for root in _roots(roots):
+    roots = _roots(roots)
+    for root in roots:
         folder = root / "metrics" if (root / "metrics").is_dir() else root
         for path in sorted(folder.glob("*.parquet")):
             if not path.name.startswith("."):  # a killed writer's temp file (older versions)
@@ -187,7 +208,7 @@ def metrics_frame(
     df, dropped = newest_metric_runs(df)
     if notes is not None:
         notes.extend(dropped)
-    return df.reset_index(drop=True)
+    return with_checkpoints(df.reset_index(drop=True), roots)
 
 
 def _with_run(df: pd.DataFrame, path: Path) -> pd.DataFrame:

@@ -28,6 +28,7 @@ __all__ = [
     "EncodeUnit",
     "MetricsUnit",
     "Plan",
+    "RecordedTexts",
     "ScoreUnit",
     "TaskTexts",
     "encode_units",
@@ -239,6 +240,21 @@ class Plan:
             indent=1,
             default=str,
         )
+
+
+@dataclass
+class RecordedTexts:
+    """A task's recorded texts, kept across the sweeps of a checkpoint series.
+
+    Which texts a task asks for depends on the task's data and the prompts, never on the
+    weights, so a series records each task once (`n_recorded` counts the recordings) and every
+    checkpoint's encode units read the one texts file written for the first checkpoint.
+    Keyed by `(task, task data fingerprint, prompts hash)`.
+    """
+
+    entries: dict[tuple[str, str, str], list[TaskTexts]] = field(default_factory=dict)
+    files: dict[tuple[tuple[str, str, str], str | None], Path] = field(default_factory=dict)
+    n_recorded: int = 0
 
 
 def texts_path(output: Path | str, store_digest: str, task: str, prompt_type: str | None) -> Path:

@@ -34,7 +34,15 @@ from .encoder import resolve_dim
 from .fusion import check_fusable, fusion_label, parse_fusions
 from .layers import check_final_norms, resolve_layers
 from .model import LayerModel, dtype_name, warn_constant_pooling
-from .plan import Plan, ScoreUnit, encode_units, record_requests, texts_path, write_texts
+from .plan import (
+    Plan,
+    RecordedTexts,
+    ScoreUnit,
+    encode_units,
+    record_requests,
+    texts_path,
+    write_texts,
+)
 from .pooling import check_poolings
 from .replay import EmbeddingSource, StoreEncoder
 from .results import AtomicResultCache, task_fingerprint, unfinished_reason
@@ -230,6 +238,7 @@ def sweep(
     executor: Any = None,
     include_prompt: bool | None = None,
     fuse: str | Sequence[Any] | None = None,
+    recorded: RecordedTexts | None = None,
 ) -> pd.DataFrame:
     """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
 
@@ -264,6 +273,8 @@ def sweep(
     `fuse`: fused layer sets scored too, from the same store (`fusion.parse_fusions`:
     ``"0+6,4-6"``, ``"windows:2"``, ``"first-last"``); their layers join the store's, their
     rows follow the layer rows of the table, labelled by the fusion (e.g. ``"0+6"``).
+    `recorded`: task texts already recorded by an earlier sweep of the same tasks (a checkpoint
+    series, `series.sweep_series`): reused instead of recording them again.
     """
     search_backend = resolve_search_backend(search_backend)  # fail before any work
     final_norms = check_final_norms(final_norm)
@@ -329,7 +340,7 @@ def sweep(
     if dry_run:
         units = plan_units(
             plan, source, output, dry_run=True, raise_error=raise_error,
-            search_backend=search_backend,
+            search_backend=search_backend, recorded=recorded,
         )  # fmt: skip
         table = pd.DataFrame()
         table.attrs["plan"] = units
@@ -345,8 +356,9 @@ def sweep(
     with executors as (encoder, scorer):
         t0 = time.perf_counter()
         units = plan_units(
-            plan, source, output, raise_error=raise_error, search_backend=search_backend
-        )
+            plan, source, output, raise_error=raise_error, search_backend=search_backend,
+            recorded=recorded,
+        )  # fmt: skip
         timings["plan_s"] = time.perf_counter() - t0
         n_encoded = run_units(
             units,
@@ -523,6 +535,7 @@ def plan_units(
     dry_run: bool = False,
     raise_error: bool = False,
     search_backend: str = "torch",
+    recorded: RecordedTexts | None = None,
 ) -> Plan:
     """Write down every unit of the sweep before anything runs.
 
@@ -530,6 +543,8 @@ def plan_units(
     once with a recording encoder to learn the task's texts (`plan.record_requests`), which
     are written under `<output>/plan/` (not in a dry run) and cut into encode units of one
     store shard each. A task that cannot be planned is recorded in `plan.failures`.
+    With `recorded` (a checkpoint series), a task recorded before is not recorded again and
+    its texts file is the one written then.
     """
     from .executors.base import task_subsets
 
@@ -572,14 +587,21 @@ def plan_units(
             units.done[name] = len(encoders) - len(pending)
             if not pending:
                 continue
-            loaded_here = not task.data_loaded
-            if loaded_here:
-                task.load_data()
-            try:
-                requests = record_requests(task, lm.prompts, lm.name)
-            finally:
+            memo_key = (name, task_fingerprint(task), prompts_hash(lm.prompts))
+            if recorded is not None and memo_key in recorded.entries:
+                requests = recorded.entries[memo_key]
+            else:
+                loaded_here = not task.data_loaded
                 if loaded_here:
-                    task.unload_data()
+                    task.load_data()
+                try:
+                    requests = record_requests(task, lm.prompts, lm.name)
+                finally:
+                    if loaded_here:
+                        task.unload_data()
+                if recorded is not None:
+                    recorded.entries[memo_key] = requests
+                    recorded.n_recorded += 1
         except KeyboardInterrupt:
             raise
         except Exception as exc:
@@ -593,6 +615,8 @@ def plan_units(
         depends = []
         for texts in requests:
             path = texts_path(output, digest, name, texts.prompt_type)
+            if recorded is not None:  # a series: every checkpoint reads the first one's file
+                path = recorded.files.setdefault((memo_key, texts.prompt_type), path)
             if not dry_run:
                 try:
                     for mode in source.poolings:  # the store's config first, then the plan

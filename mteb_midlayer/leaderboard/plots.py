@@ -227,3 +227,46 @@ def plot_dim_heatmap(
     ax.set_title(plain(title), fontsize=9)
     fig.colorbar(image, ax=ax, label="average ×100", shrink=0.8)
     return _save(fig, stem)
+
+
+def plot_checkpoint_heatmaps(
+    tables: dict[str, pd.DataFrame], stem: Path | str, *, title: str
+) -> list[Path]:
+    """One heatmap per table (checkpoints down in step order, layers across): the average
+    score first, then each metric; missing cells are blank."""
+    if not tables:
+        raise ValueError("No checkpoint table to plot.")
+    first = next(iter(tables.values()))
+    fig, axes = _grid(
+        len(tables), width=0.5 * first.shape[1] + 2.6, height=0.35 * first.shape[0] + 1.6
+    )
+    for ax, (label, table) in zip(axes, tables.items(), strict=True):
+        values = table.to_numpy(dtype=float)
+        image = ax.imshow(values, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(table.shape[1]), [str(c) for c in table.columns], fontsize=7)
+        ax.set_yticks(range(table.shape[0]), [str(i) for i in table.index], fontsize=7)
+        ax.set_xlabel("layer", fontsize=8)
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(image, ax=ax, shrink=0.8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, stem)
+
+
+def plot_score_vs_step(
+    table: pd.DataFrame, steps: pd.Series, stem: Path | str, *, title: str
+) -> list[Path]:
+    """Average score against training step, one line per layer (columns of `table`); a
+    checkpoint without a step (a Hub `main`) has no point."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 3.4), layout="constrained")
+    x = [float(steps[c]) if pd.notna(steps[c]) else float("nan") for c in table.index]  # "main"
+    for layer in table.columns:
+        ax.plot(
+            x, 100 * table[layer].to_numpy(dtype=float), marker="o", ms=3, label=f"layer {layer}"
+        )
+    ax.set_xlabel("training step", fontsize=8)
+    ax.set_ylabel("average ×100", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return _save(fig, stem)

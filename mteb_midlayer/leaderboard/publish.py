@@ -9,6 +9,7 @@ import pandas as pd
 from . import plots as P
 from . import render as R
 from . import tables as T
+from .series import publish_series
 
 
 def safe_name(name: str) -> str:
@@ -82,6 +83,11 @@ def publish(
                 )
                 dim_plots[f"{slug}-windows"] = files[0]
                 written += files
+    series_files, series_plots = publish_series(
+        scores, metrics, folder, name, with_plots=with_plots
+    )  # a checkpoint series: checkpoint x layer heatmaps, score-vs-step curves
+    written += series_files
+    page_plots += series_plots
     written.append(R.to_md(scores, folder / f"{name}.md", title=title, prov=prov, plots=page_plots))
     page = R.to_html(
         scores,

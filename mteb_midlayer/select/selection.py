@@ -23,6 +23,7 @@ from .priors import DEFAULT_PRIOR, check_prior
 from .recommend import Recommendation, RecommendationError, recommend_frames, render_lines
 from .recommend import to_dict as recommendation_dict
 from .rules import RULE_COLUMNS, losing_notes, rules_frame
+from .series import checkpoint_best
 
 #: JSON keys of each section's rows (the contract; extra keys may follow).
 SCORE_KEYS = [*frames.CONFIG_COLUMNS, "dim", "layer", "task_type", "score", "n_tasks"]
@@ -50,6 +51,8 @@ class Selection:
     across: pd.DataFrame | None = None
     #: The recommended label-free pick per model (`recommend`); empty with one model.
     recommendation: Recommendation = field(default_factory=Recommendation)
+    #: The best layer of each checkpoint of a series, in step order (None: no series).
+    checkpoints: pd.DataFrame | None = None
 
     @property
     def has_scores(self) -> bool:
@@ -84,6 +87,11 @@ class Selection:
             if self.across is None
             else _records(self.across, list(self.across.columns)),
             **_clean(recommendation_dict(self.recommendation)),
+            **(
+                {}
+                if self.checkpoints is None
+                else {"checkpoints": _records(self.checkpoints, list(self.checkpoints.columns))}
+            ),
         }
 
 
@@ -215,6 +223,7 @@ def select_frames(
         prior=prior,
     )
     _rank_across(selection, scores, budgets, tasks)
+    selection.checkpoints = checkpoint_best(scores, best)
     for budget in budgets:
         if not budget.is_none and best[best["budget"] == budget.label].empty:
             selection.notes.append(f"no swept slice fits the budget {budget.label}")
@@ -365,6 +374,8 @@ def render(selection: Selection, *, top_rules: int | None = None) -> str:
 
     if selection.has_scores:
         table("Best (layer, dim) per configuration and budget", selection.best)
+        if selection.checkpoints is not None:
+            table("Best layer per checkpoint", selection.checkpoints)
         if selection.ranked_on:
             title = "Best across configurations, on the tasks they all have: "
             table(title + ", ".join(selection.ranked_on), selection.across)

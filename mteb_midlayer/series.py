@@ -1,0 +1,128 @@
+"""Sweep and metrics over a checkpoint series: several checkpoints of one model, in step order.
+
+Each checkpoint is loaded once and run as today's single model (its own revision: a Hub commit
+or a local folder's `local-<12 hex>`), under the series' one model name, so its results are
+filed exactly like a single run's. What the series adds: the manifest `OUTPUT/series/<name>.json`
+(revision -> checkpoint name and step, `checkpoints.record_checkpoint`), which gives the frames
+their `checkpoint` and `step` columns; and one plan of the tasks' texts for the whole series
+(`plan.RecordedTexts`): mteb's recording run happens once per task, not once per checkpoint.
+Each checkpoint still encodes each text once (its own weights).
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+
+from .checkpoints import Checkpoint, record_checkpoint, resolve_checkpoints, series_name
+from .metrics.driver import layer_metrics
+from .model import LayerModel
+from .plan import RecordedTexts
+from .spec import ModelSpec
+from .sweep import sweep
+
+__all__ = ["load_checkpoint", "metrics_series", "sweep_series"]
+
+
+def load_checkpoint(checkpoint: Checkpoint, name: str, spec: ModelSpec | None) -> LayerModel:
+    """One checkpoint as a `LayerModel` named `name` (the series' name), with its own revision."""
+    base = spec or ModelSpec()
+    if base.revision is not None:
+        raise ValueError(
+            "A series names each checkpoint's revision itself; drop --revision "
+            "(use --revisions for Hub revisions)."
+        )
+    return LayerModel.coerce(
+        None, spec=base.replace(source=checkpoint.source, name=name, revision=checkpoint.revision)
+    )
+
+
+def _series(model: Any, revisions: Any, spec: ModelSpec | None, name: str | None):
+    source = model if model is not None else (spec.source if spec else None)
+    checkpoints = resolve_checkpoints(source, revisions)
+    name = name or (spec.name if spec else None) or series_name(source, revisions)
+    if spec is not None:
+        spec = spec.replace(name=None, source=None)
+    return checkpoints, name, spec
+
+
+def _with_pooling(options: dict[str, Any], spec: ModelSpec | None) -> dict[str, Any]:
+    """The spec's pooling as the run's (a loaded model is passed on, not its spec)."""
+    if spec is not None and spec.pooling and options.get("pooling") is None:
+        return {**options, "pooling": spec.pooling}
+    return options
+
+
+def sweep_series(
+    model: Any = None,
+    *,
+    revisions: Sequence[str] | str | None = None,
+    spec: ModelSpec | None = None,
+    name: str | None = None,
+    output: Any = "results",
+    **options: Any,
+) -> pd.DataFrame:
+    """`sweep` every checkpoint of a series; return one long frame of the tables.
+
+    `model`: a folder pattern (`run/checkpoint-*`, ordered by the step in each name) or, with
+    `revisions` (`"step1000,step8000,main"`), a Hub id. `name`: the model name all checkpoints
+    are filed under (default: the Hub id, or the folder holding the checkpoints). `options` go
+    to `sweep` for every checkpoint. The returned frame has one row per checkpoint and
+    (layer, dim) with `checkpoint`, `step`, `revision`, `mean` and the task columns;
+    `attrs["recorded"]` is the series' `RecordedTexts` (tasks recorded once),
+    `attrs["failures"]` maps "checkpoint: task" to a reason.
+    """
+    checkpoints, name, spec = _series(model, revisions, spec, name)
+    options = _with_pooling(options, spec)
+    recorded = RecordedTexts()
+    parts, failures, n_encoded, filed_as = [], {}, 0, name
+    for checkpoint in checkpoints:
+        lm = load_checkpoint(checkpoint, name, spec)
+        table = sweep(lm, output=output, recorded=recorded, **options)
+        if not options.get("dry_run"):
+            record_checkpoint(output, lm.name, lm.revision, checkpoint)
+        filed_as = lm.name  # the name results are filed under (e.g. "local/run")
+        failures.update({f"{checkpoint.name}: {t}": r for t, r in table.attrs["failures"].items()})
+        n_encoded += table.attrs.get("n_encoded", 0)
+        flat = table.reset_index()
+        flat.insert(0, "revision", lm.revision)
+        flat.insert(0, "step", checkpoint.step)
+        flat.insert(0, "checkpoint", checkpoint.name)
+        parts.append(flat)
+        del lm
+        gc.collect()
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    out.attrs.update(recorded=recorded, failures=failures, n_encoded=n_encoded, model=filed_as)
+    return out
+
+
+def metrics_series(
+    model: Any = None,
+    *,
+    revisions: Sequence[str] | str | None = None,
+    spec: ModelSpec | None = None,
+    name: str | None = None,
+    output: Any = "results",
+    **options: Any,
+) -> pd.DataFrame:
+    """`layer_metrics` for every checkpoint of a series (as `sweep_series`); the rows of all
+    checkpoints with `checkpoint` and `step` columns."""
+    checkpoints, name, spec = _series(model, revisions, spec, name)
+    options = _with_pooling(options, spec)
+    parts, failures, filed_as = [], {}, name
+    for checkpoint in checkpoints:
+        lm = load_checkpoint(checkpoint, name, spec)
+        df = layer_metrics(lm, output=output, **options)
+        record_checkpoint(output, lm.name, lm.revision, checkpoint)
+        filed_as = lm.name
+        failures.update({f"{checkpoint.name}: {t}": r for t, r in df.attrs["failures"].items()})
+        df = df.assign(checkpoint=checkpoint.name, step=checkpoint.step)
+        parts.append(df)
+        del lm
+        gc.collect()
+    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    out.attrs.update(failures=failures, model=filed_as)
+    return out
