@@ -234,7 +234,15 @@ def _save_backbone(lm: LayerModel, layer: int, folder: Path, all_layers: bool = 
     tok.padding_side = "right"
     tok.model_input_names = ["input_ids", "attention_mask"]
     tok.model_max_length = lm.max_length
-    tok.save_pretrained(folder)
+    # No chat template: sentence-transformers >= 6 renders text through one when the tokenizer
+    # has it (SmolLM2's adds a system prompt), while `LayerEncoder` embeds the text as written.
+    template, tok.chat_template = getattr(tok, "chat_template", None), None
+    try:
+        tok.save_pretrained(folder)
+    finally:
+        tok.chat_template = template
+    for name in ("chat_template.jinja", "chat_template.json"):
+        (folder / name).unlink(missing_ok=True)
 
 
 def build(
