@@ -39,6 +39,11 @@ def _tiny_lm(arch: str = "llama", **kwargs) -> LayerModel:
 
 
 def _count_forwards(lm: LayerModel) -> list[int]:
+    """Forward passes from now on; the final-norm probe (one small pass per model, the first
+    time `every` needs it) runs first so that it is not counted."""
+    from mteb_midlayer.layers import find_final_norm
+
+    find_final_norm(lm.model)
     calls: list[int] = []
     lm.model.register_forward_pre_hook(lambda *_: calls.append(1))
     return calls
