@@ -27,7 +27,7 @@ import pandas as pd
 from .. import frames
 from .links import MEAN_DATASET, matching_series, metric_series
 from .priors import DEFAULT_PRIOR, check_prior
-from .rules import Rule, judge, make_rule
+from .rules import Rule, judge, make_rule, outcome
 
 #: The baseline rules: always the deepest scored layer, always the one nearest the middle.
 LAST_RULE = "last layer"
@@ -147,17 +147,7 @@ def judge_baseline(name: str, scores: pd.Series, n_layers: float = math.nan) -> 
         chosen = middle_layer(layers, n_layers)
     else:
         raise RecommendationError(f"{name!r} is not a baseline rule; choose one of {BASELINES}.")
-    oracle, last = int(scores.idxmax()), max(layers)
-    return {
-        "chosen_layer": chosen,
-        "chosen_score": float(scores[chosen]),
-        "oracle_layer": oracle,
-        "oracle_score": float(scores[oracle]),
-        "regret": float(scores[oracle] - scores[chosen]),
-        "last_layer": last,
-        "last_layer_score": float(scores[last]),
-        "gain": float(scores[chosen] - scores[last]),
-    }
+    return outcome(scores, chosen)
 
 
 def _describe(rule: Rule | str) -> dict[str, Any]:

@@ -130,6 +130,13 @@ def judge(rule: Rule, values: pd.Series, scores: pd.Series) -> dict:
     values = values[np.isfinite(pd.to_numeric(values, errors="coerce").astype(float))]
     layers = sorted(set(values.index) & set(scores.index))
     chosen = rule.choose(values[layers])
+    missing = ", ".join(str(int(x)) for x in scores.index if x not in set(layers))
+    return {**outcome(scores, chosen), "missing_layers": missing}
+
+
+def outcome(scores: pd.Series, chosen: int) -> dict:
+    """What choosing layer `chosen` gives against the oracle and the last layer of `scores`
+    (layer -> score, no NaN): the row every rule, metric or baseline, reports."""
     oracle = int(scores.idxmax())
     last = int(scores.index.max())
     return {
@@ -141,7 +148,6 @@ def judge(rule: Rule, values: pd.Series, scores: pd.Series) -> dict:
         "last_layer": last,
         "last_layer_score": float(scores[last]),
         "gain": float(scores[chosen] - scores[last]),
-        "missing_layers": ", ".join(str(int(x)) for x in scores.index if x not in set(layers)),
     }
 
 
