@@ -141,6 +141,14 @@ def _add_task_options(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_fuse_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--fuse",
+        help="fused layer slices too (equal-weight mean of their pooled vectors, from the same "
+        "pass): e.g. 0+6,4-6 | windows:2 | first-last (docs/fusion.md; not with max pooling)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mteb-midlayer",
@@ -154,11 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_task_options(p)
     p.add_argument("--layers", default="all", help="'all' or comma-separated, e.g. 0,3,6 or -1")
-    p.add_argument(
-        "--fuse",
-        help="fused layer slices too (equal-weight mean of their pooled vectors, from the same "
-        "pass): e.g. 0+6,4-6 | windows:2 | first-last (docs/fusion.md; not with max pooling)",
-    )
+    _add_fuse_option(p)
     _add_pass_options(p)
     p.add_argument("--dims", help="Matryoshka widths, e.g. 384,128 (default: full width)")
     p.add_argument(
@@ -206,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(p)
     _add_task_options(p)
     p.add_argument("--layers", default="all", help="'all' or comma-separated layers")
+    _add_fuse_option(p)
     _add_pass_options(p)
     p.add_argument(
         "--texts",
@@ -394,11 +399,14 @@ def cmd_metrics(args: argparse.Namespace) -> int:
             n_views=args.n_views,
             overwrite=args.overwrite,
             executor=engine or local,
+            **({"fuse": args.fuse} if args.fuse else {}),
         )
     finally:
         if local is not None:
             local.shutdown()
     keys = [k for k in ("pooling", "final_norm") if k in df.columns and df[k].nunique() > 1]
+    if "fuse" in df.columns:  # fused slices: a column each, after the layers
+        df = df.assign(layer=[f or layer for f, layer in zip(df["fuse"], df["layer"], strict=True)])
     index = [*keys, "dataset", "metric", "variant"]
     wide = df.pivot_table(index=index, columns="layer", values="value")
     _print_table(wide)

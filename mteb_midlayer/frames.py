@@ -180,9 +180,13 @@ def metrics_frame(
     *,
     model: str | None = None,
     notes: list[str] | None = None,
+    fused: bool = False,
 ) -> pd.DataFrame:
     """The metrics frame of every `ROOT/metrics/*.parquet` (empty when there are none);
     `final_norm` is "last" for rows written before the option.
+
+    `fused`: also the rows of fused slices (`metrics --fuse`), with a `fuse` column ("" on a
+    layer's rows); by default only layers' rows, without it (what `select`'s rules read).
 
     Two runs of one metric on one dataset are never mixed: per (configuration, dataset,
     metric) only the newest run's rows are kept (`newest_metric_runs`); a line per left-out
@@ -203,6 +207,9 @@ def metrics_frame(
         df["final_norm"] = DEFAULT_FINAL_NORM
     df["final_norm"] = df["final_norm"].fillna(DEFAULT_FINAL_NORM)
     check_metrics(df)
+    df = with_fuse(df)
+    if not fused:
+        df = df[df[FUSE] == NO_FUSION].drop(columns=FUSE)
     if model is not None:
         df = df[df["model"] == model]
     df, dropped = newest_metric_runs(df)

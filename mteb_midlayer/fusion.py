@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 import numpy as np
+import torch
 
 from .layers import resolve_layer
 
@@ -114,3 +115,12 @@ def fuse_vectors(vectors: Sequence[np.ndarray]) -> np.ndarray:
     float64 so the order of the layers does not matter."""
     stacked = np.stack([np.asarray(v, dtype=np.float32) for v in vectors])
     return stacked.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def fuse_stacked(stacked: torch.Tensor, layers: Sequence[int], fusion: Fusion) -> torch.Tensor:
+    """The fusion's equal-weight mean of `stacked[i]` over its layers, `stacked` holding one
+    entry per layer of `layers` (`(n_layers, ...)`, e.g. pooled `(n_layers, N, D)` or views
+    `(n_layers, N, V, D)`); accumulated in float64, like `fuse_vectors`."""
+    index = [list(layers).index(layer) for layer in fusion]
+    picked = stacked[index].to(torch.float64)
+    return picked.mean(dim=0).to(stacked.dtype)

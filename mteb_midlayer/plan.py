@@ -163,6 +163,8 @@ class MetricsUnit:
     #: the driver's task subsets (e.g. English only), so a worker rebuilds the same task
     hf_subsets: tuple[str, ...] | None = None
     max_tokens_per_batch: int | None = None
+    #: fused slices (`fusion.py`) whose pooled-vector metrics come with the layers'
+    fusions: tuple[tuple[int, ...], ...] = ()
 
     @property
     def key(self) -> str:

@@ -330,3 +330,92 @@ def test_cli_sweep_fuse_dry_run(shared_data, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "4 score units" in printed  # layer 6, 0+6 (first-last), windows:6: 0-5 and 1-6
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------ metrics
+def test_fused_metrics_equal_the_metrics_of_the_fused_vectors(tiny_lms, tmp_path):
+    """`layer_metrics(fuse=...)`: a fusion's pooled-vector metrics are those of the mean of its
+    layers' pooled vectors (`LayerEncoder(layers=...)`, an independent path), views included;
+    the layers' rows equal a run without fusions; token metrics have no fused rows."""
+    import pandas as pd
+
+    from mteb_midlayer import layer_metrics
+    from mteb_midlayer.frames import metrics_frame
+    from mteb_midlayer.metrics import functional as F
+    from mteb_midlayer.metrics.augment import augment_views
+
+    lm = tiny_lms["bert"]
+    words = [
+        "alpha",
+        "beta",
+        "gamma",
+        "delta",
+        "eps",
+        "zeta",
+        "eta",
+        "theta",
+        "iota",
+        "kappa",
+        "lambda",
+        "mu",
+    ]
+    texts = [" ".join(words[(i * 7 + j) % 12] for j in range(2 + i % 5)) for i in range(24)]
+    chosen = "dataset_entropy,effective_rank,prompt_entropy,infonce,dime"
+    common = dict(
+        texts=texts, n=24, metrics=chosen, n_views=2, layers=[0, 2, 4], show_progress=False
+    )
+    fused = layer_metrics(lm, output=tmp_path / "f", fuse="0+4,1-3", pooling="mean", **common)
+    plain = layer_metrics(lm, output=tmp_path / "p", pooling="mean", **common)
+    keys = ["layer", "metric", "variant"]
+    layers_rows = fused[fused["fuse"] == ""].drop(columns="fuse").reset_index(drop=True)
+    pd.testing.assert_frame_equal(
+        layers_rows.drop(columns=["run_at"]), plain.drop(columns=["run_at"]), atol=1e-6, rtol=0
+    )
+    views = list(augment_views(texts, 2, seed=42))
+    for fusion, label in [((0, 4), "0+4"), ((1, 2, 3), "1-3")]:
+        enc = LayerEncoder(lm, layers=list(fusion), pooling="mean", normalize=False)
+        x = torch.as_tensor(enc.embed(texts))
+        a, b = (torch.as_tensor(enc.embed(v)) for v in views)
+        rows = fused[fused["fuse"] == label].set_index(keys)["value"]
+        deepest = fusion[-1]
+        assert set(rows.index.get_level_values("layer")) == {deepest}
+        assert set(rows.index.get_level_values("metric")) == {
+            "dataset_entropy", "effective_rank", "infonce", "dime"
+        }  # fmt: skip
+        want = {
+            "dataset_entropy": F.dataset_entropy(x, 1.0),
+            "effective_rank": F.effective_rank(x),
+            "infonce": F.infonce(a, b),
+        }
+        for metric, value in want.items():
+            variant = {"dataset_entropy": "normalized", "effective_rank": "value"}.get(
+                metric, "loss"
+            )
+            assert rows[(deepest, metric, variant)] == pytest.approx(float(value), abs=1e-4)
+    # readers: layers only by default, fused rows on request
+    assert "fuse" not in metrics_frame(tmp_path / "f").columns
+    assert len(metrics_frame(tmp_path / "f")) == len(layers_rows)
+    both = metrics_frame(tmp_path / "f", fused=True)
+    assert sorted(set(both["fuse"])) == ["", "0+4", "1-3"] and len(both) == len(fused)
+    with pytest.raises(ValueError, match="not linear"):
+        layer_metrics(lm, output=tmp_path / "m", fuse="0+4", pooling="max", **common)
+
+
+def test_fused_metrics_through_units_equal_the_driver(tiny_lms, shared_data, tmp_path):
+    """A metrics unit (what a worker, Ray or Slurm runs) computes the fused rows too."""
+    import pandas as pd
+
+    from mteb_midlayer import layer_metrics
+    from mteb_midlayer.executors.local import SerialExecutor
+
+    options = dict(
+        tasks=["BIOSSES"], data_dir=shared_data, n=12, n_views=2, layers=[0, 4], fuse="0+4",
+        metrics="effective_rank,dime", pooling="mean", show_progress=False,
+    )  # fmt: skip
+    lm = tiny_lms["gpt2"]
+    units = layer_metrics(lm, output=tmp_path / "u", executor=SerialExecutor(), **options)
+    here = layer_metrics(lm, output=tmp_path / "h", **options)
+    assert units.attrs["failures"] == {} and set(units["fuse"]) == {"", "0+4"}
+    pd.testing.assert_frame_equal(
+        units.drop(columns="run_at"), here.drop(columns="run_at"), atol=1e-6, rtol=0
+    )

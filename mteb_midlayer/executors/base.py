@@ -398,7 +398,7 @@ def run_metrics_unit(unit: MetricsUnit) -> Any:
             list(unit.layers), unit.pooling, timer, n=unit.n, seed=unit.seed,
             alpha=unit.alpha, n_views=unit.n_views, batch_size=unit.batch_size,
             overwrite=unit.overwrite, show_progress=False, final_norms=unit.final_norms,
-            max_tokens_per_batch=unit.max_tokens_per_batch,
+            max_tokens_per_batch=unit.max_tokens_per_batch, fusions=unit.fusions,
         )  # fmt: skip
     finally:
         if task.data_loaded:

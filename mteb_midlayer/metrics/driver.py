@@ -29,7 +29,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ..batching import check_batch_limits
-from ..frames import METRIC_COLUMNS, METRIC_RUN_COLUMNS
+from ..frames import FUSE, METRIC_COLUMNS, METRIC_RUN_COLUMNS, NO_FUSION
+from ..fusion import Fusion, check_fusable, fuse_stacked, fusion_label, parse_fusions
 from ..layers import check_final_norms, resolve_layers
 from ..model import LayerModel, TokenScorer, warn_constant_pooling
 from ..pooling import check_poolings
@@ -59,12 +60,14 @@ TOKEN_METRICS = frozenset({"prompt_entropy", "curvature", "curvature_abs"})
 #: Token-level metrics with one value per text, scored batch by batch in the forward pass.
 _PER_TEXT = {"curvature": F.curvature_per_text, "curvature_abs": F.curvature_abs_per_text}
 VIEW_METRICS = frozenset({"infonce", "lidar", "dime"})
+#: Metrics of pooled vectors only (a fused slice has these: it has pooled vectors, no tokens).
+POOLED_METRICS = frozenset(METRICS) - TOKEN_METRICS
 #: One tidy row per (model, revision, dataset, layer, metric, variant): the metrics frame's schema,
 #: then the run that computed it (`frames.METRIC_RUN_COLUMNS`).
 ROW_COLUMNS = [*METRIC_COLUMNS, *METRIC_RUN_COLUMNS]
 #: Settings that do not change a value: runs that differ only here are one run (their rows may
 #: be read together, e.g. `--layers 0-3` then `--layers 4-6`).
-NOT_IN_RUN = frozenset({"metrics", "layers"})
+NOT_IN_RUN = frozenset({"metrics", "layers", "fuse"})
 
 
 def parse_metrics(metrics: Sequence[str] | str | None) -> list[str]:
@@ -315,6 +318,33 @@ def compute_rows(
     return rows
 
 
+def compute_fused_rows(
+    pooled: torch.Tensor,
+    views: torch.Tensor | None,
+    layers: Sequence[int],
+    fusions: Sequence[Fusion],
+    metrics: Sequence[str],
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """The pooled-vector metrics of each fused slice, as `compute_rows` rows plus `fuse` (the
+    fusion's label; `layer` is its deepest layer, what it costs).
+
+    A fusion's vectors are the equal-weight mean of its layers' pooled vectors (and of each
+    augmented view's), exactly what `sweep --fuse` scores; token-level metrics are not defined
+    on a fusion and are left out.
+    """
+    chosen = [m for m in metrics if m in POOLED_METRICS]
+    if not fusions or not chosen:
+        return []
+    rows: list[dict[str, Any]] = []
+    for fusion in fusions:
+        x = fuse_stacked(pooled, layers, fusion)[None]
+        v = fuse_stacked(views, layers, fusion)[None] if views is not None else None
+        for row in compute_rows(x, {}, v, [fusion[-1]], chosen, **options):
+            rows.append({**row, FUSE: fusion_label(fusion)})
+    return rows
+
+
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
     tmp = temp_path(path)
     df.to_parquet(tmp, index=False)
@@ -351,8 +381,14 @@ def layer_metrics(
     executor: Any = None,
     final_norm: Sequence[str] | str = "last",
     max_tokens_per_batch: int | None = None,
+    fuse: str | Sequence[Any] | None = None,
 ) -> pd.DataFrame:
     """Compute the layer metrics of `model` on each task; write and return tidy rows.
+
+    `fuse`: fused slices too, as for `sweep` (`fusion.parse_fusions`: "0+6,4-6", "windows:2",
+    "first-last"): their pooled-vector metrics (all but prompt entropy and curvature, which
+    need token states) from the same pass, as rows with `fuse` their label and `layer` their
+    deepest layer (`frames.metrics_frame(..., fused=True)` reads them).
 
     `final_norm`: "last", "every" or both; each setting's rows carry it in `final_norm` (and
     its own file). Both come from one pass per text and view (see `_task_metrics` for the
@@ -402,6 +438,9 @@ def layer_metrics(
         warn_constant_pooling(lm, mode)
     pooling = ",".join(poolings)  # one mode: as before; several: each file keys its own
     layer_list = resolve_layers(layers, lm.n_layers)
+    fusions = parse_fusions(fuse, lm.n_layers)
+    for mode in poolings if fusions else ():
+        check_fusable(mode)
     if executor is not None:  # a worker elsewhere would resolve a relative path from its own cwd
         output = Path(output).absolute()
         data_dir = Path(data_dir).absolute() if data_dir else None
@@ -427,7 +466,7 @@ def layer_metrics(
         "layers": layer_list,
         "max_length": lm.max_length,
         "dtype": str(lm.dtype),
-    }
+    } | ({"fuse": [fusion_label(f) for f in fusions]} if fusions else {})
     timer = Timer(lm.device)
     frames = []
     if executor is not None:
@@ -437,7 +476,7 @@ def layer_metrics(
             executor, lm, remote, settings, out_dir, chosen, layer_list, pooling, timer, failures,
             n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
             overwrite=overwrite, raise_error=raise_error, final_norms=tuple(final_norms),
-            max_tokens_per_batch=max_tokens_per_batch,
+            max_tokens_per_batch=max_tokens_per_batch, fusions=tuple(fusions),
         )  # fmt: skip
     for task in tqdm(task_objects, desc="Metrics", unit="task", disable=not show_progress):
         task_name = _dataset_name(task)
@@ -446,7 +485,7 @@ def layer_metrics(
                 lm, task, settings, out_dir, chosen, layer_list, pooling, timer,
                 n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
                 overwrite=overwrite, show_progress=show_progress, final_norms=final_norms,
-                max_tokens_per_batch=max_tokens_per_batch,
+                max_tokens_per_batch=max_tokens_per_batch, fusions=fusions,
             )  # fmt: skip
         except KeyboardInterrupt:
             raise
@@ -542,8 +581,10 @@ def _task_metrics(
     show_progress: bool,
     final_norms: Sequence[str] | str = ("last",),
     max_tokens_per_batch: int | None = None,
+    fusions: Sequence[Fusion] = (),
 ) -> pd.DataFrame:
-    """One task's rows under each pooling and final norm, in the order given.
+    """One task's rows under each pooling and final norm, in the order given (fused slices'
+    rows after the layers').
 
     Each (pooling, setting) has its own file (named by the settings with that pooling, task
     data and final norm; "last" is left out of the key, so files written before the option are
@@ -574,7 +615,7 @@ def _task_metrics(
             alpha=alpha, n_views=n_views, batch_size=batch_size, show_progress=show_progress,
             final_norms=tuple(dict.fromkeys(norm for _, norm in missing)),
             poolings=tuple(dict.fromkeys(mode for mode, _ in missing)),
-            max_tokens_per_batch=max_tokens_per_batch,
+            max_tokens_per_batch=max_tokens_per_batch, fusions=tuple(fusions),
         )  # fmt: skip
         for mode, norm in missing:
             df = _rows_frame(rows[mode, norm], lm, task_name, mode, alpha, seed, norm)
@@ -622,7 +663,7 @@ def _with_run_columns(
     df["max_length"] = keyed.get("max_length")
     df["dtype"] = str(keyed.get("dtype"))
     df["data"] = str(keyed["data"])
-    return df[ROW_COLUMNS]
+    return df[[*ROW_COLUMNS, *([FUSE] if FUSE in df.columns else [])]]
 
 
 def _read_back(path: Path, final_norm: str, keyed: dict[str, Any]) -> pd.DataFrame | None:
@@ -660,6 +701,7 @@ def _compute_settings(
     final_norms: tuple[str, ...],
     max_tokens_per_batch: int | None,
     poolings: tuple[str, ...] | None = None,
+    fusions: tuple[Fusion, ...] = (),
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
     """`{(pooling, final_norm): metric rows}` for every pooling (`poolings`, default the
     `pooling` given) and setting, from one pass over the texts and one per augmented view: the
@@ -676,6 +718,10 @@ def _compute_settings(
     modes = check_poolings(poolings or pooling)
     pairs = [(mode, norm) for mode in modes for norm in final_norms]
     token_metrics = [m for m in chosen if m in TOKEN_METRICS]
+    asked = layer_list
+    # a fusion's layers are encoded too (its vectors are their mean); rows: the asked layers
+    if fusions:
+        layer_list = sorted({*layer_list, *(x for f in fusions for x in f)})
     encoded = encode_pooled(
         lm, texts, layer_list, modes, batch_size=batch_size, token_metrics=token_metrics,
         alpha=alpha, timer=timer, desc=f"{task_name} texts", show_progress=show_progress,
@@ -695,10 +741,17 @@ def _compute_settings(
             for pair in pairs:
                 views[pair][:, :, v] = view[pair].pooled
     rows = {}
+    own = [layer_list.index(layer) for layer in asked]
     with linalg_threads(lm.device):
         for pair in pairs:
+            pooled, view = encoded[pair].pooled, views[pair]
+            if fusions:
+                pooled, view = pooled[own], (None if view is None else view[own])
             rows[pair] = compute_rows(
-                encoded[pair].pooled, encoded[pair].per_text, views[pair], layer_list, chosen,
+                pooled, encoded[pair].per_text, view, asked, chosen,
+                alpha=alpha, seed=seed, timer=timer,
+            ) + compute_fused_rows(
+                encoded[pair].pooled, views[pair], layer_list, fusions, chosen,
                 alpha=alpha, seed=seed, timer=timer,
             )  # fmt: skip
     return rows
@@ -723,4 +776,6 @@ def _rows_frame(
     df["alpha"] = alpha
     df["seed"] = seed
     df["final_norm"] = final_norm
+    if FUSE in df.columns:  # a run with fused slices: "" on the layers' rows
+        return df[[*METRIC_COLUMNS, FUSE]].fillna({FUSE: NO_FUSION})
     return df[METRIC_COLUMNS]
