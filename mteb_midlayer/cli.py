@@ -263,11 +263,10 @@ def _print_table(table: pd.DataFrame) -> None:
         "display.max_columns", 50, "display.width", 200, "display.float_format", "{:.4f}".format
     ):
         print(table.to_string())
-    if "missing" in table.columns:
-        from .tasks.benchmark import missing_note
+    from .frames import missing_notes
 
-        for line in missing_note(table):
-            print(f"incomplete: {line}")
+    for line in missing_notes(table):
+        print(f"incomplete: {line}")
 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
@@ -424,44 +423,24 @@ def cmd_mirror(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from .tables import layer_table, scan_results
+    from . import frames
 
-    scan = scan_results(args.output, model=args.model)
-    for line in scan.problems:
+    problems: list[str] = []
+    scores = frames.scores_frame(args.output, model=args.model, problems=problems)
+    for line in problems:
         print(f"warning: {line}", file=sys.stderr)
-    long = scan.frame
-    if long.empty:
+    if scores.empty:
         print(f"No layer results under {args.output}.", file=sys.stderr)
         return 1
-    keys = [
-        "model",
-        "revision",
-        "pooling",
-        "normalize",
-        "final_norm",
-        "max_length",
-        "dtype",
-        "prompts",
-        "include_prompt",
-    ]
-    long = long.fillna(
-        {"max_length": 0, "dtype": "", "prompts": "", "final_norm": "last", "include_prompt": True}
-    )
-    tables = {}
-    for key, group in long.groupby(keys):
-        model, revision, pooling, normalize, final_norm, max_length, dtype, prompts, incl = key
-        print(
-            f"\n{model} @ {revision}  pooling={pooling} normalize={normalize} "
-            f"final_norm={final_norm} max_length={max_length} dtype={dtype} prompts={prompts}"
-            + ("" if incl else " include_prompt=False")
-        )
-        tables[key] = layer_table(group)
-        _print_table(tables[key])
+    tables = frames.config_tables(scores)
+    for key, table in tables.items():
+        print(f"\n{frames.config_heading(key)}")
+        _print_table(table)
     if args.csv:
         # Every configuration in one file, so none overwrites another.
         from .inert import write_csv
 
-        write_csv(pd.concat(tables, names=keys), args.csv, index=True)
+        write_csv(pd.concat(tables, names=frames.CONFIG_COLUMNS), args.csv, index=True)
         print(f"\nwrote {args.csv}")
     return 0
 

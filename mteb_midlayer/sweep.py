@@ -49,7 +49,7 @@ from .results import AtomicResultCache, task_fingerprint, unfinished_reason
 from .search import resolve_search_backend, with_search_backend
 from .spec import ModelSpec, excludes_prompt, prompts_hash
 from .store import raise_if_disk_full
-from .tables import layer_results, layer_table
+from .frames import layer_results, layer_table
 from .tempfiles import clean_output
 
 logger = logging.getLogger(__name__)

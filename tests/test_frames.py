@@ -42,11 +42,12 @@ def test_layer_scores_overall_and_per_type_with_a_missing_task():
     assert out.loc[(0, "all"), "score"] == pytest.approx((0.2 + 0.4 + 0.9) / 3)
     assert out.loc[(0, "STS"), "score"] == pytest.approx(0.3)
     assert out.loc[(0, "all"), "missing"] == ""
-    # layer 1 lacks B: averaged over what it has, and says so
+    # layer 1 lacks B: no average over fewer tasks (NaN, overall and for STS), and says so
     assert out.loc[(1, "all"), "n_tasks"] == 2
     assert out.loc[(1, "all"), "n_expected"] == 3
     assert out.loc[(1, "all"), "missing"] == "B"
-    assert out.loc[(1, "STS"), "score"] == pytest.approx(0.6)
+    assert math.isnan(out.loc[(1, "all"), "score"]) and math.isnan(out.loc[(1, "STS"), "score"])
+    assert out.loc[(1, "Classification"), "score"] == pytest.approx(0.3)  # complete: kept
     overall = frames.layer_scores(df, by_type=False)
     assert frames.complete(overall)["layer"].tolist() == [0]
 
