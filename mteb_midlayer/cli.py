@@ -155,7 +155,7 @@ def _add_run_parsers(sub) -> None:
         "--jobs",
         type=positive_int,
         default=available_cores(),
-        help="scoring processes (default: every core available; 1: in-process)",
+        help="scoring processes (default: %(default)s, the cores available; 1: in-process)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
     p.add_argument("--search-backend", choices=["auto", "faiss", "torch"], default="auto")
