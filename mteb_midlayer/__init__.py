@@ -10,11 +10,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 from .encoder import LayerEncoder
+from .frames import layer_results, layer_table
 from .metrics.driver import layer_metrics
 from .model import LayerModel
 from .spec import ModelSpec
 from .sweep import sweep
-from .tables import layer_results, layer_table
 from .tasks.benchmark import get_benchmark
 
 __all__ = [

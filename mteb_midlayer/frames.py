@@ -9,19 +9,28 @@ the per-layer aggregation of task scores; it computes nothing from a model.
 - metrics: one row per (model, revision, dataset, layer, metric, variant) from
   `OUTPUT/metrics/*.parquet`, as the metrics driver writes them.
 
-Missing results stay missing: `layer_scores` averages a layer only over the tasks it has and
-says how many it has and which it lacks, so no consumer averages over fewer tasks silently.
+One rule for a layer that lacks a task (`task_average`): its average is missing (NaN), never
+an average over fewer tasks, and the layer is named (`missing` columns, `missing_notes`). The
+layer x task table that `sweep()` returns and `table` prints (`layer_table`), the per-layer
+aggregate that `select` reads (`layer_scores`) and the leaderboard's tables all apply it.
 """
 
 from __future__ import annotations
 
+import functools
+import json
+import logging
+import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
 
 from .checkpoints import SERIES_COLUMNS, read_series
+
+logger = logging.getLogger(__name__)
 
 #: The settings of a run besides the slice: two runs that differ only here (another
 #: `--max-length`, `--dtype`, prompt set or `--exclude-prompt-tokens`) are two configurations,
@@ -120,27 +129,199 @@ def _roots(roots: Path | str | Iterable[Path | str]) -> list[Path]:
     return [Path(r) for r in roots]
 
 
+#: The rows `scan_results` reads from mteb's result files, one per (slice, task).
+LONG_COLUMNS = [
+    "model",
+    "revision",
+    "layer",
+    "dim",
+    "pooling",
+    "normalize",
+    "task",
+    "task_type",
+    "score",
+    "mteb_version",
+    "max_length",
+    "dtype",
+    "prompts",
+    "final_norm",
+    "include_prompt",
+    "n_layers",
+    "fuse",
+]
+
+
+class ResultsFolderError(FileNotFoundError, ValueError):
+    """A results folder that does not exist, or is a file (reading never creates one)."""
+
+
+@dataclass
+class ResultScan:
+    """The long frame of every readable layer result, and what could not be read (one line
+    per file or folder, naming it)."""
+
+    frame: pd.DataFrame
+    problems: list[str] = field(default_factory=list)
+
+
+def scan_results(
+    output: Path | str,
+    *,
+    model: str | None = None,
+    revision: str | None = None,
+    pooling: str | None = None,
+) -> ResultScan:
+    """Read every slice folder under `output/results` that one of our encoders wrote.
+
+    mteb's `to_dataframe` keys rows by model, not experiment, so the rows are built here from
+    the slice folders, whose `model_meta.json` `experiment_kwargs` name the slice. Reads the
+    files itself (with mteb's `TaskResult.from_disk`) rather than through
+    `ResultCache.load_results`, so one torn file or a folder without `model_meta.json` is
+    named in `problems` instead of failing the whole read or vanishing.
+    """
+    root = Path(output)
+    if root.is_file():
+        raise ResultsFolderError(f"{root} is a file; name the results folder (sweep --output).")
+    if not root.is_dir():
+        raise ResultsFolderError(f"No results folder at {root}.")
+    rows: list[dict] = []
+    problems: list[str] = []
+    for folder in sorted(root.glob("results/*/*/experiments/*")):
+        if not folder.is_dir():
+            continue
+        files = sorted(p for p in folder.glob("*.json") if p.name != "model_meta.json")
+        meta_path = folder / "model_meta.json"
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            kwargs = dict(meta.get("experiment_kwargs") or {})
+        except FileNotFoundError:
+            if files:
+                problems.append(f"{meta_path} is missing: {len(files)} result(s) not shown")
+            continue
+        except (OSError, ValueError, AttributeError) as exc:
+            problems.append(f"{meta_path} is unreadable ({type(exc).__name__}): not shown")
+            continue
+        if "layer" not in kwargs:
+            continue  # not one of ours
+        wanted = {"name": model, "revision": revision}
+        if any(v is not None and meta.get(k) != v for k, v in wanted.items()):
+            continue
+        if pooling is not None and kwargs.get("pooling") != pooling:
+            continue
+        for path in files:
+            row = _result_row(path, meta, kwargs, problems)
+            if row is not None:
+                rows.append(row)
+    df = pd.DataFrame(rows, columns=LONG_COLUMNS)
+    df = df.sort_values(["model", "revision", "fuse", "layer", "dim", "task"], ignore_index=True)
+    return ResultScan(df, problems)
+
+
+def _result_row(path: Path, meta: dict, kwargs: dict, problems: list[str]) -> dict | None:
+    """One long row of a slice's result file; None (and a line in `problems`) when unusable."""
+    from mteb.results import TaskResult
+
+    from .results import read_identity
+    from .tasks.benchmark import task_main_score
+
+    try:
+        task_result = TaskResult.from_disk(path)
+    except Exception as exc:
+        problems.append(f"{path} is unreadable ({type(exc).__name__}); rerun sweep")
+        return None
+    split = "test" if "test" in task_result.scores else next(iter(task_result.scores), "test")
+    try:
+        score = task_main_score(task_result, split=split)
+    except (KeyError, ValueError):
+        return None
+    if not math.isfinite(score):
+        problems.append(f"{path} has a NaN score; rerun sweep to rescore it")
+        return None
+    identity = read_identity(path) or {}
+    return {
+        "model": meta.get("name"),
+        "revision": meta.get("revision"),
+        "layer": int(kwargs["layer"]),
+        "dim": int(kwargs.get("dim") or 0),
+        "pooling": kwargs.get("pooling"),
+        "normalize": bool(kwargs.get("normalize", False)),
+        "task": task_result.task_name,
+        "task_type": _task_type(task_result.task_name),
+        "score": score,
+        "mteb_version": task_result.mteb_version,
+        "max_length": kwargs.get("max_length"),
+        "dtype": kwargs.get("dtype"),
+        "prompts": kwargs.get("prompts"),
+        "final_norm": kwargs.get("final_norm", DEFAULT_FINAL_NORM),
+        "include_prompt": bool(kwargs.get("include_prompt", True)),
+        "n_layers": _n_layers(identity.get("n_layers")),
+        "fuse": str(kwargs.get("fuse") or NO_FUSION),
+    }
+
+
+def layer_results(
+    output: Path | str,
+    *,
+    model: str | None = None,
+    revision: str | None = None,
+    pooling: str | None = None,
+) -> pd.DataFrame:
+    """One row per (model, revision, layer, dim, pooling, normalize, final_norm, task) with its
+    main score: `scan_results`' frame, its problems logged as warnings.
+
+    The score follows TASKS.md (English subsets, STS17 en-en; see `tasks.benchmark`).
+    `max_length`, `dtype` and `prompts` (a hash) tell runs of other settings apart; `final_norm`
+    is "last" for results written before the option; `n_layers` is the model's layer count L
+    from the run identity (NaN when not recorded). `fuse` is a fused slice's label (e.g.
+    "0+6", `fusion.py`; its `layer` is the deepest fused layer), "" for a single layer.
+    """
+    scan = scan_results(output, model=model, revision=revision, pooling=pooling)
+    for line in scan.problems:
+        logger.warning(line)
+    return scan.frame
+
+
+def _n_layers(value: object) -> float:
+    """The model's layer count L from a run identity; NaN for results written before it."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    return float("nan")
+
+
+@functools.cache
+def _task_type(name: str) -> str | None:
+    import mteb
+
+    try:
+        return mteb.get_task(name).metadata.type
+    except Exception:
+        return None
+
+
 def scores_frame(
     roots: Path | str | Iterable[Path | str],
     *,
     model: str | None = None,
     tasks: Sequence[str] | None = None,
+    problems: list[str] | None = None,
 ) -> pd.DataFrame:
     """The scores frame of one or several mteb result roots (`sweep --output` folders).
 
     `final_norm` is filled with "last" for results that predate the option, the run columns
     with `RUN_DEFAULTS` for results that predate them. `tasks` keeps only those tasks. A root
-    that does not exist is a `FileNotFoundError` (never created).
+    that does not exist is a `ResultsFolderError` (a `FileNotFoundError`; never created).
+    Files that cannot be read are appended to `problems` when given, else logged.
     """
-    from .tables import layer_results
-
     parts = []
     roots = _roots(roots)  # read twice: the results, then the series manifests
     for root in roots:
-        if not root.is_dir():
-            raise FileNotFoundError(f"No results folder at {root}.")
-        df = layer_results(root, model=model)
-        parts.append(df)
+        scan = scan_results(root, model=model)
+        if problems is None:
+            for line in scan.problems:
+                logger.warning(line)
+        else:
+            problems.extend(scan.problems)
+        parts.append(scan.frame)
     df = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
     if "final_norm" not in df.columns:
         df["final_norm"] = DEFAULT_FINAL_NORM
@@ -284,6 +465,15 @@ def newest_metric_runs(metrics: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return metrics[keep.to_numpy()], notes
 
 
+def task_average(block: pd.DataFrame) -> pd.Series:
+    """Row means over every column of `block` (tasks across), NaN for a row that lacks any.
+
+    The one rule for a layer missing a task, wherever an average is shown or chosen from:
+    never an average over fewer tasks (mteb nulls incomplete rows the same way).
+    """
+    return block.astype(float).mean(axis=1, skipna=False)
+
+
 def layer_scores(
     scores: pd.DataFrame,
     *,
@@ -294,10 +484,10 @@ def layer_scores(
 
     The benchmark's aggregation (METRICS.md): `s(l)` = mean over tasks of each task's score.
     The tasks expected of every layer are `tasks` if given, else every task the configuration
-    has at some layer. `score` is the mean over the tasks the layer has; `n_tasks` and
-    `n_expected` say how many of how many, and `missing` names the others (comma-separated),
-    so a consumer can refuse or mark incomplete layers. `task_type` is "all" for the overall
-    mean, else the mteb task type. `n_layers` is the model's layer count where recorded (NaN
+    has at some layer. `score` is that mean, NaN when the layer lacks one of them
+    (`task_average`); `n_tasks` and `n_expected` say how many of how many it has, and
+    `missing` names the others (comma-separated). `task_type` is "all" for the overall mean,
+    else the mteb task type. `n_layers` is the model's layer count where recorded (NaN
     otherwise). Fused slices get their own rows (`fuse` their label, `layer` their deepest).
     """
     check_scores(scores)
@@ -313,16 +503,17 @@ def layer_scores(
         group = with_fuse(group)
         for (dim, layer, fuse), cell in group.groupby(["dim", "layer", "fuse"], sort=True):
             have = cell.dropna(subset=["score"]).set_index("task")["score"]
+            have = have[~have.index.duplicated()]
             for task_type, names in type_groups.items():
-                present = [t for t in names if t in have.index]
+                row = task_average(have.reindex(names).to_frame().T).iloc[0] if names else None
                 out.append(
                     {
                         **dict(zip(CONFIG_COLUMNS, config, strict=True)),
                         "dim": int(dim),
                         "layer": int(layer),
                         "task_type": task_type,
-                        "score": float(have[present].mean()) if present else float("nan"),
-                        "n_tasks": len(present),
+                        "score": float("nan") if row is None else float(row),
+                        "n_tasks": sum(t in have.index for t in names),
                         "n_expected": len(names),
                         "missing": ", ".join(t for t in names if t not in have.index),
                         "n_layers": n_layers,
@@ -369,3 +560,113 @@ def fused_slices(df: pd.DataFrame) -> pd.DataFrame:
     if "fuse" not in df.columns:
         return df.iloc[0:0]
     return df[df["fuse"].fillna(NO_FUSION) != NO_FUSION]
+
+
+# ---- the layer x task table: what `sweep()` returns and `table` prints
+
+#: The columns a layer table adds after its tasks.
+LAYER_TABLE_EXTRA = ["mean", "n_tasks", "missing"]
+
+
+def layer_table(long: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.DataFrame:
+    """Wide layer x task table of main scores, with `mean`, `n_tasks` and `missing`.
+
+    `long` holds the rows of one configuration (model, revision, normalize and the run
+    columns), as `scan_results` or `scores_frame` give them. `mean` is `task_average` over the
+    expected tasks (`tasks`, else every task of `long`): NaN for a layer lacking one, which
+    `missing` names. One block per Matryoshka width: the index is `layer` for a single width,
+    else `(dim, layer)`; with several final norms, `final_norm` leads the index, and with
+    several poolings, `pooling` leads it. Fused slices (a `fuse` label) follow the layer rows,
+    indexed by their label (e.g. "0+6").
+    """
+    for key in ("pooling", "final_norm"):
+        if key in long.columns and long[key].nunique() > 1:
+            blocks = {
+                str(value): layer_table(long[long[key] == value], tasks)
+                for value in sorted(long[key].unique())
+            }
+            inner = next(iter(blocks.values())).index.names
+            return pd.concat(blocks, names=[key, *inner])
+    dims = sorted(long["dim"].unique(), reverse=True) if len(long) else []
+    if len(dims) <= 1:
+        return _with_fusions(long, tasks)
+    blocks = {int(d): _with_fusions(long[long["dim"] == d], tasks) for d in dims}
+    return pd.concat(blocks, names=["dim", "layer"])
+
+
+def _with_fusions(long: pd.DataFrame, tasks: Sequence[str] | None) -> pd.DataFrame:
+    """The single layers' block, then one row per fusion (by cost, then label)."""
+    long = with_fuse(long)
+    if not (long["fuse"] != NO_FUSION).any():
+        return _layer_block(long, tasks)
+    plain = long[long["fuse"] == NO_FUSION]
+    fused = long[long["fuse"] != NO_FUSION].drop(columns="layer").rename(columns={"fuse": "layer"})
+    order = sorted(fused["layer"].unique(), key=lambda f: (_deepest(f), f))
+    block = _layer_block(fused, tasks).reindex(order)
+    return block if plain.empty else pd.concat([_layer_block(plain, tasks), block])
+
+
+def _layer_block(long: pd.DataFrame, tasks: Sequence[str] | None) -> pd.DataFrame:
+    """Layers down, tasks across (`tasks` first, then any other task of `long`), then `mean`
+    (`task_average`), `n_tasks` and `missing`."""
+    order = list(dict.fromkeys(tasks if tasks is not None else []))
+    order += [t for t in dict.fromkeys(long["task"]) if t not in order]
+    if long.empty:
+        return pd.DataFrame(columns=[*order, *LAYER_TABLE_EXTRA])
+    dup = long.duplicated(subset=["layer", "task"], keep=False)
+    if dup.any():
+        first = long[dup].iloc[0]
+        raise ValueError(f"layer {first['layer']!r}, task {first['task']!r} appears twice")
+    wide = long.pivot(index="layer", columns="task", values="score").reindex(columns=order)
+    wide = wide.astype(float).sort_index()
+    wide.columns.name = None
+    have = wide.notna()
+    wide["mean"] = task_average(wide[order])
+    wide["n_tasks"] = have.sum(axis=1).astype(int)
+    wide["missing"] = [", ".join(c for c in order if not have.at[i, c]) for i in wide.index]
+    return wide
+
+
+def _deepest(label: str) -> int:
+    """The deepest layer of a fusion label ("0+6", "4-6"): fusions sort by their cost."""
+    return max(int(x) for x in str(label).replace("-", "+").split("+") if x)
+
+
+def missing_notes(table: pd.DataFrame) -> list[str]:
+    """One plain line per incomplete row of a `layer_table` (empty when none), naming the
+    layer, e.g. "layer 3: no mean (2 of 3 tasks); missing: STS12"."""
+    if "missing" not in table.columns:
+        return []
+    total = len([c for c in table.columns if c not in LAYER_TABLE_EXTRA])
+    lines = []
+    for index, row in table[table["missing"] != ""].iterrows():
+        where = ", ".join(
+            f"{name or 'layer'} {value}"
+            for name, value in zip(table.index.names, _tuple(index), strict=True)
+        )
+        lines.append(
+            f"{where}: no mean ({int(row['n_tasks'])} of {total} tasks); missing: {row['missing']}"
+        )
+    return lines
+
+
+def _tuple(index: object) -> tuple:
+    return index if isinstance(index, tuple) else (index,)
+
+
+def config_tables(scores: pd.DataFrame) -> dict[tuple, pd.DataFrame]:
+    """A `layer_table` per configuration of a scores frame, keyed by its `CONFIG_COLUMNS`
+    values (what `table` prints; `pd.concat(tables, names=CONFIG_COLUMNS)` is its CSV)."""
+    check_scores(scores)
+    return {
+        tuple(key): layer_table(group)
+        for key, group in scores.groupby(CONFIG_COLUMNS, dropna=False, sort=True)
+    }
+
+
+def config_heading(key: Sequence) -> str:
+    """A `config_tables` key as one line: "model @ revision  pooling=... prompts=..."
+    (`include_prompt` shown only when False)."""
+    config = dict(zip(CONFIG_COLUMNS, key, strict=True))
+    shown = [f"{k}={v}" for k, v in list(config.items())[2:] if not (k == "include_prompt" and v)]
+    return f"{config['model']} @ {config['revision']}  " + " ".join(shown)

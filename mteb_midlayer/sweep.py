@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from .batching import check_batch_limits
 from .encoder import resolve_dim
+from .frames import layer_results, layer_table
 from .fusion import check_fusable, fusion_label, parse_fusions
 from .layers import check_final_norms, resolve_layers
 from .model import LayerModel, dtype_name, warn_constant_pooling
@@ -49,7 +50,6 @@ from .results import AtomicResultCache, task_fingerprint, unfinished_reason
 from .search import resolve_search_backend, with_search_backend
 from .spec import ModelSpec, excludes_prompt, prompts_hash
 from .store import raise_if_disk_full
-from .tables import layer_results, layer_table
 from .tempfiles import clean_output
 
 logger = logging.getLogger(__name__)

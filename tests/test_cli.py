@@ -158,3 +158,54 @@ def test_metrics_on_a_malformed_corpus_is_one_clear_line(tmp_path, capsys):
     (tmp_path / "empty.txt").write_bytes(b"")
     assert main(["metrics", "minilm", "--texts", str(tmp_path / "empty.txt")]) == 2
     assert "empty.txt: no texts (the file is empty" in capsys.readouterr().err
+
+
+def test_every_integer_flag_is_checked_at_parse_time(tmp_path, capsys):
+    """Issue 22: one argparse type per kind of integer; before, --shard-size, --jobs, --n,
+    export's --dim and select's budgets accepted 0 or negatives and failed deep inside."""
+    refused = [
+        ["sweep", "--shard-size", "0"], ["sweep", "--jobs", "0"], ["sweep", "--max-length", "-1"],
+        ["sweep", "--max-tokens-per-batch", "0"], ["metrics", "--n", "0"],
+        ["metrics", "--n-views", "0"], ["metrics", "--seed", "-1"],
+        ["sweep", "--slurm-gpus-per-task", "-1"], ["select", "--max-dim", "-8"],
+        ["select", "--max-layer", "x"], ["select", "--dim", "0"],
+        ["export", "minilm", "out", "--layer", "1", "--dim", "0"],
+    ]  # fmt: skip
+    for argv in refused:
+        with pytest.raises(SystemExit) as exc:
+            main(argv)
+        assert exc.value.code == 2, argv
+        assert "must be >= " in capsys.readouterr().err or argv[-1] == "x", argv
+    # a layer may count from the end (the library resolves it); slurm GPUs may be 0
+    from mteb_midlayer.cli import build_parser
+    from mteb_midlayer.executors.local import available_cores
+
+    assert build_parser().parse_args(["export", "m", "o", "--layer", "-1"]).layer == -1
+    assert (
+        build_parser().parse_args(["sweep", "--slurm-gpus-per-task", "0"]).slurm_gpus_per_task == 0
+    )
+    assert build_parser().parse_args(["sweep"]).jobs == available_cores()  # as documented
+
+
+def test_leaderboard_page_flag_and_its_deprecated_alias(tmp_path, capsys):
+    from .leaderboard.conftest import DATA
+
+    assert main(["leaderboard", str(DATA), "--to", str(tmp_path), "--page", "p", "--no-plots"]) == 0
+    assert (tmp_path / "p.md").exists() and "deprecated" not in capsys.readouterr().err
+    argv = ["leaderboard", str(DATA), "--to", str(tmp_path), "--benchmark", "old", "--no-plots"]
+    assert main(argv) == 0
+    assert "--benchmark is deprecated; use --page" in capsys.readouterr().err
+    text = (tmp_path / "old.md").read_text()
+    assert f"mteb-midlayer leaderboard {DATA} --to {tmp_path} --page old --no-plots" in text
+
+
+def test_nothing_to_show_exits_1_in_every_reading_verb(tmp_path, capsys):
+    """0 done, 1 nothing matched (or a task failed), 2 bad usage or an error (docs/cli.md)."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["table", str(empty)]) == 1
+    assert main(["select", str(empty)]) == 1  # was 0
+    assert main(["leaderboard", str(empty), "--to", str(tmp_path / "lb")]) == 1
+    for verb in (["table"], ["select"], ["leaderboard", "--to", str(tmp_path / "lb")]):
+        assert main([verb[0], str(tmp_path / "nope"), *verb[1:]]) == 2
+    assert not (tmp_path / "nope").exists()

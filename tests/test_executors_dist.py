@@ -264,7 +264,7 @@ def result_files(output: Path) -> list[str]:
 
 
 def scores(output: Path):
-    from mteb_midlayer.tables import layer_results
+    from mteb_midlayer.frames import layer_results
 
     long = layer_results(output)
     return long.set_index(["task", "layer", "dim"])["score"].sort_index()

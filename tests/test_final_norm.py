@@ -11,11 +11,11 @@ import pytest
 
 from mteb_midlayer import LayerEncoder, frames
 from mteb_midlayer.export import export
+from mteb_midlayer.frames import layer_results
 from mteb_midlayer.layers import find_final_norm
 from mteb_midlayer.model import LayerModel
 from mteb_midlayer.results import identity_path
 from mteb_midlayer.sweep import sweep
-from mteb_midlayer.tables import layer_results
 
 from .conftest import fresh_process_max_diff, tiny_model, tiny_tokenizer
 

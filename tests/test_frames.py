@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -42,11 +43,12 @@ def test_layer_scores_overall_and_per_type_with_a_missing_task():
     assert out.loc[(0, "all"), "score"] == pytest.approx((0.2 + 0.4 + 0.9) / 3)
     assert out.loc[(0, "STS"), "score"] == pytest.approx(0.3)
     assert out.loc[(0, "all"), "missing"] == ""
-    # layer 1 lacks B: averaged over what it has, and says so
+    # layer 1 lacks B: no average over fewer tasks (NaN, overall and for STS), and says so
     assert out.loc[(1, "all"), "n_tasks"] == 2
     assert out.loc[(1, "all"), "n_expected"] == 3
     assert out.loc[(1, "all"), "missing"] == "B"
-    assert out.loc[(1, "STS"), "score"] == pytest.approx(0.6)
+    assert math.isnan(out.loc[(1, "all"), "score"]) and math.isnan(out.loc[(1, "STS"), "score"])
+    assert out.loc[(1, "Classification"), "score"] == pytest.approx(0.3)  # complete: kept
     overall = frames.layer_scores(df, by_type=False)
     assert frames.complete(overall)["layer"].tolist() == [0]
 
@@ -158,3 +160,65 @@ def test_metrics_frame_keeps_the_newest_run_per_metric(tmp_path):
     notes = []
     c = frames.metrics_frame(tmp_path, notes=notes).query("dataset == 'C'")
     assert c["value"].tolist() == [3.0, 4.0] and len(notes) == 1
+
+
+# ---- one table path: a layer missing a task, in `table`, `select` and the leaderboard
+
+#: The committed MiniLM tree (tests/leaderboard/conftest.py): STS12 deleted at layer 3, dim 384.
+LEADERBOARD_TREE = Path(__file__).parent / "data" / "leaderboard"
+
+
+def test_a_layer_missing_a_task_has_no_average_anywhere_and_is_named(tmp_path, capsys):
+    """Issue 22: `table` (and `sweep()`, the same `layer_table`) averaged the tasks a layer
+    had (0.79 here), `select` and the leaderboard left it out: now all three say "missing"."""
+    from mteb_midlayer.cli import main
+    from mteb_midlayer.leaderboard import tables as boards
+    from mteb_midlayer.select import select
+
+    scores = frames.scores_frame(LEADERBOARD_TREE)
+    have = scores[(scores["layer"] == 3) & (scores["dim"] == 384)]
+    assert list(have["task"]) == ["BIOSSES"]  # the tree as described
+    # table (the path `sweep()` returns too): NaN mean, the layer named under the table
+    assert main(["table", str(LEADERBOARD_TREE), "--csv", str(tmp_path / "t.csv")]) == 0
+    printed = capsys.readouterr().out
+    assert "incomplete: dim 384, layer 3: no mean (1 of 2 tasks); missing: STS12" in printed
+    csv = pd.read_csv(tmp_path / "t.csv").set_index(["dim", "layer"])
+    assert math.isnan(csv.loc[(384, 3), "mean"]) and csv.loc[(384, 3), "missing"] == "STS12"
+    assert csv.loc[(384, 3), "BIOSSES"] == pytest.approx(have["score"].iloc[0])
+    complete = csv.loc[(384, 6), ["BIOSSES", "STS12"]].mean()
+    assert csv.loc[(384, 6), "mean"] == pytest.approx(complete)  # complete layers unchanged
+    # select: the same NaN in its per-layer frame, the layer named in its notes
+    selection = select(LEADERBOARD_TREE)
+    rows = selection.scores.query("task_type == 'all' and dim == 384").set_index("layer")
+    assert math.isnan(rows.loc[3, "score"]) and rows.loc[6, "score"] == pytest.approx(complete)
+    assert any("layer 3 dim 384: missing STS12 (1/2 tasks)" in n for n in selection.notes)
+    # the leaderboard: the same NaN average, the same layer named
+    config = boards.configs(scores)[0]
+    board = boards.layer_task_table(scores, config, 384)
+    assert math.isnan(board.table.loc[3, boards.AVERAGE])
+    assert board.table.loc[6, boards.AVERAGE] == pytest.approx(complete)
+    assert board.status.loc[3, "missing"] == "STS12"
+
+
+def test_layer_table_keeps_the_sweep_shape():
+    """What `sweep()` returns: tasks (given order first), mean, n_tasks, missing; one block
+    per width under (dim, layer); a fusion row after the layers, indexed by its label."""
+    rows = [
+        dict(layer=layer, dim=dim, task=task, task_type="STS", score=0.1 * layer + 0.01 * dim)
+        for layer in (1, 2)
+        for dim in (8, 4)
+        for task in ("A", "B")
+        if not (layer == 2 and dim == 4 and task == "A")
+    ]
+    long = _scores(rows).assign(fuse="")
+    fused = long[long["layer"] == 2].assign(fuse="1+2", score=0.5)
+    table = frames.layer_table(pd.concat([long, fused]), tasks=["B", "A"])
+    assert list(table.columns) == ["B", "A", "mean", "n_tasks", "missing"]
+    assert table.index.names == ["dim", "layer"]
+    assert [str(i) for i in table.loc[8].index] == ["1", "2", "1+2"]
+    assert table.loc[(8, 1), "mean"] == pytest.approx(0.18)
+    assert math.isnan(table.loc[(4, 2), "mean"]) and table.loc[(4, 2), "missing"] == "A"
+    assert frames.missing_notes(table) == [
+        "dim 4, layer 2: no mean (1 of 2 tasks); missing: A",
+        "dim 4, layer 1+2: no mean (1 of 2 tasks); missing: A",
+    ]

@@ -157,7 +157,7 @@ def test_a_kill_while_mteb_writes_leaves_no_result_that_counts(biosses, tmp_path
     next sweep and table run as if the slice had never been scored."""
     from mteb.results import TaskResult
 
-    from mteb_midlayer.tables import scan_results
+    from mteb_midlayer.frames import scan_results
 
     folder = save_tiny(tmp_path / "model", seed=1)
     out = tmp_path / "out"

@@ -16,12 +16,12 @@ import torch
 
 from mteb_midlayer.cli import build_parser, model_spec
 from mteb_midlayer.encoder import LayerEncoder, experiment_kwargs
+from mteb_midlayer.frames import layer_results
 from mteb_midlayer.model import LayerModel
 from mteb_midlayer.pooling import ST_POOLING, exclude_prompt, pool
 from mteb_midlayer.replay import EmbeddingSource, StoreEncoder, store_entries, store_key
 from mteb_midlayer.spec import ModelSpec, SpecConflictError, merge_spec
 from mteb_midlayer.store import EmbeddingStore
-from mteb_midlayer.tables import layer_results
 
 from .conftest import tiny_tokenizer
 from .test_st_models import ST_MODES, TEXTS, build_st

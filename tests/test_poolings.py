@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 import torch
 
+from mteb_midlayer.frames import layer_results
 from mteb_midlayer.model import LayerModel
 from mteb_midlayer.pooling import check_poolings
 from mteb_midlayer.sweep import sweep
-from mteb_midlayer.tables import layer_results
 
 from .conftest import tiny_model, tiny_tokenizer
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from mteb_midlayer.cli import main
+from mteb_midlayer.frames import ResultsFolderError, scan_results
 from mteb_midlayer.sweep import sweep
-from mteb_midlayer.tables import ResultsFolderError, scan_results
 
 from .conftest import tiny_model, tiny_tokenizer
 

@@ -133,10 +133,10 @@ def layer_task_table(scores: pd.DataFrame, config: dict, dim: int) -> LayerTable
     wide.columns.name = None
     scores_only = wide[tasks]
     for task_type in dict.fromkeys(types.values()):
-        wide[f"{TYPE_PREFIX}{task_type}"] = _complete_mean(
+        wide[f"{TYPE_PREFIX}{task_type}"] = frames.task_average(
             scores_only[[t for t in tasks if types[t] == task_type]]
         )
-    wide[AVERAGE] = _complete_mean(scores_only)
+    wide[AVERAGE] = frames.task_average(scores_only)
     have = scores_only.notna()
     status = pd.DataFrame(
         {
@@ -153,11 +153,6 @@ def layer_task_table(scores: pd.DataFrame, config: dict, dim: int) -> LayerTable
     return LayerTable(
         config=config, dim=int(dim), table=wide, best=best, gain=gain, types=types, status=status
     )
-
-
-def _complete_mean(block: pd.DataFrame) -> pd.Series:
-    """Row means over every column, NaN for a row missing any (never a mean over fewer)."""
-    return block.mean(axis=1, skipna=False)
 
 
 #: Column of a fusion table: the blocks a fusion runs (its deepest layer).
@@ -192,10 +187,10 @@ def fusion_table(scores: pd.DataFrame, config: dict, dim: int) -> pd.DataFrame:
     wide.index.name = "fusion"
     scores_only = wide[tasks]
     for task_type in dict.fromkeys(types.values()):
-        wide[f"{TYPE_PREFIX}{task_type}"] = _complete_mean(
+        wide[f"{TYPE_PREFIX}{task_type}"] = frames.task_average(
             scores_only[[t for t in tasks if types[t] == task_type]]
         )
-    wide[AVERAGE] = _complete_mean(scores_only)
+    wide[AVERAGE] = frames.task_average(scores_only)
     wide.insert(0, BLOCKS, [_deepest(f) for f in wide.index])
     try:
         layer_avg = layer_task_table(scores, config, dim).table[AVERAGE]

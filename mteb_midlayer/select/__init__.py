@@ -9,17 +9,20 @@ from .priors import DEFAULT_PRIOR, PRIOR_TABLE, UnknownPriorError, prior_directi
 from .recommend import Recommendation, RecommendationError, recommend_frames
 from .rules import Rule, RuleError, judge, make_rule, rules_frame
 from .selection import Selection, render, select, select_frames, to_json
+from .ship import NothingToExport, Shipment, ship
 
 __all__ = [
     "DEFAULT_PRIOR",
     "PRIOR_TABLE",
     "Budget",
     "BudgetError",
+    "NothingToExport",
     "Recommendation",
     "RecommendationError",
     "Rule",
     "RuleError",
     "Selection",
+    "Shipment",
     "UnknownPriorError",
     "best_frame",
     "correlations",
@@ -35,6 +38,7 @@ __all__ = [
     "rules_frame",
     "select",
     "select_frames",
+    "ship",
     "stability_folds",
     "to_json",
 ]

@@ -162,7 +162,7 @@ def test_publish_refuses_empty_scores(frames_of, tmp_path):
 
 def test_cli_leaderboard_writes_tables_with_its_command(results_root, tmp_path, capsys):
     out = tmp_path / "lb"
-    argv = ["leaderboard", str(results_root), "--to", str(out), "--benchmark", "my bench"]
+    argv = ["leaderboard", str(results_root), "--to", str(out), "--page", "my bench"]
     argv += ["--tasks", "BIOSSES,STS12", "--no-plots", "--data", "shared copy"]
     assert cli.main([*argv, "--command", "mteb-midlayer sweep minilm"]) == 0
     assert "wrote" in capsys.readouterr().out

@@ -85,7 +85,7 @@ def test_no_metrics_gives_only_the_score_part(tmp_path):
 def test_cli_select_messages(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
-    assert main(["select", str(empty)]) == 0
+    assert main(["select", str(empty)]) == 1  # nothing to choose from: exit 1, as `table`
     assert "No sweep results under" in capsys.readouterr().out
     out_json = tmp_path / "s.json"
     assert main(["select", str(RESULTS), "--max-dim", "128", "--json", str(out_json)]) == 0
@@ -197,7 +197,8 @@ def test_cli_select_names_the_filter_that_matched_nothing(tmp_path, capsys):
     """Issue 21: a misspelt model or task is not "no sweep results", and an asked-for JSON or
     export that could not be written is a failure."""
     out_json = tmp_path / "s.json"
-    assert main(["select", str(RESULTS), "--model", "sentence-transformers/all-MiniLM"]) == 0
+    argv = ["select", str(RESULTS), "--model", "sentence-transformers/all-MiniLM"]
+    assert main(argv) == 1  # nothing matched: exit 1
     text = capsys.readouterr().out
     assert "model 'sentence-transformers/all-MiniLM' matched no result" in text
     assert f"(models there: {MINILM})" in text and "run `mteb-midlayer sweep`" not in text
