@@ -35,7 +35,20 @@ _API: dict[str, tuple[str, str | None]] = {
     "sweep": (".sweep", "sweep"),
 }
 
-__all__ = sorted(_API)
+__all__ = [
+    "LayerEncoder",
+    "LayerModel",
+    "ModelSpec",
+    "export",
+    "get_benchmark",
+    "layer_metrics",
+    "layer_results",
+    "metrics_frame",
+    "publish",
+    "scores_frame",
+    "select",
+    "sweep",
+]
 
 if TYPE_CHECKING:
     from . import select

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -172,7 +173,7 @@ def test_pre_norm_model_whose_norm_no_name_list_had_round_trips(tmp_path, arch):
 
 
 def test_a_final_norm_that_cannot_be_found_is_one_line(tmp_path, monkeypatch):
-    import mteb_midlayer.export as ex
+    ex = importlib.import_module("mteb_midlayer.export")  # `mteb_midlayer.export` is the function
 
     def refuse(model):
         raise FinalNormError("Cannot find the final norm of GPT2Model: no single module.")
@@ -187,7 +188,7 @@ def test_a_final_norm_that_cannot_be_found_is_one_line(tmp_path, monkeypatch):
 def test_unsupported_architecture_is_refused(tmp_path, monkeypatch):
     # Pretend GPT-2 had no final norm: the cut model would apply ln_f to block 2's output, the
     # probe check sees it, and nothing is written.
-    import mteb_midlayer.export as ex
+    ex = importlib.import_module("mteb_midlayer.export")  # `mteb_midlayer.export` is the function
 
     monkeypatch.setattr(ex, "find_final_norm", lambda model: None)
     src = _saved_tiny("gpt2", tmp_path / "src")

@@ -7,9 +7,9 @@ import subprocess
 import sys
 import textwrap
 
-from .conftest import REPO
-
 import mteb_midlayer
+
+from .conftest import REPO
 
 
 def _run(code: str) -> subprocess.CompletedProcess:
@@ -63,7 +63,7 @@ def test_public_names_load_on_first_use_and_set_openmp_passive():
 def test_every_public_name_resolves():
     import mteb_midlayer.export
     import mteb_midlayer.select.links
-    import mteb_midlayer.sweep  # noqa: F401 - a submodule imported first must not hide the function
+    import mteb_midlayer.sweep  # a submodule imported first must not hide the function
 
     expected = {
         "LayerEncoder": "mteb_midlayer.encoder",
