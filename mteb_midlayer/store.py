@@ -51,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from .tempfiles import parse_temp_name, temp_path
+from .tempfiles import atomic_write, parse_temp_name
 from .tempfiles import stale_reason as temp_stale_reason
 
 __all__ = ["EmbeddingStore", "StoreFullError", "StoreKey", "raise_if_disk_full", "text_hash"]
@@ -251,21 +251,14 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temp file in the same directory, fsync, then os.replace into ``path``.
+    """`tempfiles.atomic_write`, with a full disk told as such.
 
     Raises:
         StoreFullError: the disk is full (the temp file is removed; ``path`` is untouched).
     """
-    tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         if not isinstance(exc, StoreFullError) and _is_disk_full(exc):
             raise StoreFullError(path, _free_bytes(path.parent)) from exc
         raise

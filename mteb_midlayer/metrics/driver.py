@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
@@ -35,7 +34,7 @@ from ..model import LayerModel, TokenScorer, warn_constant_pooling
 from ..pooling import check_poolings
 from ..results import task_fingerprint
 from ..spec import ModelSpec
-from ..tempfiles import clean_temp_files, temp_path
+from ..tempfiles import atomic_write, clean_temp_files
 from . import functional as F
 from .augment import augment_views
 from .corpus import Corpus, read_corpus
@@ -316,9 +315,7 @@ def compute_rows(
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = temp_path(path)
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: df.to_parquet(fh, index=False))
 
 
 def layer_metrics(
