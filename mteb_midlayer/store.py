@@ -44,13 +44,14 @@ import socket
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .spec import ModelSpec, excludes_prompt
 from .tempfiles import atomic_write, parse_temp_name
 from .tempfiles import stale_reason as temp_stale_reason
 
@@ -120,6 +121,32 @@ class StoreKey:
         """Stable 16-hex-char id: sha256 of the canonical JSON of the fields."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+    @classmethod
+    def for_spec(
+        cls, spec: ModelSpec, pooling: str, prompt_type: str | None, final_norm: str = "last"
+    ) -> StoreKey:
+        """The key of a model's resolved spec (`LayerModel.current_spec()`: its revision
+        fingerprints a local folder's files). Prompts need no field: each text is hashed with
+        its prompt; whether the prompt's tokens are pooled does (`include_prompt`, a field only
+        when False)."""
+        return cls(
+            model=spec.name,
+            revision=spec.revision or "no_revision_available",
+            pooling=pooling,
+            prompt_type=prompt_type,
+            max_length=spec.max_length,
+            dtype=spec.dtype,
+            final_norm=final_norm,
+            include_prompt=not excludes_prompt(spec.include_prompt, spec.prompts),
+        )
+
+
+def plan_digest(resolved: Mapping[str, Any], pooling: str) -> str:
+    """A short name for the store configuration that a sweep plan's texts files belong to:
+    the resolved spec's dict (`ModelSpec.to_dict`) and the pass's pooling(s), e.g. "mean,last"."""
+    raw = json.dumps([resolved, pooling], sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
 def _text_digest(text: str) -> bytes:
