@@ -458,9 +458,10 @@ def export(
     target = check_out(out, overwrite, results=results, source=source)
     lm = _load_on_cpu(model, spec, options, expected_revision)
     encoder = _slice_encoder(lm, layer, fuse, dim, pooling, normalize, final_norm)
+    shape = (lm.n_layers, lm.hidden_size)  # of the full model (the export cuts it in place)
     try:
         expected = {p: encoder.embed(probe_texts, prompt=p) for p in _probe_prompts(lm)}
-        raw = needs_raw_stream(lm.model, encoder.layer, lm.n_layers, encoder.final_norm)
+        raw = needs_raw_stream(lm.model, encoder.layer, shape[0], encoder.final_norm)
     except FinalNormError as e:
         raise ExportError(str(e)) from None
     if encoder.layers and encoder.final_norm == "every" and find_final_norm(lm.model) is not None:
@@ -476,7 +477,7 @@ def export(
         st, diff = _build_checked(
             lm, encoder, work, probe_texts, expected, raw=raw, skip_module=skip_module
         )
-        result = _result(out, lm, encoder, raw, diff)
+        result = _result(out, lm, encoder, shape, raw=raw, diff=diff)
         final = work / "model"
         st.save(str(final), create_model_card=False)
         card = model_card(result, slice_scores(results, result, expected_revision))
@@ -575,16 +576,23 @@ def _build_checked(
 
 
 def _result(
-    out: Path, lm: LayerModel, encoder: LayerEncoder, raw: bool, diff: float
+    out: Path,
+    lm: LayerModel,
+    encoder: LayerEncoder,
+    shape: tuple[int, int],
+    *,
+    raw: bool,
+    diff: float,
 ) -> ExportResult:
+    """What `export` returns; `shape`: the full model's (L, hidden size)."""
     return ExportResult(
         path=out,
         model=lm.name,
         revision=lm.revision,
         layer=encoder.layer,
-        n_layers=lm.n_layers,
+        n_layers=shape[0],
         dim=encoder.dim,
-        hidden_size=lm.hidden_size,
+        hidden_size=shape[1],
         pooling=encoder.pooling,
         normalize=encoder.normalize,
         max_length=lm.max_length,

@@ -291,6 +291,38 @@ def _atomic_write(path: Path, write: Any) -> None:
         raise
 
 
+def _shard_input(
+    texts: Sequence[str], embeddings: Any, layer_t: tuple[int, ...]
+) -> tuple[list[str], np.ndarray]:
+    """The texts as a list and the embeddings as C-contiguous float32 `(len(layers),
+    len(texts), D)`, once checked: strings, that shape, numeric, finite (else a `ValueError`)."""
+    if isinstance(texts, str):
+        raise ValueError("texts must be a sequence of strings, not a string")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("nothing to write: texts is empty")
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must all be strings")
+    arr = np.asarray(embeddings)
+    if arr.ndim != 3 or arr.shape[:2] != (len(layer_t), len(texts)) or arr.shape[2] == 0:
+        raise ValueError(
+            f"embeddings must have shape (n_layers={len(layer_t)}, n_texts={len(texts)}, D), "
+            f"got {arr.shape}"
+        )
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"embeddings must be numeric, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = ~np.isfinite(arr)
+        rows = np.flatnonzero(bad.any(axis=(0, 2)))
+        layers_bad = [layer_t[j] for j in np.flatnonzero(bad.any(axis=(1, 2)))]
+        raise ValueError(
+            f"embeddings contain NaN/inf for {rows.size} text(s) (first indices "
+            f"{rows[:5].tolist()}) at layers {layers_bad}; refusing to store them"
+        )
+    return texts, arr
+
+
 class _HashingWriter:
     """A write-only file object that hashes what passes through (numpy then writes in chunks)."""
 
@@ -622,30 +654,7 @@ class EmbeddingStore:
         """
         parts = _namespace_parts(namespace)
         layer_t = _check_layers(layers)
-        if isinstance(texts, str):
-            raise ValueError("texts must be a sequence of strings, not a string")
-        texts = list(texts)
-        if not texts:
-            raise ValueError("nothing to write: texts is empty")
-        if not all(isinstance(t, str) for t in texts):
-            raise ValueError("texts must all be strings")
-        arr = np.asarray(embeddings)
-        if arr.ndim != 3 or arr.shape[:2] != (len(layer_t), len(texts)) or arr.shape[2] == 0:
-            raise ValueError(
-                f"embeddings must have shape (n_layers={len(layer_t)}, n_texts={len(texts)}, D), "
-                f"got {arr.shape}"
-            )
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise ValueError(f"embeddings must be numeric, got dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            bad = ~np.isfinite(arr)
-            rows = np.flatnonzero(bad.any(axis=(0, 2)))
-            layers_bad = [layer_t[j] for j in np.flatnonzero(bad.any(axis=(1, 2)))]
-            raise ValueError(
-                f"embeddings contain NaN/inf for {rows.size} text(s) (first indices "
-                f"{rows[:5].tolist()}) at layers {layers_bad}; refusing to store them"
-            )
+        texts, arr = _shard_input(texts, embeddings, layer_t)
         self.refresh()
         hidden = int(arr.shape[2])
         if self._hidden_size is not None and hidden != self._hidden_size:
