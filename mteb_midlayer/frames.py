@@ -16,7 +16,7 @@ says how many it has and which it lacks, so no consumer averages over fewer task
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -219,7 +219,7 @@ def _with_run(df: pd.DataFrame, path: Path) -> pd.DataFrame:
             df[col] = pd.Series([None] * len(df), dtype=object)
     old = df["run"].isna()
     if old.any():
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
         df.loc[old, "run"] = "file:" + path.stem.rsplit("__", 1)[-1]
         df.loc[old, "run_at"] = mtime.isoformat(timespec="microseconds")
     return df

@@ -63,7 +63,7 @@ def provenance(scores: pd.DataFrame, *, data: str, command: str) -> Provenance:
         data=data,
         mteb_version=", ".join(versions) or "unknown",
         package_version=__version__,
-        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         command=command,
     )
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -604,7 +604,7 @@ def run_identity(keyed: dict[str, Any], final_norm: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _with_run_columns(
@@ -635,7 +635,7 @@ def _read_back(path: Path, final_norm: str, keyed: dict[str, Any]) -> pd.DataFra
     if "final_norm" not in old.columns:
         old = old.assign(final_norm=final_norm)
     if "run" not in old.columns:
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
         old = _with_run_columns(old, keyed, final_norm, mtime.isoformat(timespec="microseconds"))
     return old
 
