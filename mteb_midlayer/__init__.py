@@ -1,8 +1,10 @@
 """mteb-midlayer: evaluate and use the intermediate layers of text encoders and LLMs on MTEB.
 
-The public API is the handful of names in `__all__`, loaded on first use (module `__getattr__`):
-`import mteb_midlayer` alone, or `import mteb_midlayer.st_modules` (what an exported model
-loads), imports neither torch nor mteb and changes no environment variable.
+The public API is the handful of names in `__all__`, loaded on first use (module `__getattr__`).
+So `import mteb_midlayer` alone loads neither torch nor mteb, and `import
+mteb_midlayer.st_modules` (what an exported model loads) loads neither mteb nor the sweep;
+neither changes an environment variable. The first use of a public name asks OpenMP to wait
+passively (`devices.passive_omp_wait`), before torch loads.
 
 `sweep` and `export` are functions here; their modules are reached with
 `from mteb_midlayer.sweep import ...` / `from mteb_midlayer.export import ...` (a submodule
@@ -65,6 +67,7 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
+    """A public name, imported on first use (then kept in the module)."""
     if name not in _API:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     from .devices import passive_omp_wait
