@@ -16,10 +16,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch, as `import mteb_midlayer` does
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see mteb_midlayer/devices.py
 
 import torch
 
+from mteb_midlayer.devices import available_cores
 from mteb_midlayer.metrics.augment import augment_views
 from mteb_midlayer.metrics.driver import (
     METRICS,
@@ -28,7 +29,7 @@ from mteb_midlayer.metrics.driver import (
     compute_rows,
     encode_texts,
 )
-from mteb_midlayer.metrics.eigen import cpu_workers, linalg_threads
+from mteb_midlayer.metrics.eigen import linalg_threads
 from mteb_midlayer.metrics.sampling import sample_texts, task_texts
 from mteb_midlayer.model import LayerModel
 from mteb_midlayer.sweep import select_tasks
@@ -75,7 +76,7 @@ def main() -> int:
         f"MiniLM-L6, {len(texts)} texts of {args.task}, {len(layers)} layers, {args.n_views} views, device {lm.device}"
     )
     print(
-        f"cores: {cpu_workers()} (encoding: {torch.get_num_threads()} torch threads; "
+        f"cores: {available_cores()} (encoding: {torch.get_num_threads()} torch threads; "
         f"metrics: independent eigensolves one per core)"
     )
     print(

@@ -20,6 +20,10 @@ import shlex
 import sys
 from pathlib import Path
 
+from .devices import passive_omp_wait
+
+passive_omp_wait()  # the CLI starts work: before the imports below load torch (see devices.py)
+
 import pandas as pd
 
 from .executors import EXECUTORS, make_executor

@@ -15,7 +15,7 @@ from mteb.models.model_meta import ScoringFunction
 from .batching import check_batch_limits
 from .fusion import NO_FUSION, check_fusable, fuse_vectors, fusion_label
 from .layers import check_final_norms, resolve_layer
-from .model import LayerModel, check_texts, dtype_name, warn_constant_pooling
+from .model import LayerModel, check_texts, warn_constant_pooling
 from .pooling import check_pooling
 from .search import attach_search_backend
 from .spec import ModelSpec, excludes_prompt, prompts_hash
@@ -152,8 +152,8 @@ class LayerEncoder(AbsEncoder):
 
     `layer`: 0 = embedding output, L = last block, negatives count from the end.
     `dim`: keep the first `dim` coordinates (2D Matryoshka).
-    `pooling`: mean | cls | last | max; `None` takes the model's own (sentence-transformers
-    pooling) or mean.
+    `pooling`: mean | cls | last | max | weightedmean | mean_sqrt_len (`pooling.POOLINGS`);
+    `None` takes the model's own (sentence-transformers pooling) or mean.
     `normalize`: L2 after slicing; `None` takes the model's own (True for a sentence-transformers
     model with a `Normalize` module, so its last layer *is* the published model), else False.
     `final_norm`: "last" (inner layers raw, our convention) or "every" (the model's final norm
@@ -240,19 +240,6 @@ class LayerEncoder(AbsEncoder):
         )
         # issue 14: retrieval/reranking search through faiss (auto: when installed)
         self.search_backend = attach_search_backend(self, search_backend)
-
-    @property
-    def store_config(self) -> dict[str, Any]:
-        """Everything that changes a pooled vector besides the text itself."""
-        return {
-            "model": self.lm.name,
-            "revision": self.lm.revision,
-            "pooling": self.pooling,
-            "max_length": self.lm.max_length,
-            "dtype": dtype_name(self.lm.dtype),
-            "final_norm": self.final_norm,
-            "include_prompt": not self.lm.excludes_prompt(self.model_prompts),
-        }
 
     def embed(
         self, texts: Sequence[str], *, batch_size: int | None = None, prompt: str = ""

@@ -59,7 +59,7 @@ from .layers import (
     num_layers,
 )
 from .model import LayerModel
-from .spec import EMBEDDED_ALIAS, local_revision_label
+from .spec import EMBEDDED_ALIAS, ModelSpec, local_revision_label
 from .st_modules import RawStreamTransformer
 from .tempfiles import OUTPUT_FOLDERS, clean_temp_folders, make_temp_folder
 
@@ -405,84 +405,63 @@ def model_card(result: ExportResult, scores: pd.DataFrame | None = None) -> str:
     return "\n".join(lines)
 
 
+#: The keyword form of the model options (`ModelSpec` fields) that `export` takes besides `spec`.
+MODEL_KEYWORDS = ("name", "revision", "max_length", "trust_remote_code", "include_prompt")
+
+
 def export(
-    model: str | Path,
+    model: str | Path | None,
     out: str | Path,
     *,
+    spec: ModelSpec | None = None,
     layer: int | None = None,
+    fuse: str | Sequence[int] | None = None,
     dim: int | None = None,
     pooling: str | None = None,
     normalize: bool | None = None,
-    max_length: int | None = None,
-    overwrite: bool = False,
-    name: str | None = None,
-    revision: str | None = None,
-    trust_remote_code: bool = False,
-    results: str | Path | None = None,
-    probe_texts: Sequence[str] = PROBE_TEXTS,
     final_norm: str = "last",
-    include_prompt: bool | None = None,
-    expected_revision: str | None = None,
-    fuse: str | Sequence[int] | None = None,
+    overwrite: bool = False,
+    results: str | Path | None = None,
+    **options: Any,
 ) -> ExportResult:
     """Write layer `layer` (first `dim` coordinates) of `model` to `out` as a sentence-transformers
-    folder, checked against `LayerEncoder` on `probe_texts` (fp32, CPU).
+    folder, checked against `LayerEncoder` on `PROBE_TEXTS` (fp32, CPU).
+
+    Model options come as a `ModelSpec` (`spec=`; its device and dtype are not used: an export
+    is built and checked in fp32 on the CPU) or as the keywords `name`, `revision`,
+    `max_length`, `trust_remote_code`, `include_prompt` (`MODEL_KEYWORDS`), never both
+    contradicting (`SpecConflictError`). `include_prompt`: False writes
+    `Pooling(include_prompt=False)` (default: the model's own); with prompts, the check also
+    runs on the probe texts under each of the model's prompts.
 
     `final_norm`: the slice's setting. "every" exports the plain truncated model (its final
     norm kept), which loads with sentence-transformers alone for every architecture.
-    `include_prompt`: False writes `Pooling(include_prompt=False)` (default: the model's own);
-    with prompts, the check also runs on the probe texts under each of the model's prompts.
-
     `results`: a results folder (`sweep --output`); the slice's task scores there go into the
-    model card. `expected_revision`: the revision the results name; a model that loads with
-    another (a local folder whose files changed) is refused before anything is written.
+    model card. `expected_revision` (keyword): the revision the results name; a model that
+    loads with another (a local folder whose files changed) is refused before anything is
+    written. `probe_texts` (keyword): other texts to check on.
     `overwrite` replaces a previous export only (`check_out`).
     `fuse`: a fusion of layers instead of `layer` (a label such as "0+6" or "4-6", or the
     layers): equal to `LayerEncoder(model, layers=[...])` (see the module's docstring).
     """
+    expected_revision = options.pop("expected_revision", None)
+    probe_texts = list(options.pop("probe_texts", PROBE_TEXTS))
+    unknown = sorted(set(options) - set(MODEL_KEYWORDS))
+    if unknown:
+        raise TypeError(f"export() got unexpected keyword arguments: {', '.join(unknown)}")
     out = Path(out)
     if (layer is None) == (fuse is None or fuse == ""):
         raise ExportError("Give either a layer or a fusion (fuse='0+6'), not both or neither.")
     source = model if isinstance(model, (str, Path)) else None
+    if source is None and spec is not None:
+        source = spec.source
     target = check_out(out, overwrite, results=results, source=source)
-    lm = LayerModel.load(
-        model,
-        name=name,
-        revision=revision,
-        device="cpu",
-        dtype="float32",
-        max_length=max_length,
-        trust_remote_code=trust_remote_code,
-        include_prompt=include_prompt,
-    )
-    if expected_revision is not None and expected_revision not in (
-        lm.revision,
-        local_revision_label(lm.revision),  # a local copy labelled with the Hub commit
-    ):
-        raise ExportError(
-            f"{model} loads as revision {lm.revision!r}, not the results' {expected_revision!r} "
-            "(a local folder's files changed?): pass --source the folder that was swept."
-        )
+    lm = _load_on_cpu(model, spec, options, expected_revision)
+    encoder = _slice_encoder(lm, layer, fuse, dim, pooling, normalize, final_norm)
+    shape = (lm.n_layers, lm.hidden_size)  # of the full model (the export cuts it in place)
     try:
-        fused: Sequence[int] | None = None
-        if fuse is not None and fuse != "":
-            fused = parse_label(fuse if isinstance(fuse, str) else fusion_label(fuse), lm.n_layers)
-        encoder = LayerEncoder(
-            lm,
-            layer=-1 if layer is None else layer,
-            layers=fused,
-            dim=dim,
-            pooling=pooling,
-            normalize=normalize,
-            final_norm=final_norm,
-        )
-    except (ValueError, TypeError) as e:
-        raise ExportError(str(e)) from None
-    prompts = ["", *sorted(set((lm.prompts or {}).values()))]
-    n_layers, hidden = lm.n_layers, lm.hidden_size
-    try:
-        expected = {p: encoder.embed(list(probe_texts), prompt=p) for p in prompts}
-        raw = needs_raw_stream(lm.model, encoder.layer, n_layers, encoder.final_norm)
+        expected = {p: encoder.embed(probe_texts, prompt=p) for p in _probe_prompts(lm)}
+        raw = needs_raw_stream(lm.model, encoder.layer, shape[0], encoder.final_norm)
     except FinalNormError as e:
         raise ExportError(str(e)) from None
     if encoder.layers and encoder.final_norm == "every" and find_final_norm(lm.model) is not None:
@@ -495,43 +474,10 @@ def export(
     clean_temp_folders(target.parent)  # what killed exports left (never a live one's)
     work = make_temp_folder(target)  # beside OUT, never inside it
     try:
-        _save_backbone(lm, encoder.layer, work / "backbone", all_layers=bool(encoder.layers))
-        st = build(
-            work / "backbone",
-            raw=raw,
-            skip_module=skip_module,
-            hidden=hidden,
-            dim=encoder.dim,
-            pooling=encoder.pooling,
-            normalize=encoder.normalize,
-            max_length=lm.max_length,
-            prompts=lm.prompts,
-            include_prompt=lm.include_prompt,
-            fuse=encoder.layers,
+        st, diff = _build_checked(
+            lm, encoder, work, probe_texts, expected, raw=raw, skip_module=skip_module
         )
-        diff = max(_max_diff(st, probe_texts, p, want) for p, want in expected.items())
-        if not diff <= CHECK_ATOL:
-            raise ExportError(
-                f"unsupported architecture {type(lm.model).__name__}: the exported slice differs "
-                f"from LayerEncoder by {diff:.2e} (> {CHECK_ATOL:g}) on probe texts."
-            )
-        result = ExportResult(
-            path=out,
-            model=lm.name,
-            revision=lm.revision,
-            layer=encoder.layer,
-            n_layers=n_layers,
-            dim=encoder.dim,
-            hidden_size=hidden,
-            pooling=encoder.pooling,
-            normalize=encoder.normalize,
-            max_length=lm.max_length,
-            needs_mteb_midlayer=raw,
-            max_abs_diff=diff,
-            final_norm=encoder.final_norm,
-            include_prompt=not lm.excludes_prompt(),
-            fuse=encoder.fuse,
-        )
+        result = _result(out, lm, encoder, shape, raw=raw, diff=diff)
         final = work / "model"
         st.save(str(final), create_model_card=False)
         card = model_card(result, slice_scores(results, result, expected_revision))
@@ -541,6 +487,121 @@ def export(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _load_on_cpu(
+    model: Any, spec: ModelSpec | None, options: dict[str, Any], expected_revision: str | None
+) -> LayerModel:
+    """The model in fp32 on the CPU; refused when it does not load as `expected_revision`."""
+    if spec is not None:
+        spec = spec.replace(device=None, dtype=None)
+    lm = LayerModel.load(model, spec=spec, device="cpu", dtype="float32", **options)
+    if expected_revision is not None and expected_revision not in (
+        lm.revision,
+        local_revision_label(lm.revision),  # a local copy labelled with the Hub commit
+    ):
+        raise ExportError(
+            f"{model} loads as revision {lm.revision!r}, not the results' {expected_revision!r} "
+            "(a local folder's files changed?): pass --source the folder that was swept."
+        )
+    return lm
+
+
+def _slice_encoder(
+    lm: LayerModel,
+    layer: int | None,
+    fuse: str | Sequence[int] | None,
+    dim: int | None,
+    pooling: str | None,
+    normalize: bool | None,
+    final_norm: str,
+) -> LayerEncoder:
+    """The `LayerEncoder` of the slice: what the export must equal."""
+    try:
+        fused: Sequence[int] | None = None
+        if fuse is not None and fuse != "":
+            fused = parse_label(fuse if isinstance(fuse, str) else fusion_label(fuse), lm.n_layers)
+        return LayerEncoder(
+            lm,
+            layer=-1 if layer is None else layer,
+            layers=fused,
+            dim=dim,
+            pooling=pooling,
+            normalize=normalize,
+            final_norm=final_norm,
+        )
+    except (ValueError, TypeError) as e:
+        raise ExportError(str(e)) from None
+
+
+def _probe_prompts(lm: LayerModel) -> list[str]:
+    """No prompt, then each of the model's prompts: the export is checked under each."""
+    return ["", *sorted(set((lm.prompts or {}).values()))]
+
+
+def _build_checked(
+    lm: LayerModel,
+    encoder: LayerEncoder,
+    work: Path,
+    probe_texts: Sequence[str],
+    expected: dict[str, np.ndarray],
+    *,
+    raw: bool,
+    skip_module: str | None,
+) -> tuple[Any, float]:
+    """The slice's `SentenceTransformer`, built in `work` from the cut backbone, and its largest
+    difference from `expected` (the encoder's vectors of `probe_texts`, per prompt); refused
+    when that is more than `CHECK_ATOL`."""
+    _save_backbone(lm, encoder.layer, work / "backbone", all_layers=bool(encoder.layers))
+    st = build(
+        work / "backbone",
+        raw=raw,
+        skip_module=skip_module,
+        hidden=lm.hidden_size,
+        dim=encoder.dim,
+        pooling=encoder.pooling,
+        normalize=encoder.normalize,
+        max_length=lm.max_length,
+        prompts=lm.prompts,
+        include_prompt=lm.include_prompt,
+        fuse=encoder.layers,
+    )
+    diff = max(_max_diff(st, probe_texts, p, want) for p, want in expected.items())
+    if not diff <= CHECK_ATOL:
+        raise ExportError(
+            f"unsupported architecture {type(lm.model).__name__}: the exported slice differs "
+            f"from LayerEncoder by {diff:.2e} (> {CHECK_ATOL:g}) on probe texts."
+        )
+    return st, diff
+
+
+def _result(
+    out: Path,
+    lm: LayerModel,
+    encoder: LayerEncoder,
+    shape: tuple[int, int],
+    *,
+    raw: bool,
+    diff: float,
+) -> ExportResult:
+    """What `export` returns; `shape`: the full model's (L, hidden size)."""
+    return ExportResult(
+        path=out,
+        model=lm.name,
+        revision=lm.revision,
+        layer=encoder.layer,
+        n_layers=shape[0],
+        dim=encoder.dim,
+        hidden_size=shape[1],
+        pooling=encoder.pooling,
+        normalize=encoder.normalize,
+        max_length=lm.max_length,
+        needs_mteb_midlayer=raw,
+        max_abs_diff=diff,
+        final_norm=encoder.final_norm,
+        include_prompt=not lm.excludes_prompt(),
+        fuse=encoder.fuse,
+    )
 
 
 def _max_diff(st: Any, texts: Sequence[str], prompt: str, want: np.ndarray) -> float:

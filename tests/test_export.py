@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -171,8 +172,27 @@ def test_pre_norm_model_whose_norm_no_name_list_had_round_trips(tmp_path, arch):
     np.testing.assert_allclose(again, want, atol=1e-5, rtol=0)
 
 
+def test_a_spec_gives_the_same_export_as_the_keywords(tmp_path):
+    from mteb_midlayer.spec import ModelSpec, SpecConflictError
+
+    src = _saved_tiny("gpt2", tmp_path / "src")
+    keywords = export(src, tmp_path / "a", layer=2, pooling="mean", max_length=12)
+    # an export is built and checked in fp32 on the CPU, whatever the spec's device and dtype
+    spec = ModelSpec(source=src, max_length=12, device="cuda:7", dtype="bf16")
+    with_spec = export(None, tmp_path / "b", spec=spec, layer=2, pooling="mean")
+    assert with_spec == replace(keywords, path=tmp_path / "b")
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (
+        tmp_path / "b" / "model.safetensors"
+    ).read_bytes()
+    with pytest.raises(SpecConflictError, match="max_length"):
+        export(src, tmp_path / "c", spec=spec, layer=2, max_length=16)
+    with pytest.raises(TypeError, match="dtype"):
+        export(src, tmp_path / "d", layer=2, dtype="float16")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "src"]
+
+
 def test_a_final_norm_that_cannot_be_found_is_one_line(tmp_path, monkeypatch):
-    import mteb_midlayer.export as ex
+    ex = importlib.import_module("mteb_midlayer.export")  # `mteb_midlayer.export` is the function
 
     def refuse(model):
         raise FinalNormError("Cannot find the final norm of GPT2Model: no single module.")
@@ -187,7 +207,7 @@ def test_a_final_norm_that_cannot_be_found_is_one_line(tmp_path, monkeypatch):
 def test_unsupported_architecture_is_refused(tmp_path, monkeypatch):
     # Pretend GPT-2 had no final norm: the cut model would apply ln_f to block 2's output, the
     # probe check sees it, and nothing is written.
-    import mteb_midlayer.export as ex
+    ex = importlib.import_module("mteb_midlayer.export")  # `mteb_midlayer.export` is the function
 
     monkeypatch.setattr(ex, "find_final_norm", lambda model: None)
     src = _saved_tiny("gpt2", tmp_path / "src")

@@ -62,6 +62,29 @@ def test_key_digest_is_stable_and_config_json_is_readable(tmp_path):
     EmbeddingStore(tmp_path, KEY)  # reopening an existing config is fine
 
 
+def test_the_store_identity_of_a_spec_is_pinned():
+    # One source for the store's identity (StoreKey.for_spec, plan_digest); pinned, as above.
+    from mteb_midlayer.spec import ModelSpec
+    from mteb_midlayer.store import plan_digest
+
+    spec = ModelSpec(
+        source="org/m",
+        name="org/m",
+        revision="abc123",
+        max_length=128,
+        dtype="float32",
+        prompts={"query": "q: "},
+        include_prompt=False,
+    )
+    key = StoreKey.for_spec(spec, "mean", "query", "every")
+    assert key == StoreKey("org/m", "abc123", "mean", "query", 128, "float32", "every", False)
+    assert key.digest() == "1d51004dc734f787"
+    assert StoreKey.for_spec(spec.replace(revision=None), "mean", None).revision == (
+        "no_revision_available"
+    )
+    assert plan_digest(spec.to_dict(), "mean,last") == "40be4b370e04"
+
+
 def test_key_validation_and_config_clash(tmp_path):
     with pytest.raises(ValueError, match="max_length"):
         dataclasses.replace(KEY, max_length=0)

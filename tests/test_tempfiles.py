@@ -86,6 +86,36 @@ def test_atomic_writes_leave_no_temp_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
 
 
+def test_atomic_write_replaces_the_content_whole(tmp_path):
+    path = tmp_path / "a.bin"
+    path.write_bytes(b"old content that is longer than the new one")
+    tempfiles.atomic_write(path, b"new")
+    assert path.read_bytes() == b"new"
+    tempfiles.atomic_write(path, "ünï\n")
+    assert path.read_bytes() == "ünï\n".encode()
+    tempfiles.atomic_write(path, lambda fh: (fh.write(b"a"), fh.write(b"b")))
+    assert path.read_bytes() == b"ab"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.bin"]
+
+
+@pytest.mark.parametrize("error", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+def test_atomic_write_removes_its_temp_file_on_error_and_keeps_the_old_file(tmp_path, error):
+    path = tmp_path / "a.json"
+    path.write_text("old")
+    seen = []
+
+    def half_then_fail(fh):
+        fh.write(b"half")
+        seen.extend(p.name for p in tmp_path.iterdir() if p.name != "a.json")
+        raise error
+
+    with pytest.raises(type(error)):
+        tempfiles.atomic_write(path, half_then_fail)
+    assert len(seen) == 1 and parse_temp_name(seen[0]).name == "a.json"  # it was written there
+    assert [p.name for p in tmp_path.iterdir()] == ["a.json"]
+    assert path.read_text() == "old"
+
+
 @pytest.fixture(scope="module")
 def tiny_data(shared_data, tmp_path_factory) -> Path:
     """BIOSSES cut to 12 pairs."""

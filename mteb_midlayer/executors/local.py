@@ -10,18 +10,11 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from ..devices import available_cores, passive_omp_wait
 from . import base
 
 U = TypeVar("U")
 R = TypeVar("R")
-
-
-def available_cores() -> int:
-    """The cores this process may run on (its affinity mask, not the machine's count)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - macOS
-        return max(1, os.cpu_count() or 1)
 
 
 class SerialExecutor:
@@ -88,6 +81,7 @@ class ProcessExecutor:
         self.jobs = len(self.devices) if self.devices else (jobs or available_cores())
         if self.jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}.")
+        passive_omp_wait()  # inherited by the workers, before they load torch
         ctx = mp.get_context("spawn")
         queue = None
         if self.devices:

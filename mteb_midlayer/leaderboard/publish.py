@@ -17,6 +17,55 @@ def safe_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "leaderboard"
 
 
+def _page_plots(
+    scores: pd.DataFrame, metrics: pd.DataFrame, plot_dir: Path, name: str, shown: list[Path]
+) -> list[Path]:
+    """Depth curves of the scores (and of the metrics, score vs metric): the files written;
+    the first file of each plot is appended to `shown` (the page's figures)."""
+    written = list(P.plot_depth(scores, plot_dir / f"{name}-depth"))
+    shown.append(written[0])
+    if not metrics.empty:
+        for plot in (P.plot_metrics_depth, P.plot_score_vs_metric):
+            stem = plot_dir / f"{name}-{plot.__name__.removeprefix('plot_').replace('_', '-')}"
+            files = (
+                plot(metrics, stem) if plot is P.plot_metrics_depth else plot(scores, metrics, stem)
+            )
+            shown.append(files[0])
+            written += files
+    return written
+
+
+def _config_plots(
+    scores: pd.DataFrame, plot_dir: Path, name: str, dim_plots: dict[str, Path]
+) -> list[Path]:
+    """Per configuration, a layer x dim heatmap (several dims) and a start x end heatmap of
+    fused windows: the files written; each first file goes into `dim_plots` by its slug."""
+    written: list[Path] = []
+    for config in T.configs(scores):
+        if len(T.dims_of(scores, config)) > 1:
+            slug = T.config_slug(config)
+            files = P.plot_dim_heatmap(
+                T.dim_table(scores, config),
+                plot_dir / f"{name}-{slug}-dims",
+                title=f"{T.config_label(config)}: average by layer and dim",
+            )
+            dim_plots[slug] = files[0]
+            written += files
+        grid = T.window_grid(T.fusion_table(scores, config, T.dims_of(scores, config)[0]))
+        if grid.notna().sum().sum() > 1:  # windows of fused layers: start x end heatmap
+            slug = T.config_slug(config)
+            files = P.plot_dim_heatmap(
+                grid,
+                plot_dir / f"{name}-{slug}-windows",
+                title=f"{T.config_label(config)}: fused windows, average",
+                xlabel="end layer",
+                ylabel="start layer",
+            )
+            dim_plots[f"{slug}-windows"] = files[0]
+            written += files
+    return written
+
+
 def publish(
     scores: pd.DataFrame,
     metrics: pd.DataFrame,
@@ -47,42 +96,8 @@ def publish(
     page_plots: list[Path] = []
     dim_plots: dict[str, Path] = {}
     if with_plots:
-        plot_dir = folder / "plots"
-        files = P.plot_depth(scores, plot_dir / f"{name}-depth")
-        page_plots.append(files[0])
-        written += files
-        if not metrics.empty:
-            for plot in (P.plot_metrics_depth, P.plot_score_vs_metric):
-                stem = plot_dir / f"{name}-{plot.__name__.removeprefix('plot_').replace('_', '-')}"
-                files = (
-                    plot(metrics, stem)
-                    if plot is P.plot_metrics_depth
-                    else plot(scores, metrics, stem)
-                )
-                page_plots.append(files[0])
-                written += files
-        for config in T.configs(scores):
-            if len(T.dims_of(scores, config)) > 1:
-                slug = T.config_slug(config)
-                files = P.plot_dim_heatmap(
-                    T.dim_table(scores, config),
-                    plot_dir / f"{name}-{slug}-dims",
-                    title=f"{T.config_label(config)}: average by layer and dim",
-                )
-                dim_plots[slug] = files[0]
-                written += files
-            grid = T.window_grid(T.fusion_table(scores, config, T.dims_of(scores, config)[0]))
-            if grid.notna().sum().sum() > 1:  # windows of fused layers: start x end heatmap
-                slug = T.config_slug(config)
-                files = P.plot_dim_heatmap(
-                    grid,
-                    plot_dir / f"{name}-{slug}-windows",
-                    title=f"{T.config_label(config)}: fused windows, average",
-                    xlabel="end layer",
-                    ylabel="start layer",
-                )
-                dim_plots[f"{slug}-windows"] = files[0]
-                written += files
+        written += _page_plots(scores, metrics, folder / "plots", name, page_plots)
+        written += _config_plots(scores, folder / "plots", name, dim_plots)
     series_files, series_plots = publish_series(
         scores, metrics, folder, name, with_plots=with_plots
     )  # a checkpoint series: checkpoint x layer heatmaps, score-vs-step curves

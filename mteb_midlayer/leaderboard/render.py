@@ -63,7 +63,7 @@ def provenance(scores: pd.DataFrame, *, data: str, command: str) -> Provenance:
         data=data,
         mteb_version=", ".join(versions) or "unknown",
         package_version=__version__,
-        date=dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        date=dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         command=command,
     )
 
@@ -298,6 +298,57 @@ def _cell(value: float, lo: float, hi: float, *, best: bool = False, text: str |
     }
 
 
+def _html_dim_rows(table: pd.DataFrame, last: int) -> list[dict]:
+    """Rows of the layer x dim table (the best cell marked)."""
+    lo, hi = table.min().min(), table.max().max()
+    best = table.stack().idxmax() if table.notna().any().any() else None
+    return [
+        {
+            "label": layer_label(int(layer), last),
+            "cells": [_cell(v, lo, hi, best=best == (layer, d)) for d, v in values.items()],
+        }
+        for layer, values in table.iterrows()
+    ]
+
+
+def _html_fusions(fused: pd.DataFrame) -> dict:
+    """Template context of the fused slices: one row per fusion (cells and gains), and the
+    start x end grid of fused windows."""
+    gains = (T.VS_BEST_LAYER, T.VS_SAME_BLOCKS)
+    fusion_columns = [c for c in fused.columns if c not in (T.BLOCKS, *gains)]
+    fusion_rows = [
+        {
+            "label": str(label),
+            "blocks": int(values[T.BLOCKS]),
+            "cells": [
+                _cell(values[c], fused[c].min(), fused[c].max(), best=False) for c in fusion_columns
+            ],
+            "gains": [
+                {
+                    "v": "" if pd.isna(values[g]) else f"{values[g]:.6g}",
+                    "text": fmt_gain(values[g]),
+                }
+                for g in gains
+            ],
+        }
+        for label, values in fused.iterrows()
+    ]
+    grid = T.window_grid(fused)
+    window_rows = []
+    if not grid.empty:
+        lo, hi = grid.min().min(), grid.max().max()
+        window_rows = [
+            {"label": str(start), "cells": [_cell(v, lo, hi) for v in values.to_numpy()]}
+            for start, values in grid.iterrows()
+        ]
+    return {
+        "fusion_columns": fusion_columns,
+        "fusion_rows": fusion_rows,
+        "window_ends": [str(c) for c in grid.columns],
+        "window_rows": window_rows,
+    }
+
+
 def _html_model(scores: pd.DataFrame, config: dict, plots: dict[str, str]) -> dict:
     """Template context of one configuration: task rows x layer columns, averages below."""
     dims = T.dims_of(scores, config)
@@ -332,53 +383,9 @@ def _html_model(scores: pd.DataFrame, config: dict, plots: dict[str, str]) -> di
         for i in layers
         if lt.status.loc[i, "missing"]
     ]
-    dim_rows = []
-    if len(dims) > 1:
-        table = T.dim_table(scores, config)
-        lo, hi = table.min().min(), table.max().max()
-        best = table.stack().idxmax() if table.notna().any().any() else None
-        for layer, values in table.iterrows():
-            dim_rows.append(
-                {
-                    "label": layer_label(int(layer), last),
-                    "cells": [_cell(v, lo, hi, best=best == (layer, d)) for d, v in values.items()],
-                }
-            )
-    fused = T.fusion_table(scores, config, dims[0])
-    gains = (T.VS_BEST_LAYER, T.VS_SAME_BLOCKS)
-    fusion_columns = [c for c in fused.columns if c not in (T.BLOCKS, *gains)]
-    fusion_rows = []
-    for label, values in fused.iterrows():
-        fusion_rows.append(
-            {
-                "label": str(label),
-                "blocks": int(values[T.BLOCKS]),
-                "cells": [
-                    _cell(values[c], fused[c].min(), fused[c].max(), best=False)
-                    for c in fusion_columns
-                ],
-                "gains": [
-                    {
-                        "v": "" if pd.isna(values[g]) else f"{values[g]:.6g}",
-                        "text": fmt_gain(values[g]),
-                    }
-                    for g in gains
-                ],
-            }
-        )
-    grid = T.window_grid(fused)
-    window_rows = []
-    if not grid.empty:
-        lo, hi = grid.min().min(), grid.max().max()
-        for start, values in grid.iterrows():
-            window_rows.append(
-                {"label": str(start), "cells": [_cell(v, lo, hi) for v in values.to_numpy()]}
-            )
+    dim_rows = _html_dim_rows(T.dim_table(scores, config), last) if len(dims) > 1 else []
     return {
-        "fusion_columns": fusion_columns,
-        "fusion_rows": fusion_rows,
-        "window_ends": [str(c) for c in grid.columns],
-        "window_rows": window_rows,
+        **_html_fusions(T.fusion_table(scores, config, dims[0])),
         "window_plot": plots.get(T.config_slug(config) + "-windows"),
         "slug": T.config_slug(config),
         "label": T.config_label(config),

@@ -14,13 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +35,7 @@ from ..model import LayerModel, TokenScorer, warn_constant_pooling
 from ..pooling import check_poolings
 from ..results import task_fingerprint
 from ..spec import ModelSpec
-from ..tempfiles import clean_temp_files, temp_path
+from ..tempfiles import atomic_write, clean_temp_files
 from . import functional as F
 from .augment import augment_views
 from .corpus import Corpus, read_corpus
@@ -346,9 +345,7 @@ def compute_fused_rows(
 
 
 def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
-    tmp = temp_path(path)
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
+    atomic_write(path, lambda fh: df.to_parquet(fh, index=False))
 
 
 def layer_metrics(
@@ -648,7 +645,7 @@ def run_identity(keyed: dict[str, Any], final_norm: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+    return datetime.now(UTC).isoformat(timespec="microseconds")
 
 
 def _with_run_columns(
@@ -679,7 +676,7 @@ def _read_back(path: Path, final_norm: str, keyed: dict[str, Any]) -> pd.DataFra
     if "final_norm" not in old.columns:
         old = old.assign(final_norm=final_norm)
     if "run" not in old.columns:
-        mtime = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+        mtime = datetime.fromtimestamp(path.stat().st_mtime, UTC)
         old = _with_run_columns(old, keyed, final_norm, mtime.isoformat(timespec="microseconds"))
     return old
 

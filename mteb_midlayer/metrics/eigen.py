@@ -17,7 +17,6 @@ import contextlib
 import ctypes
 import functools
 import logging
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
@@ -25,6 +24,8 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from torch import Tensor
+
+from ..devices import available_cores
 
 logger = logging.getLogger(__name__)
 
@@ -143,14 +144,6 @@ def eigvalsh(m: Tensor, overwrite: bool = False) -> Tensor:
     return torch.linalg.eigvalsh(m)
 
 
-def cpu_workers() -> int:
-    """Cores this process may run on (its affinity mask where the OS has one)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
-
-
 @functools.cache
 def _blas_threads() -> Any:
     """SciPy's BLAS / LAPACK thread pools, scanned once: a fresh `threadpool_limits` rescans
@@ -192,7 +185,7 @@ def parallel_map(
     linear algebra thread whatever ``workers`` is, so results do not depend on it (and one
     thread is also the fastest way to run a single solve at these sizes). GPU work stays serial.
     """
-    workers = cpu_workers() if workers is None else workers
+    workers = available_cores() if workers is None else workers
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     workers = min(workers, len(items))
