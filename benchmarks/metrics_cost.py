@@ -21,7 +21,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch, as `import 
 import torch
 
 from mteb_midlayer.metrics.augment import augment_views
-from mteb_midlayer.metrics.driver import (
+from mteb_midlayer.metrics.compute import (
     METRICS,
     TOKEN_METRICS,
     Timer,

@@ -10,7 +10,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 __version__ = "0.1.0"
 
 from .encoder import LayerEncoder
-from .metrics.driver import layer_metrics
+from .metrics.run import layer_metrics
 from .model import LayerModel
 from .spec import ModelSpec
 from .sweep import sweep

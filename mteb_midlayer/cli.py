@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from .executors import EXECUTORS, make_executor
-from .metrics.driver import METRICS
+from .metrics.compute import METRICS
 from .model import EMBEDDED_ALIAS
 from .pooling import POOLINGS, check_poolings
 from .spec import ModelSpec
@@ -369,7 +369,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_metrics(args: argparse.Namespace) -> int:
     from .executors.local import ProcessExecutor
-    from .metrics.driver import layer_metrics
+    from .metrics.run import layer_metrics
     from .sweep import parse_devices
 
     engine = executor_kwargs(args).get("executor")  # --executor ray | submitit

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from .checkpoints import Checkpoint, record_checkpoint, resolve_checkpoints, series_name
-from .metrics.driver import layer_metrics
+from .metrics.run import layer_metrics
 from .model import LayerModel
 from .plan import RecordedTexts
 from .spec import ModelSpec

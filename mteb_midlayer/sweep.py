@@ -11,90 +11,37 @@ most one shard of embeddings and the slice in flight.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import logging
 import queue
 import threading
 import time
 import traceback
-import warnings
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import mteb
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
 from .batching import check_batch_limits
 from .encoder import resolve_dim
+from .executors.local import ProcessExecutor, SerialExecutor
+from .executors.work import run_encode_unit, run_score_unit, seed_model, seed_task
 from .fusion import check_fusable, fusion_label, parse_fusions
 from .layers import check_final_norms, resolve_layers
 from .model import LayerModel, dtype_name, warn_constant_pooling
-from .plan import (
-    Plan,
-    RecordedTexts,
-    ScoreUnit,
-    encode_units,
-    record_requests,
-    texts_path,
-    write_texts,
-)
+from .plan import Plan, RecordedTexts, ScoreUnit, SweepPlan, plan_units
 from .pooling import check_poolings
-from .replay import EmbeddingSource, StoreEncoder
-from .results import AtomicResultCache, task_fingerprint, unfinished_reason
-from .search import resolve_search_backend, with_search_backend
-from .spec import ModelSpec, excludes_prompt, prompts_hash
+from .replay import EmbeddingSource
+from .search import resolve_search_backend
+from .spec import ModelSpec, prompts_hash
 from .store import raise_if_disk_full
 from .tables import layer_results, layer_table
+from .tasks.selection import check_output_outside_tasks, select_tasks, task_data_dir
 from .tempfiles import clean_output
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class SweepPlan:
-    """What a sweep will do, resolved and validated before any work starts."""
-
-    layers: list[int]
-    dims: list[int]
-    pooling: str
-    normalize: bool
-    tasks: list[Any]
-    failures: dict[str, str] = field(default_factory=dict)
-    final_norms: tuple[str, ...] = ("last",)
-    #: fused layer sets (`fusion.py`), each scored at every dim and final norm
-    fusions: list[tuple[int, ...]] = field(default_factory=list)
-    #: every pooling of the pass (`pooling` is the first); each is its own slice
-    poolings: tuple[str, ...] = ()
-
-    @property
-    def slices(self) -> list[tuple[int, int, str]]:
-        """Every `(layer, dim, final_norm)` to score."""
-        return [
-            (layer, dim, norm)
-            for norm in self.final_norms
-            for layer in self.layers
-            for dim in self.dims
-        ]
-
-    @property
-    def fused_slices(self) -> list[tuple[tuple[int, ...], int, str]]:
-        """Every `(fusion, dim, final_norm)` to score."""
-        return [
-            (fused, dim, norm)
-            for norm in self.final_norms
-            for fused in self.fusions
-            for dim in self.dims
-        ]
-
-    @property
-    def store_layers(self) -> list[int]:
-        """The layers the store holds: the swept ones and every fused one."""
-        return sorted({*self.layers, *(x for fused in self.fusions for x in fused)})
 
 
 def parse_dims(dims: Sequence[int] | str | None, hidden_size: int) -> list[int]:
@@ -107,102 +54,6 @@ def parse_dims(dims: Sequence[int] | str | None, hidden_size: int) -> list[int]:
     if not out:
         raise ValueError("No dims requested.")
     return out
-
-
-def select_tasks(
-    tasks: Sequence[Any] | None,
-    benchmark: str | None,
-    data_dir: Path | str | None,
-    failures: dict[str, str] | None = None,
-) -> list[Any]:
-    """mteb task objects from names, task objects, or a benchmark; local data swapped in.
-
-    With neither tasks nor benchmark: every task that has a folder in `data_dir`, restricted to
-    its English subsets as in the paper's benchmark (the tables average nothing else), else the
-    paper's `layer-by-layer-32`. Given `failures`, a task whose folder does not fit it (e.g. its
-    split file is missing) is recorded there (name -> reason, naming the file) and left out, so
-    the other tasks still run; without it, the `LocalDataError` is raised.
-    """
-    from .tasks.benchmark import LAYER_BY_LAYER_32, english_only, resolve_tasks
-    from .tasks.local import LocalDataError
-
-    data_dir = Path(data_dir) if data_dir else None
-    if isinstance(tasks, str):
-        tasks = [tasks]
-    objects = [t for t in tasks or [] if not isinstance(t, str)]
-    names = [t for t in tasks or [] if isinstance(t, str)]
-    if not names and not objects and not benchmark:
-        if data_dir is not None and data_dir.is_dir():
-            names = local_task_names(data_dir)
-            if not names:
-                raise ValueError(f"{data_dir} holds no folder named after an mteb task.")
-            found = [english_only(mteb.get_task(n)) for n in names]
-            return _localize(found, data_dir, failures)
-        else:
-            benchmark = LAYER_BY_LAYER_32
-    if not names and not benchmark:
-        return objects
-    try:
-        resolved = resolve_tasks(names or None, benchmark, data_dir, validate=False)
-    except LocalDataError:
-        if failures is None or data_dir is None:
-            raise
-        resolved = _localize(resolve_tasks(names or None, benchmark, None), data_dir, failures)
-    return objects + resolved
-
-
-def _localize(tasks: Sequence[Any], data_dir: Path, failures: dict[str, str] | None) -> list[Any]:
-    """Each task with a folder in `data_dir` reads it; one that does not fit fails alone."""
-    from .tasks.local import LocalDataError, local_task
-
-    out = []
-    for task in tasks:
-        folder = data_dir / task.metadata.name
-        if not folder.is_dir():
-            out.append(task)
-            continue
-        try:
-            out.append(local_task(task, folder))
-        except LocalDataError as exc:
-            if failures is None:
-                raise
-            failures[task.metadata.name] = f"{type(exc).__name__}: {exc}"
-            logger.error("Task %s cannot run: %s", task.metadata.name, exc)
-    return out
-
-
-def check_output_outside_tasks(output: Path | str, data_dir: Path | str | None) -> None:
-    """Refuse an output folder inside a task folder of `data_dir` (one line, saying where to
-    put it): every write there would change that task's data fingerprint
-    (`results.task_fingerprint`), so every rerun would rescore everything as "data changed"."""
-    if data_dir is None:
-        return
-    root, out = Path(data_dir).resolve(), Path(output).resolve()
-    if out == root or root not in out.parents:
-        return
-    folder = root / out.relative_to(root).parts[0]
-    try:
-        mteb.get_task(folder.name)
-    except KeyError:
-        return  # not a task folder: nothing read as task data changes
-    raise ValueError(
-        f"--output {output} lies inside the task folder {folder} of --data-dir: writing there "
-        f"changes that task's data, so every rerun would rescore it; put --output outside "
-        f"{folder} (e.g. beside {Path(data_dir)})."
-    )
-
-
-def local_task_names(data_dir: Path) -> list[str]:
-    """Folders of `data_dir` that are mteb task names, sorted."""
-    names = []
-    for folder in sorted(Path(data_dir).iterdir()):
-        try:
-            if folder.is_dir():
-                mteb.get_task(folder.name)
-                names.append(folder.name)
-        except KeyError:
-            logger.warning("%s is not an mteb task name; skipped.", folder)
-    return names
 
 
 def sweep(
@@ -394,79 +245,6 @@ def sweep(
     return table
 
 
-def slice_identity(
-    encoder: StoreEncoder, data: str, search_backend: str | None = None
-) -> dict[str, Any]:
-    """Everything a slice's score depends on, recorded beside its result and compared on
-    resume (`results.unfinished_reason`), plus what is only recorded: the model's layer count
-    (relative depth) and the retrieval search backend."""
-    spec = encoder.source.lm.current_spec()
-    return {
-        "model": spec.name,
-        "revision": spec.revision,
-        "max_length": spec.max_length,
-        "dtype": spec.dtype,
-        "prompts": dict(encoder.model_prompts) if encoder.model_prompts else None,
-        "pooling": encoder.pooling,
-        "normalize": encoder.normalize,
-        "layer": encoder.layer,
-        "dim": encoder.dim,
-        "final_norm": encoder.final_norm,
-        "include_prompt": not excludes_prompt(spec.include_prompt, encoder.model_prompts),
-        "data": data,
-        "n_layers": encoder.source.lm.n_layers,
-        "search_backend": search_backend,
-    } | ({"fuse": encoder.fuse_label} if encoder.fuse else {})
-
-
-def pending_slices(
-    task: Any,
-    encoders: Sequence[StoreEncoder],
-    cache: AtomicResultCache,
-    search_backend: str | None = None,
-    *,
-    remove_stale: bool = True,
-) -> list[StoreEncoder]:
-    """The slices of `task` to (re)compute; a stale or broken result is removed (unless
-    `remove_stale` is off, as in a dry run), with a warning naming the file and why."""
-    data = task_fingerprint(task)
-    pending = []
-    for encoder in encoders:
-        path = cache.get_task_result_path(task.metadata.name, encoder.mteb_model_meta)
-        identity = slice_identity(encoder, data, search_backend)
-        cache.expect(path, identity)
-        reason = unfinished_reason(path, task, identity)
-        if reason is None:
-            continue
-        if reason != "missing" and remove_stale:
-            logger.warning("Recomputing %s: %s.", path, reason)
-            path.unlink()
-        pending.append(encoder)
-    return pending
-
-
-def score_slice(
-    encoder: StoreEncoder,
-    task: Any,
-    cache: AtomicResultCache,
-    batch_size: int,
-    search_backend: str = "torch",
-) -> float | None:
-    """Score one slice with mteb into `cache`; return the first split's main score."""
-    with _quiet_scoring():
-        res = mteb.evaluate(
-            with_search_backend(encoder, search_backend),
-            task,
-            cache=cache,
-            overwrite_strategy="only-missing",
-            show_progress_bar=False,
-            raise_error=True,
-            encode_kwargs={"batch_size": batch_size, "show_progress_bar": False},
-        )
-    results = getattr(res, "task_results", None) or []
-    return float(results[0].get_score()) if results else None
-
-
 def parse_devices(devices: Sequence[str] | str | None) -> list[str] | None:
     """``"cuda:0,cuda:1"`` -> one encode worker per entry (`None`: encode in this process)."""
     if devices is None:
@@ -502,175 +280,6 @@ def check_device_present(device: torch.device, given: str) -> None:
         )
 
 
-def request_spec(lm: LayerModel) -> dict[str, Any]:
-    """The spec a fresh process loads `lm` from: its resolved spec, with a local folder's
-    fingerprint taken off the revision (loading adds it again) and the device left to it."""
-    spec = lm.current_spec()
-    revision = spec.revision
-    if revision and revision.startswith("local-"):
-        revision = None
-    elif revision and "-local-" in revision:
-        revision = revision.split("-local-")[0]
-    elif revision and revision.startswith("weights-"):
-        revision = None
-    return spec.replace(revision=revision, device=None).to_dict()
-
-
-def _store_digest(resolved: dict[str, Any], pooling: str) -> str:
-    """A short name for the store configuration the plan's texts files belong to."""
-    raw = json.dumps([resolved, pooling], sort_keys=True, default=str)
-    return hashlib.sha256(raw.encode()).hexdigest()[:12]
-
-
-def _data_dir(task: Any) -> str | None:
-    folder = getattr(task, "local_data_dir", None)
-    return str(Path(folder).parent) if folder is not None else None
-
-
-def plan_units(
-    plan: SweepPlan,
-    source: EmbeddingSource,
-    output: Path,
-    *,
-    dry_run: bool = False,
-    raise_error: bool = False,
-    search_backend: str = "torch",
-    recorded: RecordedTexts | None = None,
-) -> Plan:
-    """Write down every unit of the sweep before anything runs.
-
-    Per task: the slices whose result does not stand become score units; if any, mteb is run
-    once with a recording encoder to learn the task's texts (`plan.record_requests`), which
-    are written under `<output>/plan/` (not in a dry run) and cut into encode units of one
-    store shard each. A task that cannot be planned is recorded in `plan.failures`.
-    With `recorded` (a checkpoint series), a task recorded before is not recorded again and
-    its texts file is the one written then.
-    """
-    from .executors.base import task_subsets
-
-    lm = source.lm
-    model = request_spec(lm)
-    resolved = lm.current_spec().to_dict()
-    # One name for several poolings ("mean,last"); a single pooling's is unchanged.
-    pass_pooling = ",".join(source.poolings)
-    digest = _store_digest(resolved, pass_pooling)
-    absent = not output.exists()
-    cache = AtomicResultCache(output)  # mteb's cache makes its folder
-    if dry_run and absent:
-        output.rmdir()
-    encoders = [
-        StoreEncoder(
-            source, layer=layer, dim=dim, normalize=plan.normalize, final_norm=norm, pooling=mode
-        )
-        for mode in source.poolings
-        for layer, dim, norm in plan.slices
-    ] + [
-        StoreEncoder(
-            source,
-            layer=-1,
-            dim=dim,
-            normalize=plan.normalize,
-            final_norm=norm,
-            fuse=f,
-            pooling=mode,
-        )
-        for mode in source.poolings
-        for f, dim, norm in plan.fused_slices
-    ]
-    units = Plan(failures=plan.failures)
-    for task in plan.tasks:
-        name = task.metadata.name
-        try:
-            pending = pending_slices(
-                task, encoders, cache, search_backend, remove_stale=not dry_run
-            )
-            units.done[name] = len(encoders) - len(pending)
-            if not pending:
-                continue
-            memo_key = (name, task_fingerprint(task), prompts_hash(lm.prompts))
-            if recorded is not None and memo_key in recorded.entries:
-                requests = recorded.entries[memo_key]
-            else:
-                loaded_here = not task.data_loaded
-                if loaded_here:
-                    task.load_data()
-                try:
-                    requests = record_requests(task, lm.prompts, lm.name)
-                finally:
-                    if loaded_here:
-                        task.unload_data()
-                if recorded is not None:
-                    recorded.entries[memo_key] = requests
-                    recorded.n_recorded += 1
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            raise_if_disk_full(exc, output)
-            if raise_error:
-                raise
-            plan.failures[name] = f"{type(exc).__name__}: {exc}"
-            logger.error("Task %s cannot be planned: %s", name, exc)
-            continue
-        units.texts[name] = requests
-        depends = []
-        for texts in requests:
-            path = texts_path(output, digest, name, texts.prompt_type)
-            if recorded is not None:  # a series: every checkpoint reads the first one's file
-                path = recorded.files.setdefault((memo_key, texts.prompt_type), path)
-            if not dry_run:
-                try:
-                    for mode in source.poolings:  # the store's config first, then the plan
-                        for norm in source.final_norms:
-                            source.store(texts.prompt_type, norm, mode)
-                    write_texts(path, texts)
-                except OSError as exc:
-                    raise_if_disk_full(exc, path)  # stops the run, as in the store
-                    raise
-            new = encode_units(
-                texts,
-                path,
-                source.shard_size,
-                model=model,
-                resolved=resolved,
-                data_dir=_data_dir(task),
-                store_root=str(source.root),
-                layers=tuple(source.layers),
-                pooling=pass_pooling,
-                batch_size=source.batch_size,
-                final_norms=tuple(source.final_norms),
-                max_tokens_per_batch=source.max_tokens_per_batch,
-            )
-            units.encode.extend(new)
-            depends.extend(u.key for u in new)
-        units.score.extend(
-            ScoreUnit(
-                model=model,
-                resolved=resolved,
-                n_parameters=lm.n_parameters,
-                hidden_size=lm.hidden_size,
-                n_layers=lm.n_layers,
-                task=name,
-                data_dir=_data_dir(task),
-                hf_subsets=task_subsets(task),
-                store_root=str(source.root),
-                output=str(output),
-                layer=enc.layer,
-                dim=enc.dim,
-                normalize=enc.normalize,
-                pooling=enc.pooling,
-                layers=tuple(source.layers),
-                batch_size=source.batch_size,
-                final_norm=enc.final_norm,
-                final_norms=tuple(source.final_norms),
-                search_backend=search_backend,
-                depends_on=tuple(depends),
-                fuse=enc.fuse,
-            )
-            for enc in pending
-        )
-    return units
-
-
 def run_units(
     units: Plan,
     plan: SweepPlan,
@@ -691,9 +300,6 @@ def run_units(
     slices are scored here, one after another, before the next task is encoded. Any
     `executors.base.Executor` fits either role. A failing unit fails its task, not the sweep.
     """
-    from .executors.base import run_encode_unit, run_score_unit, seed_model, seed_task
-    from .executors.local import SerialExecutor
-
     encoder = encoder or SerialExecutor()
     scorer = scorer or SerialExecutor()
 
@@ -756,7 +362,7 @@ def run_units(
                 continue
             bar.set_postfix_str(f"scoring {name}")
             if isinstance(scorer, SerialExecutor):
-                seed_task(name, _data_dir(task), task)
+                seed_task(name, task_data_dir(task), task)
                 scored(scorer.map(run_score_unit, units.score_for(name), gpu=False))
                 if task.data_loaded:
                     task.unload_data()
@@ -819,8 +425,6 @@ def local_executors(jobs: int, devices: Sequence[str] | None) -> Iterator[tuple[
     """(encode executor, score executor) on this machine: worker processes where asked for
     (`jobs` > 1 scorers; one encoder per device), else this process. Workers start at once
     and are shut down on exit (pending units cancelled when an error leaves the block)."""
-    from .executors.local import ProcessExecutor, SerialExecutor
-
     encoder = ProcessExecutor(devices=devices) if devices else SerialExecutor()
     try:
         scorer = ProcessExecutor(jobs=jobs) if jobs > 1 else SerialExecutor()
@@ -834,64 +438,3 @@ def local_executors(jobs: int, devices: Sequence[str] | None) -> Iterator[tuple[
     finally:
         for executor in (encoder, scorer):
             executor.shutdown(cancel=failed)
-
-
-class _SupersededFilter(logging.Filter):
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "is superseded by" not in record.getMessage()
-
-
-def _is_scorer_warning(w: warnings.WarningMessage) -> bool:
-    """A warning of scikit-learn's scorers (e.g. `UndefinedMetricWarning` when an inner layer
-    predicts one class): expected on some slices, noise between the progress bars."""
-    return type(w.message).__module__.startswith("sklearn") or w.category.__module__.startswith(
-        "sklearn"
-    )
-
-
-@contextlib.contextmanager
-def scorer_warnings_to_log() -> Iterator[None]:
-    """Route scikit-learn's scorer warnings to this module's log (one INFO line with their
-    count and the first message; `-v` shows it) instead of the terminal; every other warning
-    is shown as before (re-issued once the block ends)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.filterwarnings("ignore", message=r".*is superseded by")
-        try:
-            yield
-        finally:
-            scorer = [w for w in caught if _is_scorer_warning(w)]
-            others = [w for w in caught if not _is_scorer_warning(w)]
-    if scorer:
-        first = scorer[0]
-        logger.info(
-            "%d scikit-learn scorer warning(s) while scoring, first: %s: %s",
-            len(scorer),
-            first.category.__name__,
-            " ".join(str(first.message).split()),
-        )
-    for w in others:
-        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
-
-
-@contextlib.contextmanager
-def _quiet_scoring() -> Iterator[None]:
-    """Silence what mteb and datasets repeat on every slice of a task.
-
-    mteb's "task is superseded" notice (`run_plan` says it once per task instead), the
-    progress bars of datasets' per-slice reformatting (the sweep's own bars stay) and
-    scikit-learn's scorer warnings (to the log: `scorer_warnings_to_log`).
-    """
-    import datasets
-
-    mteb_logger = logging.getLogger("mteb.abstasks.abstask")
-    quiet = _SupersededFilter()
-    mteb_logger.addFilter(quiet)
-    bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()
-    try:
-        with scorer_warnings_to_log():
-            yield
-    finally:
-        mteb_logger.removeFilter(quiet)
-        if bars:
-            datasets.enable_progress_bars()

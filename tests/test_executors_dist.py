@@ -360,7 +360,7 @@ def test_ray_workers_elsewhere_load_a_relative_model_and_take_over_a_dead_hosts_
     import time
 
     from mteb_midlayer.executors import run_encode_unit, run_score_unit
-    from mteb_midlayer.executors.base import claim_path
+    from mteb_midlayer.executors.work import claim_path
     from mteb_midlayer.sweep import sweep
     from tests.conftest import tiny_model, tiny_tokenizer
 
@@ -437,7 +437,7 @@ def test_cli_metrics_through_ray_equals_local(ray_local, minilm_path, shared_dat
     import pandas as pd
 
     from mteb_midlayer.cli import main
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
 
     opts = dict(tasks=["BIOSSES"], layers="0,6", n=40, metrics="dataset_entropy,effective_rank")
     local = layer_metrics(

@@ -185,7 +185,7 @@ def test_scores_frame_keeps_runs_that_differ_only_in_max_length(tmp_path):
 
 
 def test_metrics_rows_carry_final_norm_and_see_the_normed_states(tmp_path):
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
 
     lm = _tiny_lm("gpt_neox")
     texts = [f"text number {i} says {'word ' * (i % 5)}" for i in range(24)]

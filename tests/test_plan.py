@@ -16,9 +16,11 @@ from mteb_midlayer.plan import (
     encode_units,
     read_texts,
     record_requests,
+    request_spec,
     write_texts,
 )
-from mteb_midlayer.sweep import request_spec, select_tasks, sweep
+from mteb_midlayer.sweep import sweep
+from mteb_midlayer.tasks.selection import select_tasks
 
 
 @pytest.fixture(scope="module")

@@ -178,7 +178,7 @@ def test_sweep_adding_a_pooling_encodes_once_and_writes_only_what_lacks(tmp_path
 
 
 def test_metrics_several_poolings_in_one_pass_equal_one_run_per_pooling(tmp_path):
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
 
     lm = _tiny_lm("gpt_neox")
     texts = [f"text number {i} says {'word ' * (i % 5)}" for i in range(20)]

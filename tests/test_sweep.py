@@ -269,11 +269,14 @@ def test_scorer_warnings_go_to_the_log_in_one_line_and_other_warnings_still_show
 
     from sklearn.metrics import precision_score
 
-    from mteb_midlayer.sweep import scorer_warnings_to_log
+    from mteb_midlayer.scoring import scorer_warnings_to_log
 
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
-        with caplog.at_level(logging.INFO, logger="mteb_midlayer.sweep"), scorer_warnings_to_log():
+        with (
+            caplog.at_level(logging.INFO, logger="mteb_midlayer.scoring"),
+            scorer_warnings_to_log(),
+        ):
             for _ in range(3):
                 assert precision_score([0, 1, 1], [0, 0, 0], average="macro") == 1 / 3 / 2
             warnings.warn("not a scorer's", UserWarning, stacklevel=1)
@@ -366,7 +369,7 @@ def test_cli_devices_missing_is_one_line_before_the_model_loads(tmp_path, monkey
 
 @pytest.mark.parametrize("inside", ["BIOSSES/out", "BIOSSES", "BIOSSES/sub/out"])
 def test_an_output_inside_a_task_folder_is_refused(tmp_path, monkeypatch, inside):
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
 
     data = tmp_path / "data"
     (data / "BIOSSES").mkdir(parents=True)

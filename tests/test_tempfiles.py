@@ -117,7 +117,7 @@ def _debris(out: Path, dead_pid: int) -> dict[str, Path]:
 
 @pytest.mark.parametrize("run", ["sweep", "metrics"])
 def test_a_run_cleans_its_output_folder_first(run, tiny_data, tmp_path, dead_pid):
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
     from mteb_midlayer.sweep import sweep
 
     out = tmp_path / "out"
