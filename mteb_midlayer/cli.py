@@ -17,6 +17,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -25,6 +26,9 @@ from .metrics.compute import METRICS
 from .model import EMBEDDED_ALIAS
 from .pooling import POOLINGS, check_poolings
 from .spec import ModelSpec
+
+if TYPE_CHECKING:
+    from .series import SeriesResult
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -317,15 +321,16 @@ def _series_kwargs(args: argparse.Namespace) -> dict | None:
     return None
 
 
-def _print_series(table: pd.DataFrame, args: argparse.Namespace) -> int:
+def _print_series(result: SeriesResult, args: argparse.Namespace) -> int:
     """A series' checkpoint x layer table of the mean score, then its failures."""
+    table = result.scores
     columns = [c for c in ("final_norm", "dim", "layer") if c in table.columns]
     wide = table.pivot_table(index="checkpoint", columns=columns, values="mean", sort=False)
     _print_table(wide)
-    print(f"\nEncoded {table.attrs.get('n_encoded', 0)} new texts; "
-          f"{table.attrs['recorded'].n_recorded} task(s) planned once for the series.")  # fmt: skip
+    print(f"\nEncoded {result.n_encoded} new texts; "
+          f"{result.recorded.n_recorded} task(s) planned once for the series.")  # fmt: skip
     print(f"Results: {args.output} (series manifest under {args.output / 'series'})")
-    return _print_failures(table.attrs.get("failures") or {})
+    return _print_failures(result.failures)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -346,7 +351,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             search_backend=args.search_backend,
         )
         return _print_series(table, args)
-    table = sweep(
+    result = sweep(
         **_common(args),
         **executor_kwargs(args),
         dims=args.dims,
@@ -359,12 +364,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         fuse=args.fuse,
     )
     if args.dry_run:
-        print(table.attrs["plan"].summary())
-        return _print_failures(table.attrs.get("failures") or {})
-    _print_table(table)
-    print(f"\nEncoded {table.attrs.get('n_encoded', 0)} new texts; the rest came from the store.")
+        print(result.plan.summary())
+        return _print_failures(result.failures)
+    _print_table(result.scores)
+    print(f"\nEncoded {result.n_encoded} new texts; the rest came from the store.")
     print(f"Results: {args.output} (mteb.ResultCache({str(args.output)!r}) reads them)")
-    return _print_failures(table.attrs.get("failures") or {})
+    return _print_failures(result.failures)
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:

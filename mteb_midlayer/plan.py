@@ -191,9 +191,8 @@ class ScoreUnit:
 class MetricsUnit:
     """The unsupervised layer metrics of one `(model, task)` into `output` (the metrics folder).
 
-    `settings` is the driver's record of the run (it names the task's parquet file); the other
-    fields are `metrics.run.layer_metrics`'s options (`pooling`: one mode, or several
-    comma-separated, all from the same passes).
+    `settings` is the driver's record of the run: it names the task's parquet file and says
+    what is measured (`metrics.compute.task_metrics`); the other fields say how the passes run.
     """
 
     model: dict[str, Any]
@@ -202,13 +201,6 @@ class MetricsUnit:
     data_dir: str | None
     output: str
     settings: dict[str, Any]
-    metrics: tuple[str, ...]
-    layers: tuple[int, ...]
-    pooling: str
-    n: int
-    seed: int
-    alpha: float
-    n_views: int
     batch_size: int = 32
     overwrite: bool = False
     final_norms: tuple[str, ...] = ("last",)

@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,15 @@ from .executors.work import run_encode_unit, run_score_unit, seed_model, seed_ta
 from .fusion import check_fusable, fusion_label, parse_fusions
 from .layers import check_final_norms, resolve_layers
 from .model import LayerModel, dtype_name, warn_constant_pooling
-from .plan import Plan, RecordedTexts, ScoreUnit, SweepPlan, plan_units
+from .options import (
+    MetricOptions,
+    PassOptions,
+    RunOptions,
+    option_names,
+    route_options,
+    with_options,
+)
+from .plan import EncodeUnit, Plan, RecordedTexts, ScoreUnit, SweepPlan, plan_units
 from .pooling import check_poolings
 from .replay import EmbeddingSource
 from .search import resolve_search_backend
@@ -42,6 +51,26 @@ from .tasks.selection import check_output_outside_tasks, select_tasks, task_data
 from .tempfiles import clean_output
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SweepResult:
+    """What `sweep` returns: the table of scores and how the run went.
+
+    `scores`: the wide layer x task table of main scores (rows: layer, dim; a leading
+    `pooling` level with several poolings, a `final_norm` level with several final norms;
+    fusion rows after the layer rows), with `mean`, `n_tasks` and `missing` columns; empty in a
+    dry run. `failures`: task name -> reason, for the tasks that failed (they did not stop the
+    others). `plan`: the work units (`plan.Plan`; what a dry run shows). `timings`: seconds per
+    phase (plan, encode, score, drain). `n_encoded`: texts that went through the network (the
+    rest came from the store).
+    """
+
+    scores: pd.DataFrame
+    failures: dict[str, str] = field(default_factory=dict)
+    plan: Plan | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    n_encoded: int = 0
 
 
 def parse_dims(dims: Sequence[int] | str | None, hidden_size: int) -> list[int]:
@@ -60,108 +89,133 @@ def sweep(
     model: Any = None,
     *,
     spec: ModelSpec | None = None,
+    passes: PassOptions | None = None,
+    run: RunOptions | None = None,
     tasks: Sequence[Any] | None = None,
     benchmark: str | None = None,
-    layers: Sequence[int] | str | None = "all",
-    dims: Sequence[int] | str | None = None,
-    pooling: Sequence[str] | str | None = None,
-    normalize: bool | None = None,
     data_dir: Path | str | None = None,
     output: Path | str = "results",
-    name: str | None = None,
-    revision: str | None = None,
     tokenizer: Any = None,
-    batch_size: int = 32,
-    device: str | None = None,
-    dtype: str | None = None,
-    max_length: int | None = None,
-    trust_remote_code: bool = False,
-    prompts: dict[str, str] | None = None,
-    shard_size: int | None = None,
-    show_progress: bool = True,
-    raise_error: bool = False,
-    jobs: int = 1,
-    devices: Sequence[str] | str | None = None,
-    dry_run: bool = False,
-    search_backend: str = "auto",  # issue 14: retrieval/reranking search, auto | faiss | torch
-    final_norm: Sequence[str] | str = "last",
-    max_tokens_per_batch: int | None = None,
-    executor: Any = None,
-    include_prompt: bool | None = None,
-    fuse: str | Sequence[Any] | None = None,
     recorded: RecordedTexts | None = None,
-) -> pd.DataFrame:
-    """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table.
+    **options: Any,
+) -> SweepResult:
+    """Score every requested `(layer, dim)` of `model` on `tasks` with mteb; return the table
+    of scores and the run's status (`SweepResult`).
+
+    Options come as objects or as keywords, each keyword going to the object with a field of
+    that name (`options.route_options`; a keyword wins over the object's field): the model as
+    a `ModelSpec` or its fields (one contradicting the spec or an already loaded `LayerModel`
+    is a `SpecConflictError`), what the pass computes as `PassOptions`, how the work runs as
+    `RunOptions` (their docstrings say what each option does).
 
     The sweep is first written down as a plan of work units (`plan.py`): encode units (a
-    shard of a task's texts, every layer) and score units (one `(task, slice)`). `jobs` > 1
-    scores the slices of a task in that many worker processes while this process encodes the
-    next task; `devices` (e.g. ``"cuda:0,cuda:1"``) encodes in one worker process per device.
-    `executor` (e.g. `executors.make_executor("ray", roots=[output])`) runs every unit on an
-    engine instead (Ray, Slurm); `jobs` and `devices` are then unused.
-    `dry_run` returns an empty table with the plan in `attrs["plan"]` and runs nothing.
-
-    `pooling` and `normalize` default to the model's own (a sentence-transformers model's
-    Pooling and Normalize modules), so the last layer scores exactly as the published model.
-    Model options come as a `ModelSpec` or as keywords (a keyword contradicting the spec or an
-    already loaded `LayerModel` is a `SpecConflictError`).
-    Returns the wide layer x task table of main scores (rows: layer, dim), with `mean`,
-    `n_tasks` and `missing` columns; tasks that failed are listed in `df.attrs["failures"]`
-    (task name -> reason) and did not stop the others. An existing result is reused only if it
-    is complete and was computed from the same model files, settings and task data
-    (`results.unfinished_reason`); otherwise it is recomputed with a warning saying why.
-    `search_backend`: how retrieval and reranking tasks search (`auto`: faiss when installed;
-    scores move at rounding level only); recorded in each result's run identity.
-    `final_norm`: "last", "every" or both ("last,every"): each is its own slice, all from one
-    forward pass per text. With several, the table gains a `final_norm` index level.
-    `pooling`: one mode, or several ("mean,weightedmean,last" or a list): each is its own slice
-    and store, exactly as its single-pooling sweep files it, all pooled in one forward pass per
-    text; with several, the table gains a leading `pooling` index level.
-    `max_tokens_per_batch`: batch by a budget of padded tokens (no effect on any result).
-    `include_prompt`: False leaves prompt tokens out of the vectors (sentence-transformers'
-    `Pooling(include_prompt=False)`; default: the model's own); with prompts, part of every
-    result's and stored vector's identity.
-    `fuse`: fused layer sets scored too, from the same store (`fusion.parse_fusions`:
-    ``"0+6,4-6"``, ``"windows:2"``, ``"first-last"``); their layers join the store's, their
-    rows follow the layer rows of the table, labelled by the fusion (e.g. ``"0+6"``).
-    `recorded`: task texts already recorded by an earlier sweep of the same tasks (a checkpoint
-    series, `series.sweep_series`): reused instead of recording them again.
+    shard of a task's texts, every layer) and score units (one `(task, slice)`), then run
+    (`run_units`). `dry_run` returns the plan and an empty table, and runs nothing. A task that
+    fails is recorded in the result's `failures` and does not stop the others. An existing result is reused only if it is complete and was computed from the same
+    model files, settings and task data (`results.unfinished_reason`); otherwise it is
+    recomputed with a warning saying why. `recorded`: task texts already recorded by an
+    earlier sweep of the same tasks (a checkpoint series, `series.sweep_series`): reused
+    instead of recording them again.
     """
-    search_backend = resolve_search_backend(search_backend)  # fail before any work
-    final_norms = check_final_norms(final_norm)
-    device_list = parse_devices(devices)  # a device this machine lacks: one line, now
+    routed = route_options("sweep", options, unused=option_names(MetricOptions))
+    passes = with_options(passes, PassOptions, routed["passes"])
+    run = with_options(run, RunOptions, routed["run"])
+    search_backend = resolve_search_backend(passes.search_backend)  # fail before any work
+    final_norms = check_final_norms(passes.final_norm)
+    device_list = parse_devices(run.devices)  # a device this machine lacks: one line, now
     check_output_outside_tasks(output, data_dir)
-    check_batch_limits(batch_size, max_tokens_per_batch)
-    lm = LayerModel.coerce(
-        model,
-        tokenizer,
-        spec=spec,
-        prompts=prompts,
-        name=name,
-        revision=revision,
-        device=device,
-        dtype=dtype,
-        max_length=max_length,
-        trust_remote_code=trust_remote_code,
-        include_prompt=include_prompt,
-    )
-    poolings = check_poolings(pooling or (spec and spec.pooling) or lm.default_pooling)
-    pooling = poolings[0]
-    for mode in poolings:
-        warn_constant_pooling(lm, mode)
-    normalize = lm.default_normalize if normalize is None else bool(normalize)
-    fusions = parse_fusions(fuse, lm.n_layers)
-    for mode in poolings if fusions else ():
-        check_fusable(mode)
-    if executor is not None:  # a worker elsewhere would resolve a relative path from its own cwd
+    check_batch_limits(passes.batch_size, passes.max_tokens_per_batch)
+    lm = LayerModel.coerce(model, tokenizer, spec=spec, **routed["model"])
+    if run.executor is not None:  # a worker elsewhere would resolve a relative path from its cwd
         output = Path(output).absolute()
         data_dir = Path(data_dir).absolute() if data_dir else None
+    plan = _sweep_plan(lm, spec, passes, final_norms, tasks, benchmark, data_dir)
+    output = _prepare_output(Path(output), run)
+    source = EmbeddingSource(
+        lm,
+        output / "store",
+        pooling=plan.poolings,
+        layers=plan.store_layers,
+        batch_size=passes.batch_size,
+        shard_size=passes.shard_size,
+        show_progress=run.show_progress,
+        final_norms=final_norms,
+        max_tokens_per_batch=passes.max_tokens_per_batch,
+    )
+    planning = dict(raise_error=run.raise_error, search_backend=search_backend, recorded=recorded)
+    if run.dry_run:
+        units = plan_units(plan, source, output, dry_run=True, **planning)
+        return SweepResult(pd.DataFrame(), dict(plan.failures), units)
+    units, n_encoded, timings = _plan_and_run(plan, source, output, run, device_list, planning)
+    table = _score_table(output, lm, plan)
+    return SweepResult(table, dict(plan.failures), units, timings, n_encoded)
+
+
+def _prepare_output(output: Path, run: RunOptions) -> Path:
+    """`output` checked (a folder, not a file) and, unless in a dry run, made and cleaned of
+    what killed writers left (never a live writer's)."""
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"--output {output} is a file; name a folder for the results.")
+    if run.jobs < 1:
+        raise ValueError(f"jobs must be >= 1, got {run.jobs}.")
+    if not run.dry_run:
+        output.mkdir(parents=True, exist_ok=True)
+        clean_output(output)
+    return output
+
+
+def _plan_and_run(
+    plan: SweepPlan,
+    source: EmbeddingSource,
+    output: Path,
+    run: RunOptions,
+    devices: list[str] | None,
+    planning: dict[str, Any],
+) -> tuple[Plan, int, dict[str, float]]:
+    """Plan the units while the executors start, then run them: (the plan, how many texts went
+    through the network, seconds per phase)."""
+    timings: dict[str, float] = {}
+    # An engine's executor (`executors.make_executor("ray" | "submitit")`) runs both kinds.
+    executors = (
+        contextlib.nullcontext((run.executor, run.executor))
+        if run.executor is not None
+        else local_executors(run.jobs, devices)
+    )
+    with executors as (encoder, scorer):
+        t0 = time.perf_counter()
+        units = plan_units(plan, source, output, **planning)
+        timings["plan_s"] = time.perf_counter() - t0
+        n_encoded = run_units(
+            units, plan, source.lm, output, encoder=encoder, scorer=scorer,
+            raise_error=run.raise_error, show_progress=run.show_progress, timings=timings,
+        )  # fmt: skip
+    return units, n_encoded, timings
+
+
+def _sweep_plan(
+    lm: LayerModel,
+    spec: ModelSpec | None,
+    passes: PassOptions,
+    final_norms: list[str],
+    tasks: Sequence[Any] | None,
+    benchmark: str | None,
+    data_dir: Path | str | None,
+) -> SweepPlan:
+    """The sweep's slices and tasks, resolved and checked against the model; tasks that cannot
+    run are in its `failures`."""
+    poolings = check_poolings(passes.pooling or (spec and spec.pooling) or lm.default_pooling)
+    for mode in poolings:
+        warn_constant_pooling(lm, mode)
+    normalize = lm.default_normalize if passes.normalize is None else bool(passes.normalize)
+    fusions = parse_fusions(passes.fuse, lm.n_layers)
+    for mode in poolings if fusions else ():
+        check_fusable(mode)
     failures: dict[str, str] = {}
     task_objects = select_tasks(tasks, benchmark, data_dir, failures)
-    plan = SweepPlan(
-        layers=resolve_layers(layers, lm.n_layers),
-        dims=parse_dims(dims, lm.hidden_size),
-        pooling=pooling,
+    return SweepPlan(
+        layers=resolve_layers(passes.layers, lm.n_layers),
+        dims=parse_dims(passes.dims, lm.hidden_size),
+        pooling=poolings[0],
         normalize=normalize,
         tasks=list(task_objects),
         failures=failures,
@@ -169,80 +223,27 @@ def sweep(
         fusions=fusions,
         poolings=poolings,
     )
-    output = Path(output)
-    if output.exists() and not output.is_dir():
-        raise NotADirectoryError(f"--output {output} is a file; name a folder for the results.")
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}.")
-    if not dry_run:
-        output.mkdir(parents=True, exist_ok=True)
-        clean_output(output)  # what killed writers left (never a live writer's)
-    source = EmbeddingSource(
-        lm,
-        output / "store",
-        pooling=poolings,
-        layers=plan.store_layers,
-        batch_size=batch_size,
-        shard_size=shard_size,
-        show_progress=show_progress,
-        final_norms=final_norms,
-        max_tokens_per_batch=max_tokens_per_batch,
-    )
-    if dry_run:
-        units = plan_units(
-            plan, source, output, dry_run=True, raise_error=raise_error,
-            search_backend=search_backend, recorded=recorded,
-        )  # fmt: skip
-        table = pd.DataFrame()
-        table.attrs["plan"] = units
-        table.attrs["failures"] = dict(plan.failures)
-        return table
-    timings: dict[str, float] = {}
-    # An engine's executor (`executors.make_executor("ray" | "submitit")`) runs both kinds.
-    executors = (
-        contextlib.nullcontext((executor, executor))
-        if executor is not None
-        else local_executors(jobs, device_list)
-    )
-    with executors as (encoder, scorer):
-        t0 = time.perf_counter()
-        units = plan_units(
-            plan, source, output, raise_error=raise_error, search_backend=search_backend,
-            recorded=recorded,
-        )  # fmt: skip
-        timings["plan_s"] = time.perf_counter() - t0
-        n_encoded = run_units(
-            units,
-            plan,
-            lm,
-            output,
-            encoder=encoder,
-            scorer=scorer,
-            raise_error=raise_error,
-            show_progress=show_progress,
-            timings=timings,
-        )
-    long = layer_results(
-        output, model=lm.name, revision=lm.revision, pooling=pooling if len(poolings) == 1 else None
-    )
+
+
+def _score_table(output: Path, lm: LayerModel, plan: SweepPlan) -> pd.DataFrame:
+    """The wide layer x task table of what this sweep asked for, read from the result files
+    (results of other settings under the same root are left out)."""
+    poolings = plan.poolings
+    one = plan.pooling if len(poolings) == 1 else None
+    long = layer_results(output, model=lm.name, revision=lm.revision, pooling=one)
     long = long[long["pooling"].isin(poolings)] if len(poolings) > 1 else long
     long = long[long["task"].isin([t.metadata.name for t in plan.tasks])]
     labels = [fusion_label(fused) for fused in plan.fusions]
     single = (long["fuse"] == "") & long["layer"].isin(plan.layers)
     long = long[(single | long["fuse"].isin(labels)) & long["dim"].isin(plan.dims)]
-    long = long[(long["normalize"] == normalize) & long["final_norm"].isin(final_norms)]
+    long = long[(long["normalize"] == plan.normalize) & long["final_norm"].isin(plan.final_norms)]
     long = long[
         (long["max_length"] == lm.max_length)
         & (long["dtype"] == dtype_name(lm.dtype))
         & (long["prompts"] == prompts_hash(lm.prompts))
         & (long["include_prompt"] == (not lm.excludes_prompt()))
     ]
-    table = layer_table(long, tasks=[t.metadata.name for t in plan.tasks])
-    table.attrs["failures"] = dict(plan.failures)
-    table.attrs["n_encoded"] = n_encoded
-    table.attrs["plan"] = units
-    table.attrs["timings"] = timings
-    return table
+    return layer_table(long, tasks=[t.metadata.name for t in plan.tasks])
 
 
 def parse_devices(devices: Sequence[str] | str | None) -> list[str] | None:
@@ -305,37 +306,10 @@ def run_units(
 
     for unit in units.encode[:1]:
         seed_model(unit.model, lm)
-    n_encoded = 0
     total = sum(units.done.values()) + len(units.score)
     bar = tqdm(total=total, desc="Scoring", unit="slice", disable=not show_progress)
     bar.update(sum(units.done.values()))
-
-    def failed(task: str, exc: BaseException) -> None:
-        if isinstance(exc, KeyboardInterrupt):
-            raise exc
-        raise_if_disk_full(exc, output)  # stops the run: every later task would fail
-        if raise_error:
-            raise exc
-        if task not in plan.failures:
-            plan.failures[task] = f"{type(exc).__name__}: {exc}"
-            trace = "".join(traceback.format_exception(exc))
-            logger.error("Task %s failed: %s\n%s", task, plan.failures[task], trace)
-
-    clock = timings if timings is not None else {}
-    for key in ("encode_s", "score_s", "drain_s"):
-        clock.setdefault(key, 0.0)
-
-    def scored(results: Iterable[tuple[ScoreUnit | None, Any]], counted: bool = False) -> None:
-        for unit, result in results:
-            if unit is None:  # the executor itself broke (not one unit): stop the run
-                raise result
-            if not counted:
-                bar.update(1)
-            if isinstance(result, BaseException):
-                failed(unit.task, result)
-            else:
-                clock["score_s"] += result.seconds
-
+    outcomes = _Outcomes(plan, output, raise_error, bar, timings if timings is not None else {})
     in_flight = _ScoreDrain(bar)
     try:
         for task in plan.tasks:
@@ -350,30 +324,73 @@ def run_units(
                     name,
                 )
             bar.set_postfix_str(f"encoding {name}")
-            for unit, result in encoder.map(run_encode_unit, units.encode_for(name), gpu=True):
-                if isinstance(result, BaseException):
-                    failed(unit.task, result)
-                else:
-                    n_encoded += result.n_encoded
-                    clock["encode_s"] += result.seconds
-            scored(in_flight.ready(), counted=True)  # earlier tasks' slices finished meanwhile
+            outcomes.encoded(encoder.map(run_encode_unit, units.encode_for(name), gpu=True))
+            # earlier tasks' slices finished meanwhile
+            outcomes.scored(in_flight.ready(), counted=True)
             if name in plan.failures:
                 bar.update(len(units.score_for(name)))
                 continue
             bar.set_postfix_str(f"scoring {name}")
             if isinstance(scorer, SerialExecutor):
                 seed_task(name, task_data_dir(task), task)
-                scored(scorer.map(run_score_unit, units.score_for(name), gpu=False))
+                outcomes.scored(scorer.map(run_score_unit, units.score_for(name), gpu=False))
                 if task.data_loaded:
                     task.unload_data()
             else:
                 in_flight.add(scorer.map(run_score_unit, units.score_for(name), gpu=False))
         t0 = time.perf_counter()
-        scored(in_flight.wait(), counted=True)
-        clock["drain_s"] += time.perf_counter() - t0
+        outcomes.scored(in_flight.wait(), counted=True)
+        outcomes.clock["drain_s"] += time.perf_counter() - t0
     finally:
         bar.close()
-    return n_encoded
+    return outcomes.n_encoded
+
+
+class _Outcomes:
+    """What the driver does with each unit's result: count texts and seconds, record a failed
+    task (a full disk, `raise_error` or an interrupt stop the run instead)."""
+
+    def __init__(
+        self, plan: SweepPlan, output: Path, raise_error: bool, bar: Any, clock: dict[str, float]
+    ) -> None:
+        self.plan, self.output, self.raise_error, self.bar = plan, output, raise_error, bar
+        self.clock = clock
+        for key in ("encode_s", "score_s", "drain_s"):
+            clock.setdefault(key, 0.0)
+        self.n_encoded = 0
+
+    def failed(self, task: str, exc: BaseException) -> None:
+        if isinstance(exc, KeyboardInterrupt):
+            raise exc
+        raise_if_disk_full(exc, self.output)  # stops the run: every later task would fail
+        if self.raise_error:
+            raise exc
+        failures = self.plan.failures
+        if task not in failures:
+            failures[task] = f"{type(exc).__name__}: {exc}"
+            trace = "".join(traceback.format_exception(exc))
+            logger.error("Task %s failed: %s\n%s", task, failures[task], trace)
+
+    def encoded(self, results: Iterable[tuple[EncodeUnit, Any]]) -> None:
+        for unit, result in results:
+            if isinstance(result, BaseException):
+                self.failed(unit.task, result)
+            else:
+                self.n_encoded += result.n_encoded
+                self.clock["encode_s"] += result.seconds
+
+    def scored(
+        self, results: Iterable[tuple[ScoreUnit | None, Any]], counted: bool = False
+    ) -> None:
+        for unit, result in results:
+            if unit is None:  # the executor itself broke (not one unit): stop the run
+                raise result
+            if not counted:
+                self.bar.update(1)
+            if isinstance(result, BaseException):
+                self.failed(unit.task, result)
+            else:
+                self.clock["score_s"] += result.seconds
 
 
 class _ScoreDrain:

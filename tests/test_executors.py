@@ -283,11 +283,11 @@ def test_jobs_and_devices_give_bit_identical_results(minilm_path, data_dir, tmp_
     )  # fmt: skip
     serial = sweep(minilm_path, output=tmp_path / "serial", jobs=1, **kwargs)
     pooled = sweep(minilm_path, output=tmp_path / "pooled", jobs=2, devices="cpu,cpu", **kwargs)
-    assert serial.attrs["failures"] == pooled.attrs["failures"] == {}
-    assert serial.attrs["n_encoded"] == pooled.attrs["n_encoded"] == 183 + 180
+    assert serial.failures == pooled.failures == {}
+    assert serial.n_encoded == pooled.n_encoded == 183 + 180
     a, b = _results(tmp_path / "serial"), _results(tmp_path / "pooled")
     assert len(a) == 8 and a == b  # every score, not only the main one, bit for bit
-    assert serial.equals(pooled)
+    assert serial.scores.equals(pooled.scores)
 
 
 def _cli(out: Path, data: Path, jobs: int) -> list[str]:
@@ -427,8 +427,8 @@ def test_workers_score_the_subsets_the_driver_planned(minilm_path, shared_data, 
             )
     table = sweep(minilm_path, data_dir=tmp_path / "data", output=tmp_path / "out", layers=[6],
                   jobs=2, show_progress=False)  # fmt: skip
-    assert table.attrs["failures"] == {}
-    assert {u.hf_subsets for u in table.attrs["plan"].score} == {("en",)}
+    assert table.failures == {}
+    assert {u.hf_subsets for u in table.plan.score} == {("en",)}
     (result,) = [p for p in (tmp_path / "out").rglob(f"{name}.json") if p.parent.name != "identity"]
     assert [s["hf_subset"] for s in json.loads(result.read_text())["scores"]["test"]] == ["en"]
     # a worker's rebuilt task is the driver's: same subsets, same folder, no repeated notes
@@ -471,7 +471,7 @@ def test_a_relative_model_path_reaches_workers_absolute(data_dir, tmp_path, monk
     kwargs = dict(tasks=["BIOSSES"], data_dir=data_dir, layers=[1], show_progress=False)
     sweep_kw = dict(kwargs, dims=[32], device="cpu")
     rel = sweep("./my-model", output="out", executor=_Recording(), **sweep_kw)
-    plan = rel.attrs["plan"]
+    plan = rel.plan
     assert {u.model["source"] for u in plan.encode + plan.score} == {str(folder)}
     assert {u.resolved["source"] for u in plan.encode + plan.score} == {str(folder)}
     assert all(Path(u.output).is_absolute() for u in plan.score)
@@ -488,8 +488,8 @@ def test_a_relative_model_path_reaches_workers_absolute(data_dir, tmp_path, monk
     assert list(rel_files) == list(abs_files) and len(rel_files) == 1
     assert next(iter(rel_files)).startswith("local__my-model/local-")
     assert rel_files == abs_files
-    assert rel.equals(absolute)
-    dry = sweep(str(folder), output=tmp_path / "dry", dry_run=True, **sweep_kw).attrs["plan"]
+    assert rel.scores.equals(absolute.scores)
+    dry = sweep(str(folder), output=tmp_path / "dry", dry_run=True, **sweep_kw).plan
     assert [u.key for u in dry.encode] == [u.key for u in plan.encode]  # one claim for both
 
     # metrics: its units carry absolute model, output and data paths too

@@ -128,7 +128,7 @@ def test_a_run_cleans_its_output_folder_first(run, tiny_data, tmp_path, dead_pid
         table = sweep(
             model, tokenizer=tok, tasks=["BIOSSES"], data_dir=tiny_data, dims=[32], **common
         )
-        assert not table.attrs["failures"] and -1 <= table.loc[1, "BIOSSES"] <= 1
+        assert not table.failures and -1 <= table.scores.loc[1, "BIOSSES"] <= 1
     else:
         texts = ["a b c", "d e f", "g h", "i j k l"]
         df = layer_metrics(

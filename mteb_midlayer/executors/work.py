@@ -318,9 +318,7 @@ def run_metrics_unit(unit: MetricsUnit) -> Any:
     timer = Timer(lm.device)
     try:
         df = task_metrics(
-            lm, task, dict(unit.settings), Path(unit.output), list(unit.metrics),
-            list(unit.layers), unit.pooling, timer, n=unit.n, seed=unit.seed,
-            alpha=unit.alpha, n_views=unit.n_views, batch_size=unit.batch_size,
+            lm, task, dict(unit.settings), Path(unit.output), timer, batch_size=unit.batch_size,
             overwrite=unit.overwrite, show_progress=False, final_norms=unit.final_norms,
             max_tokens_per_batch=unit.max_tokens_per_batch,
         )  # fmt: skip

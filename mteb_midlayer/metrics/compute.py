@@ -328,15 +328,8 @@ def task_metrics(
     task: Any,
     settings: dict[str, Any],
     out_dir: Path,
-    chosen: list[str],
-    layer_list: list[int],
-    pooling: str,
     timer: Timer,
     *,
-    n: int,
-    seed: int,
-    alpha: float,
-    n_views: int,
     batch_size: int,
     overwrite: bool,
     show_progress: bool,
@@ -345,13 +338,17 @@ def task_metrics(
 ) -> pd.DataFrame:
     """One task's rows under each pooling and final norm, in the order given.
 
+    `settings` is the run's record (`metrics.run.layer_metrics` writes it): the model, its
+    revision, max length and dtype, and what is measured (`pooling`, one mode or several
+    comma-separated; `n` texts sampled with `seed`; `alpha`; `n_views`; `metrics`; `layers`).
+
     Each (pooling, setting) has its own file (named by the settings with that pooling, task
     data and final norm; "last" is left out of the key, so files written before the option are
     still read back). A whole file is read back; the missing ones are computed together, one
     pass per text and per view (`_compute_settings`), and each written atomically.
     """
     norms = check_final_norms(final_norms)
-    modes = check_poolings(pooling)
+    modes = check_poolings(settings["pooling"])
     pairs = [(mode, norm) for mode in modes for norm in norms]
     task_name = dataset_name(task)
     data = f"corpus-{task.digest}" if isinstance(task, Corpus) else task_fingerprint(task)
@@ -368,14 +365,15 @@ def task_metrics(
         parts = {pair: df for pair, df in done.items() if df is not None}
     missing = [pair for pair in pairs if pair not in parts]
     if missing:
-        texts = sample_texts(task_texts(task), n, seed)
+        texts = sample_texts(task_texts(task), settings["n"], settings["seed"])
         rows = _compute_settings(
-            lm, texts, chosen, layer_list, pooling, timer, task_name=task_name, seed=seed,
-            alpha=alpha, n_views=n_views, batch_size=batch_size, show_progress=show_progress,
+            lm, texts, settings, timer, task_name=task_name, batch_size=batch_size,
+            show_progress=show_progress,
             final_norms=tuple(dict.fromkeys(norm for _, norm in missing)),
             poolings=tuple(dict.fromkeys(mode for mode, _ in missing)),
             max_tokens_per_batch=max_tokens_per_batch,
         )  # fmt: skip
+        alpha, seed = settings["alpha"], settings["seed"]
         for mode, norm in missing:
             df = _rows_frame(rows[mode, norm], lm, task_name, mode, alpha, seed, norm)
             df = _with_run_columns(df, {**keyed, "pooling": mode}, norm, _now())
@@ -446,23 +444,18 @@ def _read_back(path: Path, final_norm: str, keyed: dict[str, Any]) -> pd.DataFra
 def _compute_settings(
     lm: LayerModel,
     texts: list[str],
-    chosen: list[str],
-    layer_list: list[int],
-    pooling: str,
+    settings: dict[str, Any],
     timer: Timer,
     *,
     task_name: str,
-    seed: int,
-    alpha: float,
-    n_views: int,
     batch_size: int,
     show_progress: bool,
     final_norms: tuple[str, ...],
     max_tokens_per_batch: int | None,
-    poolings: tuple[str, ...] | None = None,
+    poolings: tuple[str, ...],
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """`{(pooling, final_norm): metric rows}` for every pooling (`poolings`, default the
-    `pooling` given) and setting, from one pass over the texts and one per augmented view: the
+    """`{(pooling, final_norm): metric rows}` for every pooling of `poolings` and setting
+    (the other options from the run's `settings`, as in `task_metrics`), from one pass over the texts and one per augmented view: the
     network runs as often as for a single pooling and setting.
 
     Peak memory: token states are scored inside each layer's capture and dropped (at most one
@@ -473,7 +466,9 @@ def _compute_settings(
     with text length; where that does not fit, run them one after the other (a later run reads
     the earlier files back and computes only its own).
     """
-    modes = check_poolings(poolings or pooling)
+    chosen, layer_list = list(settings["metrics"]), list(settings["layers"])
+    seed, alpha, n_views = settings["seed"], settings["alpha"], settings["n_views"]
+    modes = check_poolings(poolings)
     pairs = [(mode, norm) for mode in modes for norm in final_norms]
     token_metrics = [m for m in chosen if m in TOKEN_METRICS]
     encoded = encode_pooled(

@@ -16,6 +16,7 @@ from ..batching import check_batch_limits
 from ..executors.work import run_metrics_unit, seed_model
 from ..layers import check_final_norms, resolve_layers
 from ..model import LayerModel, warn_constant_pooling
+from ..options import MetricOptions, PassOptions, RunOptions, route_options, with_options
 from ..plan import MetricsUnit, request_spec
 from ..pooling import check_poolings
 from ..spec import ModelSpec
@@ -41,86 +42,66 @@ __all__ = ["layer_metrics"]
 logger = logging.getLogger(__name__)
 
 
+#: Options of a sweep that `layer_metrics` does not read: naming one is a `TypeError`.
+NOT_READ = frozenset(
+    {"dims", "normalize", "fuse", "shard_size", "search_backend", "jobs", "devices", "dry_run"}
+    | {"prompts", "include_prompt"}
+)
+
+
 def layer_metrics(
     model: Any = None,
     *,
     spec: ModelSpec | None = None,
+    passes: PassOptions | None = None,
+    run: RunOptions | None = None,
+    measure: MetricOptions | None = None,
     tasks: Sequence[Any] | None = None,
     benchmark: str | None = None,
     data_dir: Path | str | None = None,
     texts: Path | str | Sequence[str] | None = None,
     output: Path | str = "results",
-    n: int = 1000,
-    metrics: Sequence[str] | str | None = "all",
-    alpha: float = 1.0,
-    seed: int = 42,
-    n_views: int = 16,
-    layers: Sequence[int] | str | None = "all",
-    pooling: Sequence[str] | str | None = None,
-    name: str | None = None,
-    revision: str | None = None,
     tokenizer: Any = None,
-    batch_size: int = 32,
-    device: str | None = None,
-    dtype: str | None = None,
-    max_length: int | None = None,
-    trust_remote_code: bool = False,
-    overwrite: bool = False,
-    show_progress: bool = True,
-    raise_error: bool = False,
-    executor: Any = None,
-    final_norm: Sequence[str] | str = "last",
-    max_tokens_per_batch: int | None = None,
+    **options: Any,
 ) -> pd.DataFrame:
     """Compute the layer metrics of `model` on each task; write and return tidy rows.
 
-    `final_norm`: "last", "every" or both; each setting's rows carry it in `final_norm` (and
-    its own file). Both come from one pass per text and view (see `compute.task_metrics` for the
-    memory this takes); a setting whose file exists is read back and only the missing ones are
-    computed. `max_tokens_per_batch`: batch by padded tokens (changes no value).
-    `pooling`: one mode, or several ("mean,weightedmean,last" or a list): every metric under
-    each, rows (and files) keyed by pooling, all from the same passes; the same rows and files
-    as one run per pooling.
-    `executor` (an `executors.base.Executor`, e.g. `ProcessExecutor(devices=["cuda:0",
-    "cuda:1"])`) runs one metrics unit per task there (the model is loaded from its spec in
-    each worker); a `--texts` corpus is computed here.
+    Options come as objects or keywords, as for `sweep` (`options.route_options`): the model
+    (`ModelSpec`), the pass (`PassOptions`: `layers`, `pooling`, `final_norm`, batching), how
+    it runs (`RunOptions`: `executor`, `show_progress`, `raise_error`) and what is measured
+    (`MetricOptions`). Each pooling and final norm has its own rows (and file), all from one
+    pass per text and view (see `compute.task_metrics` for the memory this takes); a setting
+    whose file exists is read back and only the missing ones are computed.
 
     `texts`: a corpus file (plain text, one text a line, or JSON Lines with a `text` field) or a
     list of texts, computed instead of the tasks (beside them if `tasks` or `benchmark` is also
     given), sampled like a task and filed as dataset `"<file stem>-<hash of its texts>"`.
-    Model options come as a `ModelSpec` or keywords, as for `sweep`. A task whose file already
-    exists with the same settings (model files, max length, dtype, task data) is read back, not
-    recomputed; an unreadable file is recomputed with a warning. A task that fails is recorded
-    in `df.attrs["failures"]` (name -> reason) and the others still run.
-    `df.attrs["timings"]` holds seconds per phase (encoding, each metric) of what was computed.
-    `executor` (`executors.make_executor("ray" | "submitit", roots=[output])`): one unit per
-    task (`plan.MetricsUnit`, run by `executors.work.run_metrics_unit` in a worker that loads the
-    model); else all here.
+    A task whose file already exists with the same settings (model files, max length, dtype,
+    task data) is read back, not recomputed; an unreadable file is recomputed with a warning.
+    A task that fails is recorded in `df.attrs["failures"]` (name -> reason) and the others
+    still run. `df.attrs["timings"]` holds seconds per phase (encoding, each metric) of what
+    was computed. `executor` (an `executors.base.Executor`, e.g. `make_executor("ray",
+    roots=[output])`): one unit per task (`plan.MetricsUnit`, run by
+    `executors.work.run_metrics_unit` in a worker that loads the model); a corpus is computed
+    here.
     """
+    routed = route_options("layer_metrics", options, unused=NOT_READ)
+    passes = with_options(passes, PassOptions, routed["passes"])
+    run = with_options(run, RunOptions, routed["run"])
+    measure = with_options(measure, MetricOptions, routed["measure"])
     check_output_outside_tasks(output, data_dir)
-    chosen = parse_metrics(metrics)
-    if n_views < 2 and VIEW_METRICS & set(chosen):
+    chosen = parse_metrics(measure.metrics)
+    if measure.n_views < 2 and VIEW_METRICS & set(chosen):
         raise ValueError("InfoNCE, DiME and LiDAR need n_views >= 2.")
     corpus = read_corpus(texts) if texts is not None else None  # a bad file fails before loading
-    final_norms = check_final_norms(final_norm)
-    check_batch_limits(batch_size, max_tokens_per_batch)
-    lm = LayerModel.coerce(
-        model,
-        tokenizer,
-        spec=spec,
-        name=name,
-        revision=revision,
-        device=device,
-        dtype=dtype,
-        max_length=max_length,
-        trust_remote_code=trust_remote_code,
-    )
-    poolings = check_poolings(pooling or (spec and spec.pooling) or lm.default_pooling)
+    final_norms = check_final_norms(passes.final_norm)
+    check_batch_limits(passes.batch_size, passes.max_tokens_per_batch)
+    lm = LayerModel.coerce(model, tokenizer, spec=spec, **routed["model"])
+    poolings = check_poolings(passes.pooling or (spec and spec.pooling) or lm.default_pooling)
     for mode in poolings:
         warn_constant_pooling(lm, mode)
-    pooling = ",".join(poolings)  # one mode: as before; several: each file keys its own
-    layer_list = resolve_layers(layers, lm.n_layers)
-    if executor is not None:  # a worker elsewhere would resolve a relative path from its own cwd
+    layer_list = resolve_layers(passes.layers, lm.n_layers)
+    if run.executor is not None:  # a worker elsewhere would resolve a relative path from its cwd
         output = Path(output).absolute()
         data_dir = Path(data_dir).absolute() if data_dir else None
     failures: dict[str, str] = {}
@@ -128,48 +109,80 @@ def layer_metrics(
     task_objects: list[Any] = [corpus] if corpus is not None else []
     if corpus is None or tasks or benchmark:
         task_objects += select_tasks(tasks, benchmark, data_dir, failures)
-    if Path(output).exists() and not Path(output).is_dir():
-        raise NotADirectoryError(f"--output {output} is a file; name a folder for the results.")
-    out_dir = Path(output) / "metrics"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clean_temp_files(out_dir)  # what killed writers left (never a live writer's)
-    settings = {
-        "model": lm.name,
-        "revision": lm.revision,
-        "pooling": pooling,
-        "n": n,
-        "seed": seed,
-        "alpha": alpha,
-        "n_views": n_views,
-        "metrics": chosen,
-        "layers": layer_list,
-        "max_length": lm.max_length,
-        "dtype": str(lm.dtype),
-    }
+    out_dir = _metrics_dir(Path(output))
+    settings = _settings(lm, ",".join(poolings), measure, chosen, layer_list)  # "mean,last"
     timer = Timer(lm.device)
+    common = dict(
+        batch_size=passes.batch_size, overwrite=measure.overwrite,
+        final_norms=tuple(final_norms), max_tokens_per_batch=passes.max_tokens_per_batch,
+    )  # fmt: skip
     frames = []
-    if executor is not None:
+    if run.executor is not None:
         remote = [t for t in task_objects if not isinstance(t, Corpus)]
         task_objects = [t for t in task_objects if isinstance(t, Corpus)]
         frames += _run_units(
-            executor, lm, remote, settings, out_dir, chosen, layer_list, pooling, timer, failures,
-            n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
-            overwrite=overwrite, raise_error=raise_error, final_norms=tuple(final_norms),
-            max_tokens_per_batch=max_tokens_per_batch,
+            run.executor, lm, remote, settings, out_dir, timer, failures,
+            raise_error=run.raise_error, **common,
         )  # fmt: skip
-    for task in tqdm(task_objects, desc="Metrics", unit="task", disable=not show_progress):
+    frames += _run_here(lm, task_objects, settings, out_dir, timer, failures, run, common)
+    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROW_COLUMNS)
+    result.attrs["timings"] = dict(timer.seconds)
+    result.attrs["failures"] = failures
+    return result
+
+
+def _metrics_dir(output: Path) -> Path:
+    """`<output>/metrics`, made, and cleaned of what killed writers left (never a live
+    writer's)."""
+    if output.exists() and not output.is_dir():
+        raise NotADirectoryError(f"--output {output} is a file; name a folder for the results.")
+    out_dir = output / "metrics"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    clean_temp_files(out_dir)
+    return out_dir
+
+
+def _settings(
+    lm: LayerModel, pooling: str, measure: MetricOptions, chosen: list[str], layers: list[int]
+) -> dict[str, Any]:
+    """The run's record: what names each task's file (`compute.task_metrics`)."""
+    return {
+        "model": lm.name,
+        "revision": lm.revision,
+        "pooling": pooling,
+        "n": measure.n,
+        "seed": measure.seed,
+        "alpha": measure.alpha,
+        "n_views": measure.n_views,
+        "metrics": chosen,
+        "layers": layers,
+        "max_length": lm.max_length,
+        "dtype": str(lm.dtype),
+    }
+
+
+def _run_here(
+    lm: LayerModel,
+    tasks: Sequence[Any],
+    settings: dict[str, Any],
+    out_dir: Path,
+    timer: Timer,
+    failures: dict[str, str],
+    run: RunOptions,
+    common: dict[str, Any],
+) -> list[pd.DataFrame]:
+    """Each task's rows computed in this process, in order; a failing task is recorded."""
+    frames = []
+    for task in tqdm(tasks, desc="Metrics", unit="task", disable=not run.show_progress):
         task_name = dataset_name(task)
         try:
             df = task_metrics(
-                lm, task, settings, out_dir, chosen, layer_list, pooling, timer,
-                n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
-                overwrite=overwrite, show_progress=show_progress, final_norms=final_norms,
-                max_tokens_per_batch=max_tokens_per_batch,
-            )  # fmt: skip
+                lm, task, settings, out_dir, timer, show_progress=run.show_progress, **common
+            )
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            if raise_error:
+            if run.raise_error:
                 raise
             failures[task_name] = f"{type(exc).__name__}: {exc}"
             logger.error("Metrics of task %s failed: %s", task_name, exc)
@@ -178,10 +191,7 @@ def layer_metrics(
             if getattr(task, "data_loaded", False) and hasattr(task, "unload_data"):
                 task.unload_data()
         frames.append(df)
-    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROW_COLUMNS)
-    result.attrs["timings"] = dict(timer.seconds)
-    result.attrs["failures"] = failures
-    return result
+    return frames
 
 
 def _run_units(
@@ -190,9 +200,6 @@ def _run_units(
     tasks: Sequence[Any],
     settings: dict[str, Any],
     out_dir: Path,
-    chosen: list[str],
-    layer_list: list[int],
-    pooling: str,
     timer: Timer,
     failures: dict[str, str],
     *,
@@ -209,9 +216,6 @@ def _run_units(
             hf_subsets=task_subsets(task),
             output=str(out_dir),
             settings=settings,
-            metrics=tuple(chosen),
-            layers=tuple(layer_list),
-            pooling=pooling,
             **options,
         )
         for task in tasks
