@@ -1,11 +1,11 @@
-"""The all-layer sweep: one forward pass per text, every `(layer, dim)` scored by mteb.
+"""The all-layer sweep, one of the two drivers: plan the units, hand them out, collect.
 
-For each task: the first slice's `mteb.evaluate` run fills the store (every requested layer
-pooled in the same pass), every later slice replays from it. Results go to an mteb
-`ResultCache` under `output`, one experiment folder per `(layer, dim, pooling, normalize,
-final_norm)`, and
-`overwrite_strategy="only-missing"` makes a rerun skip every finished slice. A crash loses at
-most one shard of embeddings and the slice in flight.
+Per task, the texts go once through the network (every requested layer pooled in the same
+pass) into the embedding store, then every `(layer, dim, pooling, normalize, final_norm)` slice
+is scored by mteb from the store (`plan.plan_units` writes the units down, `executors` run
+them). Results go to an mteb `ResultCache` under `output`, one experiment folder per slice,
+and `overwrite_strategy="only-missing"` makes a rerun skip every finished slice. A crash loses
+at most one shard of embeddings and the slice in flight.
 """
 
 from __future__ import annotations

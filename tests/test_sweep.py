@@ -130,7 +130,7 @@ def test_failing_task_does_not_stop_the_others(minilm, shared_data, tmp_path):
     assert set(table.failures) == {"STS12"}
     reason = table.failures["STS12"]
     assert "test.jsonl" in reason and "line 2" in reason, reason
-    assert table.loc[6, "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)
+    assert table.scores.loc[6, "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)
 
 
 def test_cli_exit_code_and_bad_arguments(shared_data, tmp_path):
