@@ -1,9 +1,9 @@
 """The work functions every executor runs, and what they keep per process.
 
-`run_encode_unit`, `run_score_unit` and `run_metrics_unit` are
-module-level (picklable by reference) and rebuild what they need from the unit alone: the
-model once per process (cached), the task once per task (the last one kept), the store and
-result root from their paths. Encode units are claimed (`claims.py`), so two drivers or
+`run_encode_unit`, `run_score_unit` and `run_metrics_unit` are module-level (picklable by
+reference, so any engine runs them) and rebuild what they need from the unit alone: the model
+once per process (cached; the driver hands its own over with `seed_model`), the task once per
+task (the last one kept; `seed_task`), the store and result root from their paths. Encode units are claimed (`claims.py`), so two drivers or
 workers never encode the same texts twice; a score unit whose result stands is skipped.
 """
 
