@@ -177,7 +177,7 @@ def test_sweep_adding_a_pooling_encodes_once_and_writes_only_what_lacks(tmp_path
     assert len(after) == 2 and after[mean_digest].keys() == before[mean_digest].keys()
     # the mean store was complete: nothing written to it again
     assert sorted((tmp_path / "store" / mean_digest).glob("shards/**/*.json")) == shards
-    assert table.index.names == ["pooling", "layer"]
+    assert table.scores.index.names == ["pooling", "layer"]
 
 
 def test_metrics_several_poolings_in_one_pass_equal_one_run_per_pooling(tmp_path):
