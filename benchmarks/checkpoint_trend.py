@@ -46,7 +46,7 @@ def main() -> None:
     t_train = time.perf_counter() - t0
     results = args.out / "results"
     t0 = time.perf_counter()
-    table = sweep_series(
+    result = sweep_series(
         str(args.out / "run" / "checkpoint-*"),
         tasks=["STSBenchmark", "BIOSSES"],
         data_dir=DATA,
@@ -72,9 +72,10 @@ def main() -> None:
     print("Average main score (STSBenchmark, BIOSSES), rows: step, columns: layer")
     print(avg.pivot_table(index="step", columns="layer", values="score").round(4).to_string())
     print("\nPer task at the last layer:")
+    table = result.scores
     last = table[table["layer"] == table["layer"].max()]
     print(last[["checkpoint", "step", "STSBenchmark", "BIOSSES", "mean"]].round(4).to_string())
-    print(f"\ntexts recorded: {table.attrs['recorded'].n_recorded} (tasks: 2, checkpoints: "
+    print(f"\ntexts recorded: {result.recorded.n_recorded} (tasks: 2, checkpoints: "
           f"{table['checkpoint'].nunique()})")  # fmt: skip
     paths = publish(scores, metrics_frame(results), args.out / "board", benchmark="trend")
     print("plots:", ", ".join(p.name for p in paths if p.suffix == ".png"))

@@ -22,7 +22,7 @@ import torch
 
 from mteb_midlayer.devices import available_cores
 from mteb_midlayer.metrics.augment import augment_views
-from mteb_midlayer.metrics.driver import (
+from mteb_midlayer.metrics.compute import (
     METRICS,
     TOKEN_METRICS,
     Timer,

@@ -29,7 +29,7 @@ import torch
 from transformers import AutoModel, AutoTokenizer, GPTNeoXConfig
 
 from mteb_midlayer.layers import find_final_norm
-from mteb_midlayer.metrics.driver import layer_metrics
+from mteb_midlayer.metrics.run import layer_metrics
 from mteb_midlayer.metrics.sampling import sample_texts, task_texts
 from mteb_midlayer.model import LayerModel, embedded_default
 from mteb_midlayer.sweep import select_tasks

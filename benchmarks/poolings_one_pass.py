@@ -35,7 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from mteb_midlayer.metrics.driver import layer_metrics
+from mteb_midlayer.metrics.run import layer_metrics
 from mteb_midlayer.metrics.sampling import sample_texts, task_texts
 from mteb_midlayer.model import LayerModel, embedded_default
 from mteb_midlayer.replay import EmbeddingSource

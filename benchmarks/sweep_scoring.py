@@ -38,10 +38,9 @@ def run(model: str, tasks: list[str], jobs: int, out: Path) -> dict[str, float]:
     table = sweep(model, tasks=tasks, data_dir=DATA, layers="all", output=out, jobs=jobs,
                   device="cpu", show_progress=False)  # fmt: skip
     wall = time.perf_counter() - t0
-    if table.attrs["failures"]:
-        raise SystemExit(f"failures: {table.attrs['failures']}")
-    t = table.attrs["timings"]
-    return {"wall_s": wall, "n_slices": len(table.attrs["plan"].score), **t}
+    if table.failures:
+        raise SystemExit(f"failures: {table.failures}")
+    return {"wall_s": wall, "n_slices": len(table.plan.score), **table.timings}
 
 
 def main() -> None:

@@ -28,7 +28,7 @@ _API: dict[str, tuple[str, str | None]] = {
     "ModelSpec": (".spec", "ModelSpec"),
     "export": (".export", "export"),
     "get_benchmark": (".tasks.benchmark", "get_benchmark"),
-    "layer_metrics": (".metrics.driver", "layer_metrics"),
+    "layer_metrics": (".metrics.run", "layer_metrics"),
     "layer_results": (".frames", "layer_results"),
     "metrics_frame": (".frames", "metrics_frame"),
     "publish": (".leaderboard.publish", "publish"),
@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from .export import export
     from .frames import layer_results, metrics_frame, scores_frame
     from .leaderboard.publish import publish
-    from .metrics.driver import layer_metrics
+    from .metrics.run import layer_metrics
     from .model import LayerModel
     from .spec import ModelSpec
     from .sweep import sweep

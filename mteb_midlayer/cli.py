@@ -26,9 +26,9 @@ passive_omp_wait()  # the CLI starts work: before the imports below load torch (
 
 import pandas as pd
 
+from .devices import available_cores
 from .executors import EXECUTORS, make_executor
-from .executors.local import available_cores
-from .metrics.driver import METRICS
+from .metrics.compute import METRICS
 from .model import EMBEDDED_ALIAS
 from .pooling import POOLINGS, check_poolings
 from .spec import ModelSpec
@@ -322,26 +322,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     options = _pick(args, SWEEP_FLAGS)
     if _is_series(args):
-        table = series.sweep_series(**_common(args), revisions=args.revisions, **options)
+        result = series.sweep_series(**_common(args), revisions=args.revisions, **options)
+        table = result.scores
         columns = [c for c in ("final_norm", "dim", "layer") if c in table.columns]
         _print_table(
             table.pivot_table(index="checkpoint", columns=columns, values="mean", sort=False)
         )
-        print(
-            f"\nEncoded {table.attrs.get('n_encoded', 0)} new texts; "
-            f"{table.attrs['recorded'].n_recorded} task(s) planned once for the series."
-        )
+        print(f"\nEncoded {result.n_encoded} new texts; "
+              f"{result.recorded.n_recorded} task(s) planned once for the series.")  # fmt: skip
         print(f"Results: {args.output} (series manifest under {args.output / 'series'})")
-        return _failures(table.attrs.get("failures"))
+        return _failures(result.failures)
     more = dict(devices=args.devices, dry_run=args.dry_run, fuse=args.fuse)
-    table = sweep(**_common(args), **executor_kwargs(args), **options, **more)
+    result = sweep(**_common(args), **executor_kwargs(args), **options, **more)
     if args.dry_run:
-        print(table.attrs["plan"].summary())
-        return _failures(table.attrs.get("failures"))
-    _print_table(table)
-    print(f"\nEncoded {table.attrs.get('n_encoded', 0)} new texts; the rest came from the store.")
+        print(result.plan.summary())
+        return _failures(result.failures)
+    _print_table(result.scores)
+    print(f"\nEncoded {result.n_encoded} new texts; the rest came from the store.")
     print(f"Results: {args.output} (mteb.ResultCache({str(args.output)!r}) reads them)")
-    return _failures(table.attrs.get("failures"))
+    return _failures(result.failures)
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
@@ -349,7 +348,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
 
     from . import series
     from .executors.local import ProcessExecutor
-    from .metrics.driver import layer_metrics
+    from .metrics.run import layer_metrics
     from .sweep import parse_devices
 
     engine = executor_kwargs(args).get("executor")  # --executor ray | submitit

@@ -8,21 +8,26 @@ so any process (a local worker, a Ray task, a Slurm job) can run them; the texts
 written under `<output>/plan/` by the driver and read back by range.
 
 Which texts a task asks for is found by running mteb once on the task with a recording encoder
-(`record_requests`): the texts, prompt types and order are then exactly those of the scoring runs.
+(`scoring.record_requests`): the texts, prompt types and order are then exactly those of the
+scoring runs. `plan_units` writes the whole plan down before anything runs.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import warnings
+import logging
 from collections import Counter
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from .replay import EmbeddingSource, StoreEncoder
+from .results import AtomicResultCache, pending_slices, task_fingerprint, write_atomic
+from .scoring import TaskTexts, record_requests
+from .spec import prompts_hash
+from .store import plan_digest, raise_if_disk_full
+from .tasks.selection import task_data_dir, task_subsets
 
 __all__ = [
     "EncodeUnit",
@@ -30,14 +35,61 @@ __all__ = [
     "Plan",
     "RecordedTexts",
     "ScoreUnit",
+    "SweepPlan",
     "TaskTexts",
     "encode_units",
+    "plan_units",
     "read_texts",
     "record_requests",
+    "request_spec",
     "write_texts",
 ]
 
+logger = logging.getLogger(__name__)
+
 PLAN_FOLDER = "plan"
+
+
+@dataclass
+class SweepPlan:
+    """What a sweep will do, resolved and validated before any work starts."""
+
+    layers: list[int]
+    dims: list[int]
+    pooling: str
+    normalize: bool
+    tasks: list[Any]
+    failures: dict[str, str] = field(default_factory=dict)
+    final_norms: tuple[str, ...] = ("last",)
+    #: fused layer sets (`fusion.py`), each scored at every dim and final norm
+    fusions: list[tuple[int, ...]] = field(default_factory=list)
+    #: every pooling of the pass (`pooling` is the first); each is its own slice
+    poolings: tuple[str, ...] = ()
+
+    @property
+    def slices(self) -> list[tuple[int, int, str]]:
+        """Every `(layer, dim, final_norm)` to score."""
+        return [
+            (layer, dim, norm)
+            for norm in self.final_norms
+            for layer in self.layers
+            for dim in self.dims
+        ]
+
+    @property
+    def fused_slices(self) -> list[tuple[tuple[int, ...], int, str]]:
+        """Every `(fusion, dim, final_norm)` to score."""
+        return [
+            (fused, dim, norm)
+            for norm in self.final_norms
+            for fused in self.fusions
+            for dim in self.dims
+        ]
+
+    @property
+    def store_layers(self) -> list[int]:
+        """The layers the store holds: the swept ones and every fused one."""
+        return sorted({*self.layers, *(x for fused in self.fusions for x in fused)})
 
 
 @dataclass(frozen=True)
@@ -139,9 +191,8 @@ class ScoreUnit:
 class MetricsUnit:
     """The unsupervised layer metrics of one `(model, task)` into `output` (the metrics folder).
 
-    `settings` is the driver's record of the run (it names the task's parquet file); the other
-    fields are `metrics.driver.layer_metrics`'s options (`pooling`: one mode, or several
-    comma-separated, all from the same passes).
+    `settings` is the driver's record of the run: it names the task's parquet file and says
+    what is measured (`metrics.compute.task_metrics`); the other fields say how the passes run.
     """
 
     model: dict[str, Any]
@@ -150,43 +201,16 @@ class MetricsUnit:
     data_dir: str | None
     output: str
     settings: dict[str, Any]
-    metrics: tuple[str, ...]
-    layers: tuple[int, ...]
-    pooling: str
-    n: int
-    seed: int
-    alpha: float
-    n_views: int
     batch_size: int = 32
     overwrite: bool = False
     final_norms: tuple[str, ...] = ("last",)
     #: the driver's task subsets (e.g. English only), so a worker rebuilds the same task
     hf_subsets: tuple[str, ...] | None = None
     max_tokens_per_batch: int | None = None
-    #: fused slices (`fusion.py`) whose pooled-vector metrics come with the layers'
-    fusions: tuple[tuple[int, ...], ...] = ()
 
     @property
     def key(self) -> str:
         return f"metrics-{self.task}"
-
-
-@dataclass(frozen=True)
-class TaskTexts:
-    """The distinct texts a task sends the encoder for one prompt type, in first-asked order,
-    each starting with `prompt` (the one mteb's rules pick for this task and prompt type)."""
-
-    task: str
-    prompt_type: str | None
-    texts: tuple[str, ...]
-    prompt: str = ""
-
-    @property
-    def digest(self) -> str:
-        h = hashlib.sha256()
-        for t in self.texts:
-            h.update(hashlib.sha256(t.encode("utf-8")).digest())
-        return h.hexdigest()
 
 
 @dataclass
@@ -266,8 +290,6 @@ def texts_path(output: Path | str, store_digest: str, task: str, prompt_type: st
 
 def write_texts(path: Path, texts: TaskTexts) -> None:
     """Write once: an existing file with the same texts is left alone (a second driver)."""
-    from .results import write_atomic
-
     payload = {"task": texts.task, "prompt_type": texts.prompt_type, "digest": texts.digest}
     if path.exists():
         try:
@@ -311,68 +333,197 @@ def encode_units(
     ]
 
 
-def record_requests(task: Any, prompts: dict[str, str] | None, name: str) -> list[TaskTexts]:
-    """Run mteb once on `task` with an encoder that records the texts (after prompts) per
-    prompt type and answers with zero vectors: the scoring runs later ask for
-    exactly these texts. The task's data must be loaded (mteb leaves preloaded data alone)."""
-    import mteb
-    from mteb.models.abs_encoder import AbsEncoder
-    from mteb.models.model_meta import ModelMeta
+def request_spec(lm: Any) -> dict[str, Any]:
+    """The spec a fresh process loads `lm` (a `LayerModel`) from: its resolved spec, with a local
+    folder's fingerprint taken off the revision (loading adds it again) and the device left to it."""
+    spec = lm.current_spec()
+    revision = spec.revision
+    if revision and revision.startswith("local-"):
+        revision = None
+    elif revision and "-local-" in revision:
+        revision = revision.split("-local-")[0]
+    elif revision and revision.startswith("weights-"):
+        revision = None
+    return spec.replace(revision=revision, device=None).to_dict()
 
-    from .encoder import loader_texts, resolve_prompt
 
-    seen: dict[str | None, dict[str, None]] = {}
-    prompt_of: dict[str | None, str] = {}
-
-    class Recorder(AbsEncoder):
-        def __init__(self) -> None:
-            self.model = None
-            self.model_prompts = prompts
-            self.mteb_model_meta = ModelMeta.create_empty(
-                overwrites=dict(name=name, revision="plan", embed_dim=16)
-            )
-
-        def encode(self, inputs: Any, *, task_metadata: Any, hf_split: str, hf_subset: str,
-                   prompt_type: Any = None, **kwargs: Any) -> np.ndarray:  # fmt: skip
-            prompt = resolve_prompt(prompts, task_metadata, prompt_type)
-            texts = [prompt + text for text in loader_texts(inputs)]
-            kind = prompt_type.value if prompt_type is not None else None
-            if prompt_of.setdefault(kind, prompt) != prompt:
-                raise ValueError(
-                    f"{task_metadata.name} asks for prompt type {kind} with two prompts "
-                    f"({prompt_of[kind]!r}, {prompt!r}); the store keeps one per prompt type."
-                )
-            bucket = seen.setdefault(kind, {})
-            for t in texts:
-                bucket.setdefault(t, None)
-            return _zero_vectors(texts)
-
-    from .sweep import _quiet_scoring
-
-    with _quiet_scoring(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scorers complain about constant vectors
-        mteb.evaluate(
-            Recorder(),
-            task,
-            cache=None,
-            overwrite_strategy="always",
-            show_progress_bar=False,
-            raise_error=True,
-            encode_kwargs={"batch_size": 512, "show_progress_bar": False},
-        )
+def slice_encoders(plan: SweepPlan, source: EmbeddingSource) -> list[StoreEncoder]:
+    """One store-backed encoder per slice of the plan: every pooling, layer, dim and final
+    norm, then every fusion."""
     return [
-        TaskTexts(
-            task=task.metadata.name, prompt_type=kind, texts=tuple(bucket), prompt=prompt_of[kind]
+        StoreEncoder(
+            source, layer=layer, dim=dim, normalize=plan.normalize, final_norm=norm, pooling=mode
         )
-        for kind, bucket in seen.items()
+        for mode in source.poolings
+        for layer, dim, norm in plan.slices
+    ] + [
+        StoreEncoder(
+            source,
+            layer=-1,
+            dim=dim,
+            normalize=plan.normalize,
+            final_norm=norm,
+            fuse=f,
+            pooling=mode,
+        )
+        for mode in source.poolings
+        for f, dim, norm in plan.fused_slices
     ]
 
 
-def _zero_vectors(texts: Sequence[str], dim: int = 16) -> np.ndarray:
-    """Zero vectors: every scorer (a logistic regression, a search) finishes at once on them."""
-    return np.zeros((len(texts), dim), dtype=np.float32)
+def plan_units(
+    plan: SweepPlan,
+    source: EmbeddingSource,
+    output: Path,
+    *,
+    dry_run: bool = False,
+    raise_error: bool = False,
+    search_backend: str = "torch",
+    recorded: RecordedTexts | None = None,
+) -> Plan:
+    """Write down every unit of the sweep before anything runs.
+
+    Per task: the slices whose result does not stand become score units; if any, mteb is run
+    once with a recording encoder to learn the task's texts (`scoring.record_requests`), which
+    are written under `<output>/plan/` (not in a dry run) and cut into encode units of one
+    store shard each. A task that cannot be planned is recorded in `plan.failures`.
+    With `recorded` (a checkpoint series), a task recorded before is not recorded again and
+    its texts file is the one written then.
+    """
+    absent = not output.exists()
+    cache = AtomicResultCache(output)  # mteb's cache makes its folder
+    if dry_run and absent:
+        output.rmdir()
+    encoders = slice_encoders(plan, source)
+    # what every unit names its model by: the spec a worker loads, the one the store is keyed by
+    model = {"model": request_spec(source.lm), "resolved": source.lm.current_spec().to_dict()}
+    units = Plan(failures=plan.failures)
+    for task in plan.tasks:
+        name = task.metadata.name
+        try:
+            pending = pending_slices(
+                task, encoders, cache, search_backend, remove_stale=not dry_run
+            )
+            units.done[name] = len(encoders) - len(pending)
+            if not pending:
+                continue
+            memo_key, requests = _task_requests(task, source.lm, recorded)
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            raise_if_disk_full(exc, output)
+            if raise_error:
+                raise
+            plan.failures[name] = f"{type(exc).__name__}: {exc}"
+            logger.error("Task %s cannot be planned: %s", name, exc)
+            continue
+        units.texts[name] = requests
+        depends = []
+        for texts in requests:
+            new = _encode_units_of(texts, task, source, output, model, memo_key, recorded, dry_run)
+            units.encode.extend(new)
+            depends.extend(u.key for u in new)
+        units.score.extend(
+            _score_unit(enc, task, source, output, model, search_backend, tuple(depends))
+            for enc in pending
+        )
+    return units
 
 
-def count_stored(store: Any, texts: Sequence[str], layers: Sequence[int]) -> int:
-    """How many of `texts` the store already holds for every layer."""
-    return len(texts) - len(store.missing(list(texts), list(layers)))
+def _task_requests(
+    task: Any, lm: Any, recorded: RecordedTexts | None
+) -> tuple[tuple[str, str, str], list[TaskTexts]]:
+    """The texts `task` asks for (recorded once per series), with the key they are kept under."""
+    name = task.metadata.name
+    memo_key = (name, task_fingerprint(task), prompts_hash(lm.prompts))
+    if recorded is not None and memo_key in recorded.entries:
+        return memo_key, recorded.entries[memo_key]
+    loaded_here = not task.data_loaded
+    if loaded_here:
+        task.load_data()
+    try:
+        requests = record_requests(task, lm.prompts, lm.name)
+    finally:
+        if loaded_here:
+            task.unload_data()
+    if recorded is not None:
+        recorded.entries[memo_key] = requests
+        recorded.n_recorded += 1
+    return memo_key, requests
+
+
+def _encode_units_of(
+    texts: TaskTexts,
+    task: Any,
+    source: EmbeddingSource,
+    output: Path,
+    model: dict[str, Any],
+    memo_key: tuple[str, str, str],
+    recorded: RecordedTexts | None,
+    dry_run: bool,
+) -> list[EncodeUnit]:
+    """The encode units of one prompt type's texts; the texts file written first (the store's
+    configuration before it), unless in a dry run."""
+    # One name for several poolings ("mean,last"); a single pooling's is unchanged.
+    pass_pooling = ",".join(source.poolings)
+    path = texts_path(output, plan_digest(model["resolved"], pass_pooling), task.metadata.name,
+                      texts.prompt_type)  # fmt: skip
+    if recorded is not None:  # a series: every checkpoint reads the first one's file
+        path = recorded.files.setdefault((memo_key, texts.prompt_type), path)
+    if not dry_run:
+        try:
+            for mode in source.poolings:  # the store's config first, then the plan
+                for norm in source.final_norms:
+                    source.store(texts.prompt_type, norm, mode)
+            write_texts(path, texts)
+        except OSError as exc:
+            raise_if_disk_full(exc, path)  # stops the run, as in the store
+            raise
+    return encode_units(
+        texts,
+        path,
+        source.shard_size,
+        **model,
+        data_dir=task_data_dir(task),
+        store_root=str(source.root),
+        layers=tuple(source.layers),
+        pooling=pass_pooling,
+        batch_size=source.batch_size,
+        final_norms=tuple(source.final_norms),
+        max_tokens_per_batch=source.max_tokens_per_batch,
+    )
+
+
+def _score_unit(
+    enc: StoreEncoder,
+    task: Any,
+    source: EmbeddingSource,
+    output: Path,
+    model: dict[str, Any],
+    search_backend: str,
+    depends: tuple[str, ...],
+) -> ScoreUnit:
+    """The score unit of one pending slice of `task`."""
+    lm = source.lm
+    return ScoreUnit(
+        **model,
+        n_parameters=lm.n_parameters,
+        hidden_size=lm.hidden_size,
+        n_layers=lm.n_layers,
+        task=task.metadata.name,
+        data_dir=task_data_dir(task),
+        hf_subsets=task_subsets(task),
+        store_root=str(source.root),
+        output=str(output),
+        layer=enc.layer,
+        dim=enc.dim,
+        normalize=enc.normalize,
+        pooling=enc.pooling,
+        layers=tuple(source.layers),
+        batch_size=source.batch_size,
+        final_norm=enc.final_norm,
+        final_norms=tuple(source.final_norms),
+        search_backend=search_backend,
+        depends_on=depends,
+        fuse=enc.fuse,
+    )

@@ -11,24 +11,33 @@ missing split or subset, a NaN score, another identity), or `None` when it stand
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import mteb
 
+from .spec import excludes_prompt
 from .tempfiles import atomic_write, temp_path
+
+if TYPE_CHECKING:
+    from .replay import StoreEncoder
 
 __all__ = [
     "AtomicResultCache",
     "identity_path",
+    "pending_slices",
     "read_identity",
+    "slice_identity",
     "task_fingerprint",
     "unfinished_reason",
     "write_atomic",
 ]
+
+logger = logging.getLogger(__name__)
 
 IDENTITY_FOLDER = "identity"
 #: Identity keys recorded for readers but not compared on resume: they do not change a score
@@ -168,3 +177,54 @@ def unfinished_reason(
         if key not in RECORDED_ONLY and recorded.get(key, IDENTITY_DEFAULTS.get(key)) != value
     ]
     return f"computed with other settings ({'; '.join(diffs)})" if diffs else None
+
+
+def slice_identity(
+    encoder: StoreEncoder, data: str, search_backend: str | None = None
+) -> dict[str, Any]:
+    """Everything a slice's score depends on, recorded beside its result and compared on
+    resume (`unfinished_reason`), plus what is only recorded: the model's layer count
+    (relative depth) and the retrieval search backend."""
+    spec = encoder.source.lm.current_spec()
+    return {
+        "model": spec.name,
+        "revision": spec.revision,
+        "max_length": spec.max_length,
+        "dtype": spec.dtype,
+        "prompts": dict(encoder.model_prompts) if encoder.model_prompts else None,
+        "pooling": encoder.pooling,
+        "normalize": encoder.normalize,
+        "layer": encoder.layer,
+        "dim": encoder.dim,
+        "final_norm": encoder.final_norm,
+        "include_prompt": not excludes_prompt(spec.include_prompt, encoder.model_prompts),
+        "data": data,
+        "n_layers": encoder.source.lm.n_layers,
+        "search_backend": search_backend,
+    } | ({"fuse": encoder.fuse_label} if encoder.fuse else {})
+
+
+def pending_slices(
+    task: Any,
+    encoders: Sequence[StoreEncoder],
+    cache: AtomicResultCache,
+    search_backend: str | None = None,
+    *,
+    remove_stale: bool = True,
+) -> list[StoreEncoder]:
+    """The slices of `task` to (re)compute; a stale or broken result is removed (unless
+    `remove_stale` is off, as in a dry run), with a warning naming the file and why."""
+    data = task_fingerprint(task)
+    pending = []
+    for encoder in encoders:
+        path = cache.get_task_result_path(task.metadata.name, encoder.mteb_model_meta)
+        identity = slice_identity(encoder, data, search_backend)
+        cache.expect(path, identity)
+        reason = unfinished_reason(path, task, identity)
+        if reason is None:
+            continue
+        if reason != "missing" and remove_stale:
+            logger.warning("Recomputing %s: %s.", path, reason)
+            path.unlink()
+        pending.append(encoder)
+    return pending

@@ -13,18 +13,36 @@ from __future__ import annotations
 
 import gc
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from .checkpoints import Checkpoint, record_checkpoint, resolve_checkpoints, series_name
-from .metrics.driver import layer_metrics
+from .metrics.run import layer_metrics
 from .model import LayerModel
 from .plan import RecordedTexts
 from .spec import ModelSpec
 from .sweep import sweep
 
-__all__ = ["load_checkpoint", "metrics_series", "sweep_series"]
+__all__ = ["SeriesResult", "load_checkpoint", "metrics_series", "sweep_series"]
+
+
+@dataclass
+class SeriesResult:
+    """What `sweep_series` returns: every checkpoint's table of scores, and how the run went.
+
+    `scores`: one row per checkpoint and (layer, dim) with `checkpoint`, `step`, `revision`,
+    `mean` and the task columns. `failures`: "checkpoint: task" -> reason. `recorded`: the
+    series' `RecordedTexts` (tasks recorded once). `n_encoded`: texts that went through the
+    network, all checkpoints together. `model`: the name the results are filed under.
+    """
+
+    scores: pd.DataFrame
+    failures: dict[str, str]
+    recorded: RecordedTexts
+    n_encoded: int
+    model: str
 
 
 def load_checkpoint(checkpoint: Checkpoint, name: str, spec: ModelSpec | None) -> LayerModel:
@@ -64,16 +82,13 @@ def sweep_series(
     name: str | None = None,
     output: Any = "results",
     **options: Any,
-) -> pd.DataFrame:
+) -> SeriesResult:
     """`sweep` every checkpoint of a series; return one long frame of the tables.
 
     `model`: a folder pattern (`run/checkpoint-*`, ordered by the step in each name) or, with
     `revisions` (`"step1000,step8000,main"`), a Hub id. `name`: the model name all checkpoints
     are filed under (default: the Hub id, or the folder holding the checkpoints). `options` go
-    to `sweep` for every checkpoint. The returned frame has one row per checkpoint and
-    (layer, dim) with `checkpoint`, `step`, `revision`, `mean` and the task columns;
-    `attrs["recorded"]` is the series' `RecordedTexts` (tasks recorded once),
-    `attrs["failures"]` maps "checkpoint: task" to a reason.
+    to `sweep` for every checkpoint. Returns a `SeriesResult`.
     """
     checkpoints, name, spec = _series(model, revisions, spec, name)
     options = _with_pooling(options, spec)
@@ -81,13 +96,13 @@ def sweep_series(
     parts, failures, n_encoded, filed_as = [], {}, 0, name
     for checkpoint in checkpoints:
         lm = load_checkpoint(checkpoint, name, spec)
-        table = sweep(lm, output=output, recorded=recorded, **options)
+        result = sweep(lm, output=output, recorded=recorded, **options)
         if not options.get("dry_run"):
             record_checkpoint(output, lm.name, lm.revision, checkpoint)
         filed_as = lm.name  # the name results are filed under (e.g. "local/run")
-        failures.update({f"{checkpoint.name}: {t}": r for t, r in table.attrs["failures"].items()})
-        n_encoded += table.attrs.get("n_encoded", 0)
-        flat = table.reset_index()
+        failures.update({f"{checkpoint.name}: {t}": r for t, r in result.failures.items()})
+        n_encoded += result.n_encoded
+        flat = result.scores.reset_index()
         flat.insert(0, "revision", lm.revision)
         flat.insert(0, "step", checkpoint.step)
         flat.insert(0, "checkpoint", checkpoint.name)
@@ -95,8 +110,7 @@ def sweep_series(
         del lm
         gc.collect()
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    out.attrs.update(recorded=recorded, failures=failures, n_encoded=n_encoded, model=filed_as)
-    return out
+    return SeriesResult(out, failures, recorded, n_encoded, filed_as)
 
 
 def metrics_series(

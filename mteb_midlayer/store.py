@@ -245,10 +245,10 @@ def _free_bytes(path: Path) -> int | None:
     return None
 
 
-def _is_disk_full(exc: BaseException) -> bool:
+def is_disk_full(exc: BaseException) -> bool:
     """Whether ``exc`` or an exception it was raised from/with is an ENOSPC / EDQUOT OSError."""
     return any(
-        isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in _chain(exc)
+        isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT) for e in chain(exc)
     )
 
 
@@ -260,15 +260,15 @@ def raise_if_disk_full(exc: BaseException, path: Path | str) -> None:
     """
     if isinstance(exc, StoreFullError):
         raise exc
-    if _is_disk_full(exc):
+    if is_disk_full(exc):
         filename = next(
-            (e.filename for e in _chain(exc) if isinstance(e, OSError) and e.filename), None
+            (e.filename for e in chain(exc) if isinstance(e, OSError) and e.filename), None
         )
         where = Path(filename) if filename else Path(path)
         raise StoreFullError(where, _free_bytes(where)) from exc
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
+def chain(exc: BaseException) -> Iterator[BaseException]:
     seen: set[int] = set()
     cur: BaseException | None = exc
     while cur is not None and id(cur) not in seen:
@@ -286,7 +286,7 @@ def _atomic_write(path: Path, write: Any) -> None:
     try:
         atomic_write(path, write)
     except BaseException as exc:
-        if not isinstance(exc, StoreFullError) and _is_disk_full(exc):
+        if not isinstance(exc, StoreFullError) and is_disk_full(exc):
             raise StoreFullError(path, _free_bytes(path.parent)) from exc
         raise
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from mteb_midlayer.cli import main
-from mteb_midlayer.metrics.driver import METRICS
+from mteb_midlayer.metrics.compute import METRICS
 
 
 def test_help_lists_the_verbs(capsys):

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from mteb_midlayer.executors import base, claims
+from mteb_midlayer.executors import claims, work
 from mteb_midlayer.executors.local import ProcessExecutor, SerialExecutor
 from mteb_midlayer.model import LayerModel
-from mteb_midlayer.plan import TaskTexts, encode_units, write_texts
+from mteb_midlayer.plan import TaskTexts, encode_units, request_spec, write_texts
 from mteb_midlayer.replay import store_key
 from mteb_midlayer.store import EmbeddingStore
-from mteb_midlayer.sweep import request_spec, sweep
+from mteb_midlayer.sweep import sweep
 
 from .conftest import REPO, tiny_model, tiny_tokenizer
 
@@ -43,7 +43,7 @@ def _pid(_: int) -> int:
 def _threads(_: int) -> tuple[int, str | None]:
     import torch
 
-    return torch.get_num_threads(), (base._DEVICE or [None])[0]
+    return torch.get_num_threads(), (work._DEVICE or [None])[0]
 
 
 def test_serial_executor_yields_results_and_exceptions_in_order():
@@ -214,20 +214,20 @@ def _unit(lm: LayerModel, tmp_path: Path, texts: list[str]):
         resolved=lm.current_spec().to_dict(), data_dir=None, store_root=str(tmp_path / "store"),
         layers=(0, 6), pooling="mean", batch_size=8,
     )  # fmt: skip
-    base.seed_model(unit.model, lm)
+    work.seed_model(unit.model, lm)
     return unit
 
 
 def test_encode_unit_waits_for_a_live_claim_then_does_only_what_is_missing(minilm, tmp_path):
     unit = _unit(minilm, tmp_path, [f"sentence number {i}" for i in range(5)])
-    path = base.claim_path(unit)
+    path = work.claim_path(unit)
     assert claims.try_claim(path)  # a live holder (this process) has the unit
     threading.Timer(1.0, claims.release, [path]).start()
-    report = base.run_encode_unit(unit, poll_s=0.1)
+    report = work.run_encode_unit(unit, poll_s=0.1)
     assert report.waited_s >= 0.8 and report.n_encoded == 5 and not path.exists()
     store = EmbeddingStore(unit.store_root, store_key(minilm, "mean", None))
     assert len(store) == 5
-    assert base.run_encode_unit(unit).n_encoded == 0  # written: nothing to do
+    assert work.run_encode_unit(unit).n_encoded == 0  # written: nothing to do
     assert len(list(Path(unit.store_root).rglob("shards/**/*.json"))) == 1
 
 
@@ -237,20 +237,20 @@ def test_encode_unit_takes_over_a_dead_holders_claim(minilm, tmp_path, where):
 
     unit = _unit(minilm, tmp_path, ["a", "b", "c"])
     if where == "this-host":
-        _write_claim(base.claim_path(unit), _dead_pid(), socket.gethostname())
+        _write_claim(work.claim_path(unit), _dead_pid(), socket.gethostname())
     else:  # a host that died 10 minutes ago: no heartbeat since
-        _write_claim(base.claim_path(unit), 1, "dead-host", heartbeat_s=30, beat_age_s=600)
-    report = base.run_encode_unit(unit, poll_s=0.05, heartbeat_s=0.05)
+        _write_claim(work.claim_path(unit), 1, "dead-host", heartbeat_s=30, beat_age_s=600)
+    report = work.run_encode_unit(unit, poll_s=0.05, heartbeat_s=0.05)
     assert report.n_encoded == 3 and report.waited_s == 0
-    assert not base.claim_path(unit).exists()
+    assert not work.claim_path(unit).exists()
     assert not [t for t in threading.enumerate() if t.name.startswith("claim-heartbeat")]
 
 
 def test_a_worker_with_another_model_refuses_the_unit(minilm, tmp_path):
     unit = _unit(minilm, tmp_path, ["a"])
     other = dict(unit.resolved, revision="other")
-    with pytest.raises(base.UnitError, match="revision"):
-        base.run_encode_unit(type(unit)(**{**unit.__dict__, "resolved": other}))
+    with pytest.raises(work.UnitError, match="revision"):
+        work.run_encode_unit(type(unit)(**{**unit.__dict__, "resolved": other}))
 
 
 # ----------------------------------------------------------------------------- whole sweeps
@@ -283,11 +283,11 @@ def test_jobs_and_devices_give_bit_identical_results(minilm_path, data_dir, tmp_
     )  # fmt: skip
     serial = sweep(minilm_path, output=tmp_path / "serial", jobs=1, **kwargs)
     pooled = sweep(minilm_path, output=tmp_path / "pooled", jobs=2, devices="cpu,cpu", **kwargs)
-    assert serial.attrs["failures"] == pooled.attrs["failures"] == {}
-    assert serial.attrs["n_encoded"] == pooled.attrs["n_encoded"] == 183 + 180
+    assert serial.failures == pooled.failures == {}
+    assert serial.n_encoded == pooled.n_encoded == 183 + 180
     a, b = _results(tmp_path / "serial"), _results(tmp_path / "pooled")
     assert len(a) == 8 and a == b  # every score, not only the main one, bit for bit
-    assert serial.equals(pooled)
+    assert serial.scores.equals(pooled.scores)
 
 
 def _cli(out: Path, data: Path, jobs: int) -> list[str]:
@@ -394,7 +394,7 @@ def test_killed_driver_loses_at_most_its_unit(data_dir, tmp_path):
 
 @pytest.mark.slow
 def test_metrics_units_in_a_worker_equal_the_driver(minilm_path, data_dir, tmp_path):
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
 
     kwargs = dict(
         tasks=["BIOSSES", CLASSIFICATION], data_dir=data_dir, n=40, layers=[0, 6],
@@ -427,18 +427,18 @@ def test_workers_score_the_subsets_the_driver_planned(minilm_path, shared_data, 
             )
     table = sweep(minilm_path, data_dir=tmp_path / "data", output=tmp_path / "out", layers=[6],
                   jobs=2, show_progress=False)  # fmt: skip
-    assert table.attrs["failures"] == {}
-    assert {u.hf_subsets for u in table.attrs["plan"].score} == {("en",)}
+    assert table.failures == {}
+    assert {u.hf_subsets for u in table.plan.score} == {("en",)}
     (result,) = [p for p in (tmp_path / "out").rglob(f"{name}.json") if p.parent.name != "identity"]
     assert [s["hf_subset"] for s in json.loads(result.read_text())["scores"]["test"]] == ["en"]
     # a worker's rebuilt task is the driver's: same subsets, same folder, no repeated notes
-    base._TASK.clear()
+    work._TASK.clear()
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
-        task = base._task(name, str(tmp_path / "data"), ("en",))
+        task = work._task(name, str(tmp_path / "data"), ("en",))
     assert not [w for w in said if "local data in" in str(w.message)]
     assert task.hf_subsets == ["en"] and task.local_data_dir == tmp_path / "data" / name
-    assert base._task(name, str(tmp_path / "data")).hf_subsets == ["en", "de"]
+    assert work._task(name, str(tmp_path / "data")).hf_subsets == ["en", "de"]
 
 
 class _Recording(SerialExecutor):
@@ -462,7 +462,7 @@ def _result_files(root: Path) -> dict[str, dict]:
 
 
 def test_a_relative_model_path_reaches_workers_absolute(data_dir, tmp_path, monkeypatch):
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
 
     folder = tmp_path / "models" / "my-model"
     tiny_model("bert", n_layers=2).save_pretrained(folder)
@@ -471,16 +471,16 @@ def test_a_relative_model_path_reaches_workers_absolute(data_dir, tmp_path, monk
     kwargs = dict(tasks=["BIOSSES"], data_dir=data_dir, layers=[1], show_progress=False)
     sweep_kw = dict(kwargs, dims=[32], device="cpu")
     rel = sweep("./my-model", output="out", executor=_Recording(), **sweep_kw)
-    plan = rel.attrs["plan"]
+    plan = rel.plan
     assert {u.model["source"] for u in plan.encode + plan.score} == {str(folder)}
     assert {u.resolved["source"] for u in plan.encode + plan.score} == {str(folder)}
     assert all(Path(u.output).is_absolute() for u in plan.score)
 
     # A worker elsewhere (another working directory, no model loaded yet) can run the units.
     monkeypatch.chdir(tmp_path)
-    base._MODELS.clear()
-    assert base.run_encode_unit(plan.encode[0]).n_encoded == 0  # loaded, checked, all stored
-    assert base.run_score_unit(plan.score[0]).skipped
+    work._MODELS.clear()
+    assert work.run_encode_unit(plan.encode[0]).n_encoded == 0  # loaded, checked, all stored
+    assert work.run_score_unit(plan.score[0]).skipped
 
     # Results are named as from the absolute path (name local/my-model, a content revision).
     absolute = sweep(str(folder), output=tmp_path / "abs", **sweep_kw)
@@ -488,8 +488,8 @@ def test_a_relative_model_path_reaches_workers_absolute(data_dir, tmp_path, monk
     assert list(rel_files) == list(abs_files) and len(rel_files) == 1
     assert next(iter(rel_files)).startswith("local__my-model/local-")
     assert rel_files == abs_files
-    assert rel.equals(absolute)
-    dry = sweep(str(folder), output=tmp_path / "dry", dry_run=True, **sweep_kw).attrs["plan"]
+    assert rel.scores.equals(absolute.scores)
+    dry = sweep(str(folder), output=tmp_path / "dry", dry_run=True, **sweep_kw).plan
     assert [u.key for u in dry.encode] == [u.key for u in plan.encode]  # one claim for both
 
     # metrics: its units carry absolute model, output and data paths too

@@ -285,7 +285,7 @@ def planned(model: str, data_dir: Path, output: Path, **opts):
     from mteb_midlayer.sweep import sweep
 
     plan = sweep(model, data_dir=data_dir, output=output, dry_run=True, **SWEEP, **opts)
-    plan = plan.attrs["plan"]
+    plan = plan.plan
     for unit in plan.encode:
         (texts,) = [t for t in plan.texts[unit.task] if t.prompt_type == unit.prompt_type]
         write_texts(Path(unit.texts_file), texts)
@@ -360,7 +360,7 @@ def test_ray_workers_elsewhere_load_a_relative_model_and_take_over_a_dead_hosts_
     import time
 
     from mteb_midlayer.executors import run_encode_unit, run_score_unit
-    from mteb_midlayer.executors.base import claim_path
+    from mteb_midlayer.executors.work import claim_path
     from mteb_midlayer.sweep import sweep
     from tests.conftest import tiny_model, tiny_tokenizer
 
@@ -381,7 +381,7 @@ def test_ray_workers_elsewhere_load_a_relative_model_and_take_over_a_dead_hosts_
     executor = make_executor("ray", roots=[out])
     kwargs = dict(tasks=["BIOSSES"], data_dir=data.parent, layers="1,2", show_progress=False)
     table = sweep("tiny", output=out, shard_size=16, dry_run=True, **kwargs)
-    plan = table.attrs["plan"]
+    plan = table.plan
     for unit in plan.encode:
         (texts,) = plan.texts[unit.task]
         write_texts(Path(unit.texts_file), texts)
@@ -437,7 +437,7 @@ def test_cli_metrics_through_ray_equals_local(ray_local, minilm_path, shared_dat
     import pandas as pd
 
     from mteb_midlayer.cli import main
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
 
     opts = dict(tasks=["BIOSSES"], layers="0,6", n=40, metrics="dataset_entropy,effective_rank")
     local = layer_metrics(

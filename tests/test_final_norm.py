@@ -89,7 +89,7 @@ def test_sweep_last_and_every_in_one_pass_equal_two_single_runs(tmp_path):
         output=tmp_path / "both",
         show_progress=False,
         batch_size=64,
-    )
+    ).scores
     forwards_both = len(calls)
     calls.clear()
     sweep(
@@ -146,7 +146,7 @@ def test_sweep_last_and_every_in_one_pass_equal_two_single_runs(tmp_path):
         output=tmp_path / "both",
         show_progress=False,
     )
-    assert again.attrs["n_encoded"] == 0
+    assert again.n_encoded == 0
 
 
 def test_every_on_bert_is_a_noted_no_op_filed_as_its_own_slice(tmp_path, caplog, monkeypatch):
@@ -185,7 +185,7 @@ def test_scores_frame_keeps_runs_that_differ_only_in_max_length(tmp_path):
 
 
 def test_metrics_rows_carry_final_norm_and_see_the_normed_states(tmp_path):
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
 
     lm = _tiny_lm("gpt_neox")
     texts = [f"text number {i} says {'word ' * (i % 5)}" for i in range(24)]

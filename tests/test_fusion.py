@@ -160,8 +160,8 @@ def fused_sweep(minilm, shared_data, tmp_path_factory):
 
 def test_sweep_fusion_folders_and_identity(fused_sweep):
     out, table = fused_sweep
-    assert table.attrs["failures"] == {}
-    assert table.attrs["n_encoded"] > 0
+    assert table.failures == {}
+    assert table.n_encoded > 0
     folders = sorted(p.parent.name for p in out.rglob("BIOSSES.json") if "identity" not in str(p))
     kwargs = {}
     for folder in out.glob("results/*/*/experiments/*"):
@@ -186,7 +186,7 @@ def test_sweep_fusion_rows_in_table_and_frames(fused_sweep, minilm, shared_data,
     from mteb_midlayer.sweep import sweep
 
     out, table = fused_sweep
-    assert list(table.index) == [(384, 5), (384, "0+6"), (384, "5-6"), (128, 5), (128, "0+6"),
+    assert list(table.scores.index) == [(384, 5), (384, "0+6"), (384, "5-6"), (128, 5), (128, "0+6"),
                                  (128, "5-6")]  # fmt: skip
     scores = frames.scores_frame(out)
     assert sorted(zip(scores["fuse"], scores["layer"], strict=True)) == sorted(
@@ -205,7 +205,7 @@ def test_sweep_fusion_rows_in_table_and_frames(fused_sweep, minilm, shared_data,
         minilm, tasks=["BIOSSES"], data_dir=shared_data, layers=[5], fuse="0+6,5-6",
         dims=[384, 128], output=out, show_progress=False,
     )  # fmt: skip
-    assert again.attrs["n_encoded"] == 0 and not again.attrs["plan"].score
+    assert again.n_encoded == 0 and not again.plan.score
 
 
 def mteb_task(shared_data):

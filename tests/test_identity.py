@@ -49,9 +49,11 @@ def test_same_named_checkpoints_get_their_own_results(biosses, tmp_path):
     out = tmp_path / "out"
     first = run(str(a), out, biosses)
     second = run(str(b), out, biosses)
-    assert second.attrs["n_encoded"] > 0  # nothing of runA's store was served
+    assert second.n_encoded > 0  # nothing of runA's store was served
     assert len(result_files(out)) == 2
-    assert first.loc[2, "BIOSSES"] != pytest.approx(second.loc[2, "BIOSSES"], abs=1e-6)
+    assert first.scores.loc[2, "BIOSSES"] != pytest.approx(
+        second.scores.loc[2, "BIOSSES"], abs=1e-6
+    )
     lm_a, lm_b = LayerModel.load(str(a), device="cpu"), LayerModel.load(str(b), device="cpu")
     assert lm_a.name == lm_b.name == "local/checkpoint-100"
     assert lm_a.revision == f"local-{folder_fingerprint(a)}" != lm_b.revision
@@ -66,8 +68,10 @@ def test_a_model_changed_in_place_is_recomputed(biosses, tmp_path):
     before = run(str(folder), out, biosses)
     save_tiny(folder, seed=3)
     after = run(str(folder), out, biosses)
-    assert after.attrs["n_encoded"] > 0
-    assert before.loc[2, "BIOSSES"] != pytest.approx(after.loc[2, "BIOSSES"], abs=1e-6)
+    assert after.n_encoded > 0
+    assert before.scores.loc[2, "BIOSSES"] != pytest.approx(
+        after.scores.loc[2, "BIOSSES"], abs=1e-6
+    )
 
 
 @pytest.mark.parametrize(
@@ -84,13 +88,13 @@ def test_other_settings_are_not_reused(biosses, tmp_path, first, second):
     out = tmp_path / "out"
     a = run(str(folder), out, biosses, **first)
     b = run(str(folder), out, biosses, **second)
-    assert b.attrs["n_encoded"] > 0
+    assert b.n_encoded > 0
     assert len(result_files(out)) == 2
-    assert a.loc[2, "BIOSSES"] != pytest.approx(b.loc[2, "BIOSSES"], abs=1e-7)
+    assert a.scores.loc[2, "BIOSSES"] != pytest.approx(b.scores.loc[2, "BIOSSES"], abs=1e-7)
     # and each rerun reuses its own
     again = run(str(folder), out, biosses, **second)
-    assert again.attrs["n_encoded"] == 0
-    assert again.loc[2, "BIOSSES"] == b.loc[2, "BIOSSES"]
+    assert again.n_encoded == 0
+    assert again.scores.loc[2, "BIOSSES"] == b.scores.loc[2, "BIOSSES"]
 
 
 @pytest.mark.parametrize("damage", ["empty", "truncated", "nan"])
@@ -113,10 +117,10 @@ def test_a_broken_result_is_recomputed_and_said_so(biosses, tmp_path, caplog, da
     assert f"Recomputing {path}" in caplog.text
     expected = {"empty": "unreadable", "truncated": "unreadable", "nan": "NaN"}[damage]
     assert expected in caplog.text
-    assert again.attrs["n_encoded"] == 0  # embeddings are fine: replayed
-    assert again.loc[2, "BIOSSES"] == pytest.approx(good.loc[2, "BIOSSES"], abs=1e-6)
+    assert again.n_encoded == 0  # embeddings are fine: replayed
+    assert again.scores.loc[2, "BIOSSES"] == pytest.approx(good.scores.loc[2, "BIOSSES"], abs=1e-6)
     assert json.loads(path.read_text())["scores"]["test"][0]["main_score"] == pytest.approx(
-        good.loc[2, "BIOSSES"], abs=1e-6
+        good.scores.loc[2, "BIOSSES"], abs=1e-6
     )
 
 
@@ -132,10 +136,14 @@ def test_repaired_task_data_is_rescored(biosses, tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mteb_midlayer.sweep"):
         repaired = run(str(folder), out, biosses)
     assert "computed with other settings (data:" in caplog.text
-    assert repaired.attrs["n_encoded"] > 0
+    assert repaired.n_encoded > 0
     clean = run(str(folder), tmp_path / "clean", biosses)
-    assert repaired.loc[2, "BIOSSES"] == pytest.approx(clean.loc[2, "BIOSSES"], abs=1e-9)
-    assert repaired.loc[2, "BIOSSES"] != pytest.approx(cut.loc[2, "BIOSSES"], abs=1e-6)
+    assert repaired.scores.loc[2, "BIOSSES"] == pytest.approx(
+        clean.scores.loc[2, "BIOSSES"], abs=1e-9
+    )
+    assert repaired.scores.loc[2, "BIOSSES"] != pytest.approx(
+        cut.scores.loc[2, "BIOSSES"], abs=1e-6
+    )
 
 
 def test_a_task_missing_its_split_file_fails_alone(shared_data, tmp_path):
@@ -147,9 +155,9 @@ def test_a_task_missing_its_split_file_fails_alone(shared_data, tmp_path):
         str(folder), data_dir=data, layers=[2], output=tmp_path / "out", device="cpu",
         show_progress=False,
     )  # fmt: skip
-    assert set(table.attrs["failures"]) == {"STS12"}
-    assert "test.jsonl" in table.attrs["failures"]["STS12"]
-    assert math.isfinite(table.loc[2, "BIOSSES"])
+    assert set(table.failures) == {"STS12"}
+    assert "test.jsonl" in table.failures["STS12"]
+    assert math.isfinite(table.scores.loc[2, "BIOSSES"])
 
 
 def test_a_kill_while_mteb_writes_leaves_no_result_that_counts(biosses, tmp_path, monkeypatch):
@@ -169,13 +177,13 @@ def test_a_kill_while_mteb_writes_leaves_no_result_that_counts(biosses, tmp_path
 
     monkeypatch.setattr(TaskResult, "to_disk", torn)
     failed = run(str(folder), out, biosses)
-    assert "killed mid-write" in failed.attrs["failures"]["BIOSSES"]
+    assert "killed mid-write" in failed.failures["BIOSSES"]
     assert result_files(out) == []
     assert scan_results(out).problems == []
     monkeypatch.setattr(TaskResult, "to_disk", real)
     again = run(str(folder), out, biosses)
-    assert again.attrs["failures"] == {} and again.attrs["n_encoded"] == 0
-    assert len(result_files(out)) == 1 and math.isfinite(again.loc[2, "BIOSSES"])
+    assert again.failures == {} and again.n_encoded == 0
+    assert len(result_files(out)) == 1 and math.isfinite(again.scores.loc[2, "BIOSSES"])
 
 
 def test_results_written_before_final_norm_and_n_layers_are_reused(biosses, tmp_path, caplog):
@@ -195,4 +203,4 @@ def test_results_written_before_final_norm_and_n_layers_are_reused(biosses, tmp_
     with caplog.at_level(logging.WARNING):
         again = run(str(model), out, biosses, search_backend="torch")
     assert "Recomputing" not in caplog.text
-    assert again.attrs["n_encoded"] == 0 and result_files(out) == [result]
+    assert again.n_encoded == 0 and result_files(out) == [result]

@@ -243,11 +243,11 @@ def test_sweep_stores_and_scores_prompted_vectors_apart(tmp_path):
         )
         task = MockRetrievalTask()
         score = mteb.evaluate(LayerEncoder(lm, layer=4), task, cache=None).task_results[0]
-        assert tables[include].loc[4, task.metadata.name] == pytest.approx(
+        assert tables[include].scores.loc[4, task.metadata.name] == pytest.approx(
             score.get_score(), abs=1e-6
         )
-        assert tables[include].attrs["n_encoded"] > 0  # nothing shared with the other setting
-    plan = tables[False].attrs["plan"]
+        assert tables[include].n_encoded > 0  # nothing shared with the other setting
+    plan = tables[False].plan
     (requests,) = plan.texts.values()
     by_kind = {r.prompt_type: r for r in requests}
     assert by_kind["query"].prompt == "qry: " and by_kind["document"].prompt == "a document: "

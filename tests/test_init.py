@@ -35,7 +35,7 @@ def test_loading_an_export_imports_no_mteb_no_sweep_and_sets_no_variable():
         import mteb_midlayer.st_modules
         assert "mteb" not in sys.modules, "mteb imported"
         assert "mteb_midlayer.sweep" not in sys.modules, "sweep imported"
-        assert "mteb_midlayer.metrics.driver" not in sys.modules, "metrics imported"
+        assert "mteb_midlayer.metrics.run" not in sys.modules, "metrics imported"
         changed = {k for k in {*before, *os.environ} if before.get(k) != os.environ.get(k)}
         assert not changed, changed
         print("clean")
@@ -71,7 +71,7 @@ def test_every_public_name_resolves():
         "ModelSpec": "mteb_midlayer.spec",
         "export": "mteb_midlayer.export",
         "get_benchmark": "mteb_midlayer.tasks.benchmark",
-        "layer_metrics": "mteb_midlayer.metrics.driver",
+        "layer_metrics": "mteb_midlayer.metrics.run",
         "layer_results": "mteb_midlayer.frames",
         "metrics_frame": "mteb_midlayer.frames",
         "publish": "mteb_midlayer.leaderboard.publish",

@@ -16,9 +16,11 @@ from mteb_midlayer.plan import (
     encode_units,
     read_texts,
     record_requests,
+    request_spec,
     write_texts,
 )
-from mteb_midlayer.sweep import request_spec, select_tasks, sweep
+from mteb_midlayer.sweep import sweep
+from mteb_midlayer.tasks.selection import select_tasks
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +97,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(minilm, shared_data, tmp_pat
         shard_size=50, show_progress=False,
     )  # fmt: skip
     table = sweep(minilm, dry_run=True, **kwargs)
-    plan = table.attrs["plan"]
+    plan = table.plan
     assert not out.exists()
     assert len(plan.encode) == math.ceil(183 / 50) and len(plan.score) == 4
     assert {(u.layer, u.dim) for u in plan.score} == {(0, 384), (0, 64), (6, 384), (6, 64)}
@@ -105,7 +107,7 @@ def test_dry_run_prints_the_plan_and_writes_nothing(minilm, shared_data, tmp_pat
     assert summary.splitlines()[-1].split() == ["BIOSSES", "183", "4", "4", "0"]
 
     done = sweep(minilm, **kwargs)
-    assert done.attrs["n_encoded"] == 183
+    assert done.n_encoded == 183
     assert (out / "plan").is_dir()  # a real run keeps its texts files
-    replan = sweep(minilm, dry_run=True, **kwargs).attrs["plan"]
+    replan = sweep(minilm, dry_run=True, **kwargs).plan
     assert (len(replan.encode), len(replan.score), replan.done) == (0, 0, {"BIOSSES": 4})

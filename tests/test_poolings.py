@@ -126,11 +126,14 @@ def test_sweep_several_poolings_in_one_pass_equal_one_run_per_pooling(tmp_path):
     common = dict(tasks=[_sts_task()], layers=[0, 2, 4], show_progress=False, batch_size=64)
     both_norms = dict(final_norm="last,every")
     table = sweep(lm, pooling=",".join(POOLINGS), output=tmp_path / "all", **common, **both_norms)
+    table = table.scores
     forwards_all = len(calls)
     singles = {}
     for mode in POOLINGS:
         calls.clear()
-        singles[mode] = sweep(lm, pooling=mode, output=tmp_path / mode, **common, **both_norms)
+        singles[mode] = sweep(
+            lm, pooling=mode, output=tmp_path / mode, **common, **both_norms
+        ).scores
         assert len(calls) == forwards_all > 0  # three poolings cost one pooling's passes
     # the store: the same configurations (keys), each with the same entries
     got = _store_entries(tmp_path / "all")
@@ -158,7 +161,7 @@ def test_sweep_several_poolings_in_one_pass_equal_one_run_per_pooling(tmp_path):
     assert sorted(set(df["pooling"])) == sorted(POOLINGS)
     # a rerun with one of them reads everything back
     again = sweep(lm, pooling="last", output=tmp_path / "all", **common)
-    assert again.attrs["n_encoded"] == 0 and len(calls) == forwards_all
+    assert again.n_encoded == 0 and len(calls) == forwards_all
 
 
 def test_sweep_adding_a_pooling_encodes_once_and_writes_only_what_lacks(tmp_path):
@@ -169,16 +172,16 @@ def test_sweep_adding_a_pooling_encodes_once_and_writes_only_what_lacks(tmp_path
     (mean_digest,) = before
     shards = sorted((tmp_path / "store" / mean_digest).glob("shards/**/*.json"))
     table = sweep(lm, pooling="mean,max", **common)
-    assert table.attrs["n_encoded"] > 0  # max was missing: one pass, for max only
+    assert table.n_encoded > 0  # max was missing: one pass, for max only
     after = _store_entries(tmp_path)
     assert len(after) == 2 and after[mean_digest].keys() == before[mean_digest].keys()
     # the mean store was complete: nothing written to it again
     assert sorted((tmp_path / "store" / mean_digest).glob("shards/**/*.json")) == shards
-    assert table.index.names == ["pooling", "layer"]
+    assert table.scores.index.names == ["pooling", "layer"]
 
 
 def test_metrics_several_poolings_in_one_pass_equal_one_run_per_pooling(tmp_path):
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
 
     lm = _tiny_lm("gpt_neox")
     texts = [f"text number {i} says {'word ' * (i % 5)}" for i in range(20)]

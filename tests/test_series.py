@@ -40,7 +40,8 @@ def series_run(tmp_path_factory, shared_data):
 
 
 def test_sweep_series_files_each_checkpoint_under_one_name(series_run):
-    table, out = series_run["table"], series_run["out"]
+    result, out = series_run["table"], series_run["out"]
+    table = result.scores
     assert list(dict.fromkeys(table["checkpoint"])) == [
         "checkpoint-0",
         "checkpoint-2",
@@ -49,7 +50,7 @@ def test_sweep_series_files_each_checkpoint_under_one_name(series_run):
     revisions = list(dict.fromkeys(table["revision"]))
     assert len(revisions) == 3 and all(r.startswith("local-") for r in revisions)
     scores = scores_frame(out)
-    assert set(scores["model"]) == {table.attrs["model"]}
+    assert set(scores["model"]) == {result.model}
     assert set(scores["revision"]) == set(revisions)
     assert scores.groupby("revision")["layer"].nunique().tolist() == [3, 3, 3]  # 0, 1, 2
     # the frames' checkpoint/step come from the manifest, per revision
@@ -65,12 +66,12 @@ def test_sweep_series_files_each_checkpoint_under_one_name(series_run):
 
 def test_series_plans_the_task_once(series_run):
     table, out = series_run["table"], series_run["out"]
-    recorded = table.attrs["recorded"]
+    recorded = table.recorded
     assert recorded.n_recorded == 1  # one task, three checkpoints: recorded once
     texts_files = sorted((out / "plan").rglob("*.json"))
     assert len(texts_files) == len(recorded.files) == 1  # one prompt type of BIOSSES
     n_texts = len(json.loads(texts_files[0].read_text())["texts"])
-    assert table.attrs["n_encoded"] == 3 * n_texts  # each checkpoint encodes each text once
+    assert table.n_encoded == 3 * n_texts  # each checkpoint encodes each text once
 
 
 def test_single_model_frames_have_no_checkpoint(series_run, tmp_path):
@@ -176,8 +177,7 @@ def test_hub_revisions_reach_the_loader_and_cli(monkeypatch, capsys):
         table = pd.DataFrame(
             {"checkpoint": ["step1000", "main"], "step": [1000, None], "layer": [0, 0]}
         ).assign(mean=[0.1, 0.2])
-        table.attrs.update(recorded=S.RecordedTexts(n_recorded=1), failures={}, n_encoded=0)
-        return table
+        return S.SeriesResult(table, {}, S.RecordedTexts(n_recorded=1), 0, "org/model")
 
     monkeypatch.setattr(S, "sweep_series", fake_sweep_series)
     code = main(["sweep", "org/model", "--revisions", "step1000,main", "--tasks", TASK])

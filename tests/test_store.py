@@ -744,7 +744,7 @@ def test_a_bit_flipped_shard_is_recomputed_in_a_sweep_with_a_message(
 ):
     out = tmp_path / "out"
     first = _biosses_sweep(minilm_path, shared_data, out)
-    score = first.loc[6, "BIOSSES"]
+    score = first.scores.loc[6, "BIOSSES"]
     assert score == pytest.approx(0.81254, abs=1e-4)
     shard = sorted((out / "store").rglob("*.npy"))[0]
     n_rows = json.loads(shard.with_suffix(".json").read_text())["n"]
@@ -753,9 +753,9 @@ def test_a_bit_flipped_shard_is_recomputed_in_a_sweep_with_a_message(
         result.unlink()  # rescore from the store (what a new slice or a lost result does)
     with pytest.warns(UserWarning, match=r"store shard .*\.npy failed its check \(sha256"):
         again = _biosses_sweep(minilm_path, shared_data, out)
-    assert again.attrs["failures"] == {}
-    assert again.attrs["n_encoded"] == n_rows  # that shard's texts re-encoded, not served
-    assert again.loc[6, "BIOSSES"] == pytest.approx(score, abs=1e-6)
+    assert again.failures == {}
+    assert again.n_encoded == n_rows  # that shard's texts re-encoded, not served
+    assert again.scores.loc[6, "BIOSSES"] == pytest.approx(score, abs=1e-6)
     assert len(list((out / "store").rglob("quarantine/**/*.npy"))) == 1
 
 

@@ -28,7 +28,7 @@ def minilm(minilm_path):
 
 def test_sweep_equals_layer_encoder_runs(minilm, shared_data, tmp_path):
     out = tmp_path / "sweep"
-    table = sweep(
+    result = sweep(
         minilm,
         tasks=["BIOSSES"],
         data_dir=shared_data,
@@ -37,12 +37,13 @@ def test_sweep_equals_layer_encoder_runs(minilm, shared_data, tmp_path):
         output=out,
         show_progress=False,
     )
-    assert table.attrs["failures"] == {}
+    table = result.scores
+    assert result.failures == {}
     # one forward pass per distinct text, not one per slice
     texts = select_tasks(["BIOSSES"], None, shared_data)[0]
     texts.load_data()
     unique = set(texts.dataset["test"]["sentence1"]) | set(texts.dataset["test"]["sentence2"])
-    assert table.attrs["n_encoded"] == len(unique)
+    assert result.n_encoded == len(unique)
     assert list(table.index.get_level_values("layer").unique()) == list(range(7))
     assert table.loc[(384, 6), "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)  # README "here"
 
@@ -76,9 +77,9 @@ def test_sweep_equals_layer_encoder_runs(minilm, shared_data, tmp_path):
         output=out,
         show_progress=False,
     )
-    assert again.attrs["n_encoded"] == 0
+    assert again.n_encoded == 0
     assert [f.stat().st_mtime_ns for f in files] == mtimes
-    np.testing.assert_array_equal(again["BIOSSES"].to_numpy(), table["BIOSSES"].to_numpy())
+    np.testing.assert_array_equal(again.scores["BIOSSES"].to_numpy(), table["BIOSSES"].to_numpy())
 
 
 @pytest.mark.slow
@@ -97,13 +98,13 @@ def test_sweep_classification_last_layer_is_the_published_model(minilm, shared_d
             warnings.simplefilter("ignore")
             return local_task(mteb.get_task(name, hf_subsets=["en"]), shared_data / name)
 
-    table = sweep(minilm, tasks=[task()], layers=[6], output=tmp_path, show_progress=False)
+    table = sweep(minilm, tasks=[task()], layers=[6], output=tmp_path, show_progress=False).scores
     assert table.loc[6, name] == pytest.approx(0.63642, abs=1e-4)  # README "here", en
     raw = sweep(
         minilm, tasks=[task()], layers=[6], normalize=False, output=tmp_path, show_progress=False
     )
-    assert raw.attrs["n_encoded"] == 0  # normalisation is applied on replay, not stored
-    assert raw.loc[6, name] != pytest.approx(table.loc[6, name], abs=1e-4)
+    assert raw.n_encoded == 0  # normalisation is applied on replay, not stored
+    assert raw.scores.loc[6, name] != pytest.approx(table.loc[6, name], abs=1e-4)
     assert len(list(tmp_path.rglob(f"{name}.json"))) == 2
 
 
@@ -126,10 +127,10 @@ def test_failing_task_does_not_stop_the_others(minilm, shared_data, tmp_path):
     )
     (data / "BIOSSES").symlink_to(shared_data / "BIOSSES")
     table = sweep(minilm, data_dir=data, layers=[6], output=tmp_path / "out", show_progress=False)
-    assert set(table.attrs["failures"]) == {"STS12"}
-    reason = table.attrs["failures"]["STS12"]
+    assert set(table.failures) == {"STS12"}
+    reason = table.failures["STS12"]
     assert "test.jsonl" in reason and "line 2" in reason, reason
-    assert table.loc[6, "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)
+    assert table.scores.loc[6, "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)
 
 
 def test_cli_exit_code_and_bad_arguments(shared_data, tmp_path):
@@ -208,8 +209,9 @@ def test_sweep_matches_layer_encoder_on_mock_tasks_with_prompts(minilm, tmp_path
     tasks = [MockClassificationTask(), MockRetrievalTask()]
     lm = LayerModel.load(minilm.model, minilm.tokenizer, name="local/minilm", device="cpu")
     lm.prompts = prompts
-    table = sweep(lm, tasks=tasks, layers=[2, 6], output=tmp_path, show_progress=False)
-    assert table.attrs["failures"] == {}
+    result = sweep(lm, tasks=tasks, layers=[2, 6], output=tmp_path, show_progress=False)
+    assert result.failures == {}
+    table = result.scores
     # query and document texts live in separate store configurations (prompt type is in the key)
     assert len(list((tmp_path / "store").glob("*/config.json"))) >= 2
     for layer in (2, 6):
@@ -269,11 +271,14 @@ def test_scorer_warnings_go_to_the_log_in_one_line_and_other_warnings_still_show
 
     from sklearn.metrics import precision_score
 
-    from mteb_midlayer.sweep import scorer_warnings_to_log
+    from mteb_midlayer.scoring import scorer_warnings_to_log
 
     with warnings.catch_warnings(record=True) as shown:
         warnings.simplefilter("always")
-        with caplog.at_level(logging.INFO, logger="mteb_midlayer.sweep"), scorer_warnings_to_log():
+        with (
+            caplog.at_level(logging.INFO, logger="mteb_midlayer.scoring"),
+            scorer_warnings_to_log(),
+        ):
             for _ in range(3):
                 assert precision_score([0, 1, 1], [0, 0, 0], average="macro") == 1 / 3 / 2
             warnings.warn("not a scorer's", UserWarning, stacklevel=1)
@@ -323,7 +328,8 @@ def test_an_odd_but_safe_name_is_filed_inside_the_output_as_written(tmp_path):
         tiny_model("bert", n_layers=2), tokenizer=tiny_tokenizer(), name=name, revision=revision,
         tasks=[MockSTSTask()], layers=[1], output=out, device="cpu", show_progress=False,
     )  # fmt: skip
-    assert table.attrs["failures"] == {} and table.loc[1, "mean"] == table.loc[1, "MockSTSTask"]
+    assert table.failures == {}
+    assert table.scores.loc[1, "mean"] == table.scores.loc[1, "MockSTSTask"]
     assert [p.name for p in tmp_path.rglob("*") if out not in (p, *p.parents)] == ["a"]
     folder = out / "results" / "=HYPERLINK(x)__naïve|`<b>`_ü" / revision / "experiments"
     assert len(list(folder.glob("*/MockSTSTask.json"))) == 1
@@ -366,7 +372,7 @@ def test_cli_devices_missing_is_one_line_before_the_model_loads(tmp_path, monkey
 
 @pytest.mark.parametrize("inside", ["BIOSSES/out", "BIOSSES", "BIOSSES/sub/out"])
 def test_an_output_inside_a_task_folder_is_refused(tmp_path, monkeypatch, inside):
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
 
     data = tmp_path / "data"
     (data / "BIOSSES").mkdir(parents=True)

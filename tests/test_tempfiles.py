@@ -147,7 +147,7 @@ def _debris(out: Path, dead_pid: int) -> dict[str, Path]:
 
 @pytest.mark.parametrize("run", ["sweep", "metrics"])
 def test_a_run_cleans_its_output_folder_first(run, tiny_data, tmp_path, dead_pid):
-    from mteb_midlayer.metrics.driver import layer_metrics
+    from mteb_midlayer.metrics.run import layer_metrics
     from mteb_midlayer.sweep import sweep
 
     out = tmp_path / "out"
@@ -158,7 +158,7 @@ def test_a_run_cleans_its_output_folder_first(run, tiny_data, tmp_path, dead_pid
         table = sweep(
             model, tokenizer=tok, tasks=["BIOSSES"], data_dir=tiny_data, dims=[32], **common
         )
-        assert not table.attrs["failures"] and -1 <= table.loc[1, "BIOSSES"] <= 1
+        assert not table.failures and -1 <= table.scores.loc[1, "BIOSSES"] <= 1
     else:
         texts = ["a b c", "d e f", "g h", "i j k l"]
         df = layer_metrics(

@@ -1,9 +1,10 @@
 """Where a sweep's work units run: in this process, in local worker processes, or on an engine.
 
-`base.Executor` is the interface (`map` units to results in completion order); `local` holds
-`SerialExecutor` (the default) and `ProcessExecutor`; `ray` the `RayExecutor`, `slurm` the
-`SubmititExecutor` (Slurm job arrays). The work functions `run_encode_unit` and
-`run_score_unit` (and `run_metrics_unit`) are module-level in `base` so any engine can pickle them. `make_executor`
+`base.Executor` is the interface (`map` units to results in completion order, `shutdown`);
+`local` holds `SerialExecutor` (the default) and `ProcessExecutor`; `ray` the `RayExecutor`,
+`slurm` the `SubmititExecutor` (Slurm job arrays). The engines know nothing of the units; the
+work functions `run_encode_unit`, `run_score_unit` and `run_metrics_unit` are module-level in
+`work` so any engine can pickle them. `make_executor`
 builds one by name, so the CLI and the Python API pick them the same way; Ray and submitit are
 imported only when chosen.
 """
@@ -14,16 +15,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import (
-    EncodeReport,
-    Executor,
-    ScoreReport,
-    run_encode_unit,
-    run_metrics_unit,
-    run_score_unit,
-)
+from .base import Executor
 from .extras import MissingExtraError
 from .probe import SharedFilesystemError
+from .work import EncodeReport, ScoreReport, run_encode_unit, run_metrics_unit, run_score_unit
 
 EXECUTORS = ("local", "ray", "submitit")
 

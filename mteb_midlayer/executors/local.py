@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from ..devices import available_cores, passive_omp_wait
-from . import base
 
 U = TypeVar("U")
 R = TypeVar("R")
@@ -37,6 +36,21 @@ class SerialExecutor:
         pass
 
 
+def limit_threads(n: int = 1) -> None:
+    """One torch/BLAS thread per worker: N workers on N cores, not N x N threads."""
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+    try:
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(n)
+    except ImportError:  # pragma: no cover - sklearn brings threadpoolctl
+        pass
+
+
 def _exit_with_parent() -> None:
     """End this worker when the driver dies (a killed driver must not leave idle workers)."""
     parent = mp.parent_process()
@@ -52,11 +66,13 @@ def _exit_with_parent() -> None:
 
 def _init_worker(threads: int, devices: Any) -> None:
     _exit_with_parent()
-    base.limit_threads(threads)
+    limit_threads(threads)
+    # the work functions' module: its imports (seconds: torch, mteb) are paid while the driver
+    # still plans, and it keeps this worker's device
+    from . import work
+
     if devices is not None:
-        base.set_device(devices.get())
-    # the imports a unit needs (seconds: torch, mteb), paid while the driver still plans
-    import mteb_midlayer.sweep  # noqa: F401
+        work.set_device(devices.get())
 
 
 def _started() -> int:

@@ -97,6 +97,10 @@ class RayExecutor:
             self.ray.shutdown()
         self._started = False
 
+    def shutdown(self, cancel: bool = False) -> None:
+        """The `Executor` protocol's end of a run: `close` (units already ended)."""
+        self.close()
+
     def __enter__(self) -> RayExecutor:
         self.connect()
         return self

@@ -116,6 +116,9 @@ class SubmititExecutor:
             f"the units on this machine; logs in {self.folder}"
         )
 
+    def shutdown(self, cancel: bool = False) -> None:
+        """Nothing to release: every job ends with its unit (`map` cancels what it left)."""
+
     def _executor(self, gpu: bool) -> Any:
         """A submitit executor with the parameters for one kind of unit."""
         ex = self.submitit.AutoExecutor(folder=self.folder, cluster=self.cluster)

@@ -12,8 +12,9 @@ import torch
 from mteb_midlayer.encoder import LayerEncoder
 from mteb_midlayer.frames import metrics_frame
 from mteb_midlayer.metrics import functional as F
+from mteb_midlayer.metrics.compute import METRICS
 from mteb_midlayer.metrics.corpus import corpus_digest, read_corpus, read_texts_file
-from mteb_midlayer.metrics.driver import METRICS, layer_metrics
+from mteb_midlayer.metrics.run import layer_metrics
 from mteb_midlayer.metrics.sampling import sample_texts
 from mteb_midlayer.model import LayerModel
 from mteb_midlayer.tasks.local import LocalDataError

@@ -10,17 +10,17 @@ from mteb_midlayer.encoder import LayerEncoder
 from mteb_midlayer.layers import find_final_norm
 from mteb_midlayer.metrics import functional as F
 from mteb_midlayer.metrics.augment import augment_views
-from mteb_midlayer.metrics.driver import (
+from mteb_midlayer.metrics.compute import (
     METRICS,
     ROW_COLUMNS,
     Timer,
-    layer_metrics,
     parse_metrics,
     run_identity,
 )
+from mteb_midlayer.metrics.run import layer_metrics
 from mteb_midlayer.metrics.sampling import sample_texts, task_texts
 from mteb_midlayer.model import LayerModel
-from mteb_midlayer.sweep import select_tasks
+from mteb_midlayer.tasks.selection import select_tasks
 
 from ..conftest import tiny_model, tiny_tokenizer
 
@@ -155,7 +155,7 @@ def test_a_bad_task_fails_alone_and_the_run_resumes(minilm, shared_data, tmp_pat
     (data / "STS12" / "test.jsonl").write_text(
         '{"sentence1": "a cat", "sentence2": "a dog", "score": 1}\n' * 3
     )
-    with caplog.at_level("WARNING", logger="mteb_midlayer.metrics.driver"):
+    with caplog.at_level("WARNING", logger="mteb_midlayer.metrics.compute"):
         again = layer_metrics(minilm, **options)
     assert f"Recomputing {done}" in caplog.text
     assert set(again.attrs["failures"]) == {"STS13"}
@@ -305,7 +305,7 @@ def test_run_identity_ignores_only_what_changes_no_value():
 
 def test_an_older_file_read_back_gets_its_run(tmp_path):
     from mteb_midlayer.frames import METRIC_COLUMNS
-    from mteb_midlayer.metrics.driver import _read_back
+    from mteb_midlayer.metrics.compute import _read_back
 
     row = dict(model="m", revision="r", dataset="A", layer=0, metric="lidar", variant="v",
                value=1.0, n=10, pooling="mean", alpha=1.0, seed=42)  # fmt: skip

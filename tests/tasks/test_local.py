@@ -436,7 +436,7 @@ def test_the_sweep_runs_the_other_tasks_and_names_the_bad_one(shared_data, tmp_p
         str(gt.get_model_path()), data_dir=data, layers=[6], output=tmp_path / "out",
         device="cpu", show_progress=False,
     )  # fmt: skip
-    assert list(table.attrs["failures"]) == ["STS13"]
-    assert "none of STS13's eval splits" in table.attrs["failures"]["STS13"]
-    assert str(data / "STS13") in table.attrs["failures"]["STS13"]
-    assert table.loc[6, "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)
+    assert list(table.failures) == ["STS13"]
+    assert "none of STS13's eval splits" in table.failures["STS13"]
+    assert str(data / "STS13") in table.failures["STS13"]
+    assert table.scores.loc[6, "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)

@@ -1,4 +1,4 @@
-"""The metrics driver: every unsupervised metric for every layer, from the fewest passes.
+"""Every unsupervised metric for every layer of one task, from the fewest passes.
 
 Per task: sample N texts (`sampling`), run the model once over them, pooling every layer and,
 in the same pass, scoring the token-level metrics (prompt entropy, curvature) inside each layer's
@@ -6,7 +6,7 @@ capture so token states never outlive it; then once per augmented view (InfoNCE 
 views 0 and 1, LiDAR all `n_views`). Each pass serves every requested `final_norm` and
 `pooling` at once. The maths is `functional`; this module only moves tensors and writes tidy
 rows to `DIR/metrics/*.parquet` (`pd.read_parquet(DIR / "metrics")` reads all), one file per
-task, pooling and final norm.
+task, pooling and final norm. The driver that runs it over tasks is `metrics.run`.
 """
 
 from __future__ import annotations
@@ -25,20 +25,17 @@ from typing import Any
 
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
-from ..batching import check_batch_limits
 from ..frames import FUSE, METRIC_COLUMNS, METRIC_RUN_COLUMNS, NO_FUSION
-from ..fusion import Fusion, check_fusable, fuse_stacked, fusion_label, parse_fusions
-from ..layers import check_final_norms, resolve_layers
-from ..model import LayerModel, TokenScorer, warn_constant_pooling
+from ..fusion import Fusion, fuse_stacked, fusion_label, parse_label
+from ..layers import check_final_norms
+from ..model import LayerModel, TokenScorer
 from ..pooling import check_poolings
 from ..results import task_fingerprint
-from ..spec import ModelSpec
-from ..tempfiles import atomic_write, clean_temp_files
+from ..tempfiles import atomic_write
 from . import functional as F
 from .augment import augment_views
-from .corpus import Corpus, read_corpus
+from .corpus import Corpus
 from .eigen import linalg_threads
 from .sampling import sample_texts, task_texts
 
@@ -333,10 +330,8 @@ def compute_fused_rows(
     on a fusion and are left out.
     """
     chosen = [m for m in metrics if m in POOLED_METRICS]
-    if not fusions or not chosen:
-        return []
     rows: list[dict[str, Any]] = []
-    for fusion in fusions:
+    for fusion in fusions if chosen else ():
         x = fuse_stacked(pooled, layers, fusion)[None]
         v = fuse_stacked(views, layers, fusion)[None] if views is not None else None
         for row in compute_rows(x, {}, v, [fusion[-1]], chosen, **options):
@@ -348,240 +343,29 @@ def _atomic_parquet(df: pd.DataFrame, path: Path) -> None:
     atomic_write(path, lambda fh: df.to_parquet(fh, index=False))
 
 
-def layer_metrics(
-    model: Any = None,
-    *,
-    spec: ModelSpec | None = None,
-    tasks: Sequence[Any] | None = None,
-    benchmark: str | None = None,
-    data_dir: Path | str | None = None,
-    texts: Path | str | Sequence[str] | None = None,
-    output: Path | str = "results",
-    n: int = 1000,
-    metrics: Sequence[str] | str | None = "all",
-    alpha: float = 1.0,
-    seed: int = 42,
-    n_views: int = 16,
-    layers: Sequence[int] | str | None = "all",
-    pooling: Sequence[str] | str | None = None,
-    name: str | None = None,
-    revision: str | None = None,
-    tokenizer: Any = None,
-    batch_size: int = 32,
-    device: str | None = None,
-    dtype: str | None = None,
-    max_length: int | None = None,
-    trust_remote_code: bool = False,
-    overwrite: bool = False,
-    show_progress: bool = True,
-    raise_error: bool = False,
-    executor: Any = None,
-    final_norm: Sequence[str] | str = "last",
-    max_tokens_per_batch: int | None = None,
-    fuse: str | Sequence[Any] | None = None,
-) -> pd.DataFrame:
-    """Compute the layer metrics of `model` on each task; write and return tidy rows.
-
-    `fuse`: fused slices too, as for `sweep` (`fusion.parse_fusions`: "0+6,4-6", "windows:2",
-    "first-last"): their pooled-vector metrics (all but prompt entropy and curvature, which
-    need token states) from the same pass, as rows with `fuse` their label and `layer` their
-    deepest layer (`frames.metrics_frame(..., fused=True)` reads them).
-
-    `final_norm`: "last", "every" or both; each setting's rows carry it in `final_norm` (and
-    its own file). Both come from one pass per text and view (see `_task_metrics` for the
-    memory this takes); a setting whose file exists is read back and only the missing ones are
-    computed. `max_tokens_per_batch`: batch by padded tokens (changes no value).
-    `pooling`: one mode, or several ("mean,weightedmean,last" or a list): every metric under
-    each, rows (and files) keyed by pooling, all from the same passes; the same rows and files
-    as one run per pooling.
-    `executor` (an `executors.base.Executor`, e.g. `ProcessExecutor(devices=["cuda:0",
-    "cuda:1"])`) runs one metrics unit per task there (the model is loaded from its spec in
-    each worker); a `--texts` corpus is computed here.
-
-    `texts`: a corpus file (plain text, one text a line, or JSON Lines with a `text` field) or a
-    list of texts, computed instead of the tasks (beside them if `tasks` or `benchmark` is also
-    given), sampled like a task and filed as dataset `"<file stem>-<hash of its texts>"`.
-    Model options come as a `ModelSpec` or keywords, as for `sweep`. A task whose file already
-    exists with the same settings (model files, max length, dtype, task data) is read back, not
-    recomputed; an unreadable file is recomputed with a warning. A task that fails is recorded
-    in `df.attrs["failures"]` (name -> reason) and the others still run.
-    `df.attrs["timings"]` holds seconds per phase (encoding, each metric) of what was computed.
-    `executor` (`executors.make_executor("ray" | "submitit", roots=[output])`): one unit per
-    task (`plan.MetricsUnit`, run by `executors.base.run_metrics_unit` in a worker that loads the
-    model); else all here.
-    """
-    from ..sweep import check_output_outside_tasks, select_tasks
-
-    check_output_outside_tasks(output, data_dir)
-    chosen = parse_metrics(metrics)
-    if n_views < 2 and VIEW_METRICS & set(chosen):
-        raise ValueError("InfoNCE, DiME and LiDAR need n_views >= 2.")
-    corpus = read_corpus(texts) if texts is not None else None  # a bad file fails before loading
-    final_norms = check_final_norms(final_norm)
-    check_batch_limits(batch_size, max_tokens_per_batch)
-    lm = LayerModel.coerce(
-        model,
-        tokenizer,
-        spec=spec,
-        name=name,
-        revision=revision,
-        device=device,
-        dtype=dtype,
-        max_length=max_length,
-        trust_remote_code=trust_remote_code,
-    )
-    poolings = check_poolings(pooling or (spec and spec.pooling) or lm.default_pooling)
-    for mode in poolings:
-        warn_constant_pooling(lm, mode)
-    pooling = ",".join(poolings)  # one mode: as before; several: each file keys its own
-    layer_list = resolve_layers(layers, lm.n_layers)
-    fusions = parse_fusions(fuse, lm.n_layers)
-    for mode in poolings if fusions else ():
-        check_fusable(mode)
-    if executor is not None:  # a worker elsewhere would resolve a relative path from its own cwd
-        output = Path(output).absolute()
-        data_dir = Path(data_dir).absolute() if data_dir else None
-    failures: dict[str, str] = {}
-    # A corpus stands in for a task (`task_texts` reads it); tasks too only if asked for.
-    task_objects: list[Any] = [corpus] if corpus is not None else []
-    if corpus is None or tasks or benchmark:
-        task_objects += select_tasks(tasks, benchmark, data_dir, failures)
-    if Path(output).exists() and not Path(output).is_dir():
-        raise NotADirectoryError(f"--output {output} is a file; name a folder for the results.")
-    out_dir = Path(output) / "metrics"
-    out_dir.mkdir(parents=True, exist_ok=True)
-    clean_temp_files(out_dir)  # what killed writers left (never a live writer's)
-    settings = {
-        "model": lm.name,
-        "revision": lm.revision,
-        "pooling": pooling,
-        "n": n,
-        "seed": seed,
-        "alpha": alpha,
-        "n_views": n_views,
-        "metrics": chosen,
-        "layers": layer_list,
-        "max_length": lm.max_length,
-        "dtype": str(lm.dtype),
-    } | ({"fuse": [fusion_label(f) for f in fusions]} if fusions else {})
-    timer = Timer(lm.device)
-    frames = []
-    if executor is not None:
-        remote = [t for t in task_objects if not isinstance(t, Corpus)]
-        task_objects = [t for t in task_objects if isinstance(t, Corpus)]
-        frames += _run_units(
-            executor, lm, remote, settings, out_dir, chosen, layer_list, pooling, timer, failures,
-            n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
-            overwrite=overwrite, raise_error=raise_error, final_norms=tuple(final_norms),
-            max_tokens_per_batch=max_tokens_per_batch, fusions=tuple(fusions),
-        )  # fmt: skip
-    for task in tqdm(task_objects, desc="Metrics", unit="task", disable=not show_progress):
-        task_name = _dataset_name(task)
-        try:
-            df = _task_metrics(
-                lm, task, settings, out_dir, chosen, layer_list, pooling, timer,
-                n=n, seed=seed, alpha=alpha, n_views=n_views, batch_size=batch_size,
-                overwrite=overwrite, show_progress=show_progress, final_norms=final_norms,
-                max_tokens_per_batch=max_tokens_per_batch, fusions=fusions,
-            )  # fmt: skip
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:
-            if raise_error:
-                raise
-            failures[task_name] = f"{type(exc).__name__}: {exc}"
-            logger.error("Metrics of task %s failed: %s", task_name, exc)
-            continue
-        finally:
-            if getattr(task, "data_loaded", False) and hasattr(task, "unload_data"):
-                task.unload_data()
-        frames.append(df)
-    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROW_COLUMNS)
-    result.attrs["timings"] = dict(timer.seconds)
-    result.attrs["failures"] = failures
-    return result
-
-
-def _run_units(
-    executor: Any,
-    lm: LayerModel,
-    tasks: Sequence[Any],
-    settings: dict[str, Any],
-    out_dir: Path,
-    chosen: list[str],
-    layer_list: list[int],
-    pooling: str,
-    timer: Timer,
-    failures: dict[str, str],
-    *,
-    raise_error: bool,
-    **options: Any,
-) -> list[pd.DataFrame]:
-    """One `MetricsUnit` per task, run by `executor`; rows in task order, failures recorded."""
-    from ..executors.base import run_metrics_unit, seed_model, task_subsets
-    from ..plan import MetricsUnit
-    from ..sweep import _data_dir, request_spec
-
-    units = [
-        MetricsUnit(
-            model=request_spec(lm),
-            resolved=lm.current_spec().to_dict(),
-            task=task.metadata.name,
-            data_dir=_data_dir(task),
-            hf_subsets=task_subsets(task),
-            output=str(out_dir),
-            settings=settings,
-            metrics=tuple(chosen),
-            layers=tuple(layer_list),
-            pooling=pooling,
-            **options,
-        )
-        for task in tasks
-    ]
-    if units:
-        seed_model(units[0].model, lm)
-    done: dict[str, pd.DataFrame] = {}
-    for unit, result in executor.map(run_metrics_unit, units, gpu=True):
-        if isinstance(result, BaseException):
-            if raise_error:
-                raise result
-            failures[unit.task] = f"{type(result).__name__}: {result}"
-            logger.error("Metrics of task %s failed: %s", unit.task, result)
-            continue
-        for phase, seconds in result.attrs.get("timings", {}).items():
-            timer.seconds[phase] += seconds
-        done[unit.task] = result
-    return [done[u.task] for u in units if u.task in done]
-
-
-def _dataset_name(task: Any) -> str:
+def dataset_name(task: Any) -> str:
     """The `dataset` of a task's or a corpus's metric rows."""
     return task.dataset if isinstance(task, Corpus) else task.metadata.name
 
 
-def _task_metrics(
+def task_metrics(
     lm: LayerModel,
     task: Any,
     settings: dict[str, Any],
     out_dir: Path,
-    chosen: list[str],
-    layer_list: list[int],
-    pooling: str,
     timer: Timer,
     *,
-    n: int,
-    seed: int,
-    alpha: float,
-    n_views: int,
     batch_size: int,
     overwrite: bool,
     show_progress: bool,
     final_norms: Sequence[str] | str = ("last",),
     max_tokens_per_batch: int | None = None,
-    fusions: Sequence[Fusion] = (),
 ) -> pd.DataFrame:
-    """One task's rows under each pooling and final norm, in the order given (fused slices'
-    rows after the layers').
+    """One task's rows under each pooling and final norm, in the order given.
+
+    `settings` is the run's record (`metrics.run.layer_metrics` writes it): the model, its
+    revision, max length and dtype, and what is measured (`pooling`, one mode or several
+    comma-separated; `n` texts sampled with `seed`; `alpha`; `n_views`; `metrics`; `layers`).
 
     Each (pooling, setting) has its own file (named by the settings with that pooling, task
     data and final norm; "last" is left out of the key, so files written before the option are
@@ -589,9 +373,9 @@ def _task_metrics(
     pass per text and per view (`_compute_settings`), and each written atomically.
     """
     norms = check_final_norms(final_norms)
-    modes = check_poolings(pooling)
+    modes = check_poolings(settings["pooling"])
     pairs = [(mode, norm) for mode in modes for norm in norms]
-    task_name = _dataset_name(task)
+    task_name = dataset_name(task)
     data = f"corpus-{task.digest}" if isinstance(task, Corpus) else task_fingerprint(task)
     keyed = {**settings, "data": data}
     paths = {
@@ -606,14 +390,15 @@ def _task_metrics(
         parts = {pair: df for pair, df in done.items() if df is not None}
     missing = [pair for pair in pairs if pair not in parts]
     if missing:
-        texts = sample_texts(task_texts(task), n, seed)
+        texts = sample_texts(task_texts(task), settings["n"], settings["seed"])
         rows = _compute_settings(
-            lm, texts, chosen, layer_list, pooling, timer, task_name=task_name, seed=seed,
-            alpha=alpha, n_views=n_views, batch_size=batch_size, show_progress=show_progress,
+            lm, texts, settings, timer, task_name=task_name, batch_size=batch_size,
+            show_progress=show_progress,
             final_norms=tuple(dict.fromkeys(norm for _, norm in missing)),
             poolings=tuple(dict.fromkeys(mode for mode, _ in missing)),
-            max_tokens_per_batch=max_tokens_per_batch, fusions=tuple(fusions),
+            max_tokens_per_batch=max_tokens_per_batch,
         )  # fmt: skip
+        alpha, seed = settings["alpha"], settings["seed"]
         for mode, norm in missing:
             df = _rows_frame(rows[mode, norm], lm, task_name, mode, alpha, seed, norm)
             df = _with_run_columns(df, {**keyed, "pooling": mode}, norm, _now())
@@ -684,24 +469,18 @@ def _read_back(path: Path, final_norm: str, keyed: dict[str, Any]) -> pd.DataFra
 def _compute_settings(
     lm: LayerModel,
     texts: list[str],
-    chosen: list[str],
-    layer_list: list[int],
-    pooling: str,
+    settings: dict[str, Any],
     timer: Timer,
     *,
     task_name: str,
-    seed: int,
-    alpha: float,
-    n_views: int,
     batch_size: int,
     show_progress: bool,
     final_norms: tuple[str, ...],
     max_tokens_per_batch: int | None,
-    poolings: tuple[str, ...] | None = None,
-    fusions: tuple[Fusion, ...] = (),
+    poolings: tuple[str, ...],
 ) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """`{(pooling, final_norm): metric rows}` for every pooling (`poolings`, default the
-    `pooling` given) and setting, from one pass over the texts and one per augmented view: the
+    """`{(pooling, final_norm): metric rows}` for every pooling of `poolings` and setting
+    (the other options from the run's `settings`, as in `task_metrics`), from one pass over the texts and one per augmented view: the
     network runs as often as for a single pooling and setting.
 
     Peak memory: token states are scored inside each layer's capture and dropped (at most one
@@ -712,13 +491,14 @@ def _compute_settings(
     with text length; where that does not fit, run them one after the other (a later run reads
     the earlier files back and computes only its own).
     """
-    modes = check_poolings(poolings or pooling)
+    chosen, asked = list(settings["metrics"]), list(settings["layers"])
+    seed, alpha, n_views = settings["seed"], settings["alpha"], settings["n_views"]
+    fusions = [parse_label(label) for label in settings.get("fuse", ())]
+    # a fusion's layers are encoded too (its vectors are their mean); rows: the asked layers
+    layer_list = sorted({*asked, *(x for f in fusions for x in f)}) if fusions else asked
+    modes = check_poolings(poolings)
     pairs = [(mode, norm) for mode in modes for norm in final_norms]
     token_metrics = [m for m in chosen if m in TOKEN_METRICS]
-    asked = layer_list
-    # a fusion's layers are encoded too (its vectors are their mean); rows: the asked layers
-    if fusions:
-        layer_list = sorted({*layer_list, *(x for f in fusions for x in f)})
     encoded = encode_pooled(
         lm, texts, layer_list, modes, batch_size=batch_size, token_metrics=token_metrics,
         alpha=alpha, timer=timer, desc=f"{task_name} texts", show_progress=show_progress,
@@ -737,21 +517,32 @@ def _compute_settings(
             )  # fmt: skip
             for pair in pairs:
                 views[pair][:, :, v] = view[pair].pooled
-    rows = {}
-    own = [layer_list.index(layer) for layer in asked]
+    options = dict(alpha=alpha, seed=seed, timer=timer)
     with linalg_threads(lm.device):
-        for pair in pairs:
-            pooled, view = encoded[pair].pooled, views[pair]
-            if fusions:
-                pooled, view = pooled[own], (None if view is None else view[own])
-            rows[pair] = compute_rows(
-                pooled, encoded[pair].per_text, view, asked, chosen,
-                alpha=alpha, seed=seed, timer=timer,
-            ) + compute_fused_rows(
-                encoded[pair].pooled, views[pair], layer_list, fusions, chosen,
-                alpha=alpha, seed=seed, timer=timer,
-            )  # fmt: skip
-    return rows
+        return {
+            pair: _pair_rows(
+                encoded[pair], views[pair], layer_list, asked, fusions, chosen, options
+            )
+            for pair in pairs
+        }
+
+
+def _pair_rows(
+    encoded: Encoded,
+    views: torch.Tensor | None,
+    layer_list: list[int],
+    asked: list[int],
+    fusions: list[Fusion],
+    chosen: list[str],
+    options: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """One (pooling, setting)'s rows: the asked layers', then each fusion's."""
+    pooled, view = encoded.pooled, views
+    if fusions:  # the pass also encoded the fusions' layers: rows for the asked ones
+        own = [layer_list.index(layer) for layer in asked]
+        pooled, view = pooled[own], (None if view is None else view[own])
+    rows = compute_rows(pooled, encoded.per_text, view, asked, chosen, **options)
+    return rows + compute_fused_rows(encoded.pooled, views, layer_list, fusions, chosen, **options)
 
 
 def _rows_frame(
