@@ -358,10 +358,11 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     if _is_series(args):  # every checkpoint of a series
         run = functools.partial(series.metrics_series, revisions=args.revisions)
     try:
-        df = run(**_common(args), **_pick(args, METRICS_FLAGS), executor=engine or local)
+        result = run(**_common(args), **_pick(args, METRICS_FLAGS), executor=engine or local)
     finally:
         if local is not None:
             local.shutdown()
+    df = result.metrics
     keys = [k for k in ("pooling", "final_norm") if k in df.columns and df[k].nunique() > 1]
     if "fuse" in df.columns:  # fused slices: a column each, after the layers
         df = df.assign(layer=[f or layer for f, layer in zip(df["fuse"], df["layer"], strict=True)])
@@ -371,7 +372,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         )
     )
     print(f"\nRows: {args.output / 'metrics'} (pd.read_parquet reads the folder)")
-    return _failures(df.attrs.get("failures"))
+    return _failures(result.failures)
 
 
 def cmd_mirror(args: argparse.Namespace) -> int:

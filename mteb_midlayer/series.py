@@ -12,14 +12,14 @@ Each checkpoint still encodes each text once (its own weights).
 from __future__ import annotations
 
 import gc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
 
 from .checkpoints import Checkpoint, record_checkpoint, resolve_checkpoints, series_name
-from .metrics.run import layer_metrics
+from .metrics.run import MetricsResult, layer_metrics
 from .model import LayerModel
 from .plan import RecordedTexts
 from .spec import ModelSpec
@@ -74,6 +74,31 @@ def _with_pooling(options: dict[str, Any], spec: ModelSpec | None) -> dict[str, 
     return options
 
 
+def _over_checkpoints(
+    model: Any,
+    revisions: Any,
+    spec: ModelSpec | None,
+    name: str | None,
+    options: dict[str, Any],
+    run_one: Callable[[LayerModel, Checkpoint], Any],
+) -> tuple[list[Any], dict[str, str], str]:
+    """`run_one(lm, checkpoint)` for every checkpoint in step order, each loaded once and let go
+    before the next: their results, their failures ("checkpoint: task" -> reason), and the
+    name the results are filed under."""
+    checkpoints, name, spec = _series(model, revisions, spec, name)
+    options.update(_with_pooling(options, spec))
+    results, failures, filed_as = [], {}, name
+    for checkpoint in checkpoints:
+        lm = load_checkpoint(checkpoint, name, spec)
+        result = run_one(lm, checkpoint)
+        filed_as = lm.name  # the name results are filed under (e.g. "local/run")
+        failures.update({f"{checkpoint.name}: {t}": r for t, r in result.failures.items()})
+        results.append(result)
+        del lm
+        gc.collect()
+    return results, failures, filed_as
+
+
 def sweep_series(
     model: Any = None,
     *,
@@ -90,26 +115,23 @@ def sweep_series(
     are filed under (default: the Hub id, or the folder holding the checkpoints). `options` go
     to `sweep` for every checkpoint. Returns a `SeriesResult`.
     """
-    checkpoints, name, spec = _series(model, revisions, spec, name)
-    options = _with_pooling(options, spec)
     recorded = RecordedTexts()
-    parts, failures, n_encoded, filed_as = [], {}, 0, name
-    for checkpoint in checkpoints:
-        lm = load_checkpoint(checkpoint, name, spec)
+    parts: list[pd.DataFrame] = []
+
+    def one(lm: LayerModel, checkpoint: Checkpoint) -> Any:
         result = sweep(lm, output=output, recorded=recorded, **options)
         if not options.get("dry_run"):
             record_checkpoint(output, lm.name, lm.revision, checkpoint)
-        filed_as = lm.name  # the name results are filed under (e.g. "local/run")
-        failures.update({f"{checkpoint.name}: {t}": r for t, r in result.failures.items()})
-        n_encoded += result.n_encoded
         flat = result.scores.reset_index()
         flat.insert(0, "revision", lm.revision)
         flat.insert(0, "step", checkpoint.step)
         flat.insert(0, "checkpoint", checkpoint.name)
         parts.append(flat)
-        del lm
-        gc.collect()
+        return result
+
+    results, failures, filed_as = _over_checkpoints(model, revisions, spec, name, options, one)
     out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
+    n_encoded = sum(r.n_encoded for r in results)
     return SeriesResult(out, failures, recorded, n_encoded, filed_as)
 
 
@@ -121,22 +143,21 @@ def metrics_series(
     name: str | None = None,
     output: Any = "results",
     **options: Any,
-) -> pd.DataFrame:
+) -> MetricsResult:
     """`layer_metrics` for every checkpoint of a series (as `sweep_series`); the rows of all
     checkpoints with `checkpoint` and `step` columns."""
-    checkpoints, name, spec = _series(model, revisions, spec, name)
-    options = _with_pooling(options, spec)
-    parts, failures, filed_as = [], {}, name
-    for checkpoint in checkpoints:
-        lm = load_checkpoint(checkpoint, name, spec)
-        df = layer_metrics(lm, output=output, **options)
+
+    def one(lm: LayerModel, checkpoint: Checkpoint) -> MetricsResult:
+        result = layer_metrics(lm, output=output, **options)
         record_checkpoint(output, lm.name, lm.revision, checkpoint)
-        filed_as = lm.name
-        failures.update({f"{checkpoint.name}: {t}": r for t, r in df.attrs["failures"].items()})
-        df = df.assign(checkpoint=checkpoint.name, step=checkpoint.step)
-        parts.append(df)
-        del lm
-        gc.collect()
-    out = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
-    out.attrs.update(failures=failures, model=filed_as)
-    return out
+        result.metrics = result.metrics.assign(checkpoint=checkpoint.name, step=checkpoint.step)
+        return result
+
+    results, failures, filed_as = _over_checkpoints(model, revisions, spec, name, options, one)
+    rows = [r.metrics for r in results]
+    timings: dict[str, float] = {}
+    for r in results:
+        for phase, seconds in r.timings.items():
+            timings[phase] = timings.get(phase, 0.0) + seconds
+    out = pd.concat(rows, ignore_index=True) if rows else pd.DataFrame()
+    return MetricsResult(out, failures, timings, filed_as)

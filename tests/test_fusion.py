@@ -364,8 +364,10 @@ def test_fused_metrics_equal_the_metrics_of_the_fused_vectors(tiny_lms, tmp_path
     common = dict(
         texts=texts, n=24, metrics=chosen, n_views=2, layers=[0, 2, 4], show_progress=False
     )
-    fused = layer_metrics(lm, output=tmp_path / "f", fuse="0+4,1-3", pooling="mean", **common)
-    plain = layer_metrics(lm, output=tmp_path / "p", pooling="mean", **common)
+    fused = layer_metrics(
+        lm, output=tmp_path / "f", fuse="0+4,1-3", pooling="mean", **common
+    ).metrics
+    plain = layer_metrics(lm, output=tmp_path / "p", pooling="mean", **common).metrics
     keys = ["layer", "metric", "variant"]
     layers_rows = fused[fused["fuse"] == ""].drop(columns="fuse").reset_index(drop=True)
     pd.testing.assert_frame_equal(
@@ -415,7 +417,7 @@ def test_fused_metrics_through_units_equal_the_driver(tiny_lms, shared_data, tmp
     lm = tiny_lms["gpt2"]
     units = layer_metrics(lm, output=tmp_path / "u", executor=SerialExecutor(), **options)
     here = layer_metrics(lm, output=tmp_path / "h", **options)
-    assert units.attrs["failures"] == {} and set(units["fuse"]) == {"", "0+4"}
+    assert units.failures == {} and set(units.metrics["fuse"]) == {"", "0+4"}
     pd.testing.assert_frame_equal(
-        units.drop(columns="run_at"), here.drop(columns="run_at"), atol=1e-6, rtol=0
+        units.metrics.drop(columns="run_at"), here.metrics.drop(columns="run_at"), atol=1e-6, rtol=0
     )

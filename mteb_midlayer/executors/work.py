@@ -66,6 +66,15 @@ class ScoreReport:
     pid: int
 
 
+@dataclass(frozen=True)
+class MetricsReport:
+    """One task's metric rows (also written to the unit's output) and seconds per phase."""
+
+    key: str
+    rows: Any
+    timings: dict[str, float]
+
+
 # ----------------------------------------------------------------------------- per process
 _MODELS: dict[str, Any] = {}
 _TASK: dict[str, Any] = {}
@@ -310,9 +319,9 @@ def run_score_unit(unit: ScoreUnit) -> ScoreReport:
     )
 
 
-def run_metrics_unit(unit: MetricsUnit) -> Any:
-    """The metric rows of one task (a `DataFrame`, also written to `unit.output`); read back
-    when its file exists with the same settings. `df.attrs["timings"]`: seconds per phase."""
+def run_metrics_unit(unit: MetricsUnit) -> MetricsReport:
+    """The metric rows of one task (a `DataFrame`, also written to `unit.output`; read back
+    when its file exists with the same settings) and the seconds each phase took."""
     lm = _load_model(unit)
     task = _task(unit.task, unit.data_dir, unit.hf_subsets)
     timer = Timer(lm.device)
@@ -325,5 +334,4 @@ def run_metrics_unit(unit: MetricsUnit) -> Any:
     finally:
         if task.data_loaded:
             task.unload_data()
-    df.attrs["timings"] = dict(timer.seconds)
-    return df
+    return MetricsReport(unit.key, df, dict(timer.seconds))

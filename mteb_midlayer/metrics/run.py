@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from .compute import (
 )
 from .corpus import Corpus, read_corpus
 
-__all__ = ["layer_metrics"]
+__all__ = ["MetricsResult", "layer_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +49,22 @@ NOT_READ = frozenset(
     {"dims", "normalize", "shard_size", "search_backend", "jobs", "devices", "dry_run"}
     | {"prompts", "include_prompt"}
 )
+
+
+@dataclass
+class MetricsResult:
+    """What `layer_metrics` returns: the metric rows and how the run went.
+
+    `metrics`: the tidy rows (`compute.ROW_COLUMNS`; a `fuse` column with fused slices; in a
+    series, `checkpoint` and `step` columns). `failures`: task name -> reason, for the tasks
+    that failed (they did not stop the others). `timings`: seconds per phase (encoding, each
+    metric) of what was computed, not read back. `model`: the name the rows are filed under.
+    """
+
+    metrics: pd.DataFrame
+    failures: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    model: str | None = None
 
 
 def layer_metrics(
@@ -64,8 +81,9 @@ def layer_metrics(
     output: Path | str = "results",
     tokenizer: Any = None,
     **options: Any,
-) -> pd.DataFrame:
-    """Compute the layer metrics of `model` on each task; write and return tidy rows.
+) -> MetricsResult:
+    """Compute the layer metrics of `model` on each task; write the tidy rows, return them
+    with the run's failures and timings (`MetricsResult`).
 
     Options come as objects or keywords, as for `sweep` (`options.route_options`): the model
     (`ModelSpec`), the pass (`PassOptions`: `layers`, `pooling`, `final_norm`, `fuse`: fused
@@ -79,8 +97,8 @@ def layer_metrics(
     given), sampled like a task and filed as dataset `"<file stem>-<hash of its texts>"`.
     A task whose file already exists with the same settings (model files, max length, dtype,
     task data) is read back, not recomputed; an unreadable file is recomputed with a warning.
-    A task that fails is recorded in `df.attrs["failures"]` (name -> reason) and the others
-    still run; `df.attrs["timings"]`: seconds per phase. `executor` (`make_executor("ray",
+    A task that fails is recorded in `failures` (name -> reason) and the others still run.
+    `executor` (`make_executor("ray",
     roots=[output])`): one unit per task (`plan.MetricsUnit`, `executors.work.run_metrics_unit`
     in a worker that loads the model); a corpus is computed here.
     """
@@ -125,10 +143,8 @@ def layer_metrics(
             raise_error=run.raise_error, **common,
         )  # fmt: skip
     frames += _run_here(lm, task_objects, settings, out_dir, timer, failures, run, common)
-    result = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROW_COLUMNS)
-    result.attrs["timings"] = dict(timer.seconds)
-    result.attrs["failures"] = failures
-    return result
+    rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROW_COLUMNS)
+    return MetricsResult(rows, failures, dict(timer.seconds), lm.name)
 
 
 def _metrics_dir(output: Path) -> Path:
@@ -245,7 +261,7 @@ def _run_units(
             failures[unit.task] = f"{type(result).__name__}: {result}"
             logger.error("Metrics of task %s failed: %s", unit.task, result)
             continue
-        for phase, seconds in result.attrs.get("timings", {}).items():
+        for phase, seconds in result.timings.items():
             timer.seconds[phase] += seconds
-        done[unit.task] = result
+        done[unit.task] = result.rows
     return [done[u.task] for u in units if u.task in done]
