@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see mteb_midlayer/__init__.py
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -89,6 +91,45 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared MTEB data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+#: A line of BIOSSES-shaped STS data, for the broken tasks beside the real BIOSSES.
+_GOOD_STS_LINE = '{"sentence1": "a", "sentence2": "b", "score": 1}\n'
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """A finished sweep: its output folder, the data folder it read, and what it returned."""
+
+    output: Path
+    data_dir: Path
+    table: Any
+
+
+@pytest.fixture(scope="session")
+def minilm_biosses(tmp_path_factory, minilm_path, shared_data) -> SweepRun:
+    """THE real MiniLM sweep of BIOSSES (layers 0 and 6, the default pooling and settings), run
+    once per session and read by every test that needs one (copy `output` before writing to it).
+
+    Its data folder holds BIOSSES (a link to the shared data) and three broken tasks: STS12
+    with a broken line, STS13 with a dev split only, STS14 with no file at all; so the one run
+    also shows that a broken task fails alone (tests/test_sweep.py)."""
+    from mteb_midlayer.sweep import sweep
+
+    root = tmp_path_factory.mktemp("minilm-biosses")
+    data = root / "data"
+    data.mkdir()
+    (data / "BIOSSES").symlink_to(shared_data / "BIOSSES", target_is_directory=True)
+    (data / "STS12").mkdir()
+    (data / "STS12" / "test.jsonl").write_text(_GOOD_STS_LINE + "{oops\n")
+    (data / "STS13").mkdir()
+    (data / "STS13" / "dev.jsonl").write_text(_GOOD_STS_LINE * 2)
+    (data / "STS14").mkdir()
+    table = sweep(
+        minilm_path, data_dir=data, layers=[0, 6], output=root / "out", device="cpu",
+        show_progress=False,
+    )  # fmt: skip
+    return SweepRun(root / "out", data, table)
 
 
 def fresh_process_max_diff(folder, texts, want, tmp_path) -> float:

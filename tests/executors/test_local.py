@@ -23,7 +23,7 @@ from mteb_midlayer.replay import store_key
 from mteb_midlayer.store import EmbeddingStore
 from mteb_midlayer.sweep import request_spec, sweep
 
-from .conftest import REPO, tiny_model, tiny_tokenizer
+from ..conftest import REPO, tiny_model, tiny_tokenizer
 
 CLASSIFICATION = "TweetSentimentExtractionClassification"
 

@@ -1,5 +1,6 @@
-"""Ray and submitit executors, for real: a local Ray instance on 2 CPUs, submitit's local
-executor (no Slurm needed). Skipped, with the extra to install, where they are missing."""
+"""Ray for real: one local instance on 2 CPUs, started once for every Ray test (they all live in
+this module), running toy units and the sweep's own units. Skipped, with the extra to install,
+where Ray is missing."""
 
 from __future__ import annotations
 
@@ -8,108 +9,18 @@ from pathlib import Path
 
 import pytest
 
-from mteb_midlayer.executors import (
-    MissingExtraError,
-    SharedFilesystemError,
-    UnknownExecutorError,
-    make_executor,
-)
-from mteb_midlayer.executors.probe import (
-    Probe,
-    check_probes,
-    run_checked,
-    shared_probes,
-    write_probe,
-)
-from mteb_midlayer.executors.slurm import SlurmTimeError, parse_slurm_time
+from mteb_midlayer.executors import SharedFilesystemError, make_executor
+from mteb_midlayer.executors.probe import Probe
 from mteb_midlayer.plan import write_texts
-from tests.executor_units import ToyUnit, ToyUnitError, run_toy_unit
-
-
-def toy_units(root: Path, n: int = 4, **flags) -> list[ToyUnit]:
-    root.mkdir(parents=True, exist_ok=True)
-    crash = flags.pop("crash", None)
-    fail = flags.pop("fail", None)
-    return [
-        ToyUnit(f"u{i}", i, str(root), crash_once=(i == crash), fail=(i == fail)) for i in range(n)
-    ]
-
-
-def run_all(executor, units, *, gpu: bool) -> dict[str, object]:
-    return {unit.name: result for unit, result in executor.map(run_toy_unit, units, gpu=gpu)}
-
-
-# ---- the probe and the factory (no extra needed)
-
-
-def test_probe_is_read_back_and_removed(tmp_path):
-    with shared_probes([tmp_path / "out"]) as probes:
-        (probe,) = probes
-        assert Path(probe.path).parent == (tmp_path / "out").absolute()
-        assert Path(probe.path).read_text() == probe.token and len(probe.token) == 32
-        check_probes(probes)  # this process sees it
-    assert not Path(probe.path).exists()
-
-
-def test_probe_not_seen_names_node_and_path(tmp_path):
-    missing = Probe(str(tmp_path / ".midlayer-probe-abc"), "abc")
-    with pytest.raises(
-        SharedFilesystemError,
-        match=r"node n7 cannot read the probe file .*probe-abc that the driver wrote \(no such file",
-    ):
-        check_probes([missing], node="n7")
-    other = write_probe(tmp_path)
-    stale = Probe(other.path, "not-the-token")
-    outcome = run_checked(run_toy_unit, ToyUnit("u", 3, str(tmp_path)), [stale])
-    assert isinstance(outcome.error, SharedFilesystemError)
-    assert outcome.error.node == socket.gethostname() and outcome.error.path == other.path
-    assert "another token" in outcome.error.reason
-    assert not (tmp_path / "u.txt").exists()  # the unit did not run
-
-
-def test_run_checked_returns_the_error_as_an_object(tmp_path):
-    ok = run_checked(run_toy_unit, ToyUnit("a", 3, str(tmp_path)), [])
-    assert (ok.value, ok.error) == (9, None)
-    bad = run_checked(run_toy_unit, ToyUnit("b", 3, str(tmp_path), fail=True), [])
-    assert isinstance(bad.error, ToyUnitError)
-
-
-def test_unknown_executor():
-    with pytest.raises(
-        UnknownExecutorError, match="unknown executor 'dask'; choose one of local, ray, submitit"
-    ):
-        make_executor("dask")
-
-
-def test_missing_extra_names_it(monkeypatch):
-    import sys
-
-    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    with pytest.raises(
-        MissingExtraError,
-        match=r"--executor ray needs the ray package: pip install 'mteb-midlayer\[ray\]'",
-    ):
-        make_executor("ray")
-    monkeypatch.setitem(sys.modules, "submitit", None)
-    with pytest.raises(MissingExtraError, match=r"pip install 'mteb-midlayer\[slurm\]'"):
-        make_executor("submitit")
-
-
-@pytest.mark.parametrize(
-    ("text", "minutes"),
-    [("90", 90), ("1:30", 2), ("2:00:00", 120), ("1-0", 1440), ("1-2:30", 1590), ("0-0:0:30", 1)],
+from tests.executors.units import (
+    ToyUnitError,
+    assert_same_results,
+    planned,
+    result_files,
+    run_all,
+    run_plan_on,
+    toy_units,
 )
-def test_parse_slurm_time(text, minutes):
-    assert parse_slurm_time(text) == minutes
-
-
-@pytest.mark.parametrize("text", ["soon", "1:2:3:4", "0", "-5"])
-def test_parse_slurm_time_refuses(text):
-    with pytest.raises(SlurmTimeError, match="--slurm-time"):
-        parse_slurm_time(text)
-
-
-# ---- Ray: a local instance on 2 CPUs, shared by the tests of this module
 
 
 @pytest.fixture(scope="module")
@@ -162,161 +73,16 @@ def test_ray_killed_worker_loses_only_its_unit(ray_local, tmp_path):
     assert retried == {"u0": 0, "u1": 1, "u2": 4, "u3": 9}
 
 
-# ---- submitit's local executor (no Slurm here)
-
-
-@pytest.fixture
-def submitit_local():
-    return pytest.importorskip("submitit", reason="pip install 'mteb-midlayer[slurm]'")
-
-
-@pytest.mark.slow
-def test_submitit_local_runs_units_and_says_so(submitit_local, tmp_path):
-    out = tmp_path / "out"
-    executor = make_executor(
-        "submitit", roots=[out], folder=tmp_path / "logs", cluster="local", parallelism=3
-    )
-    assert "no Slurm found" in executor.note and "local executor" in executor.note
-    results = run_all(executor, toy_units(out, n=3, crash=1, fail=2), gpu=True)
-    crashed, failed = results.pop("u1"), results.pop("u2")
-    assert isinstance(failed, ToyUnitError)  # the unit's own exception, not a log text
-    assert isinstance(crashed, Exception) and not isinstance(crashed, ToyUnitError)
-    assert results == {"u0": 0}  # (a rerun after a dead job: the sweep-units test below)
-
-
-# ---- the CLI flags
-
-
-def test_cli_slurm_flags_without_submitit_are_refused():
-    from mteb_midlayer.cli import build_parser, executor_kwargs
-
-    args = build_parser().parse_args(["sweep", "--slurm-time", "30", "--ray-address", "auto"])
-    assert executor_kwargs(build_parser().parse_args(["sweep"])) == {}
-    with pytest.raises(
-        ValueError, match="--ray-address, --slurm-time only apply with another --executor"
-    ):
-        executor_kwargs(args)
-
-
-def test_cli_devices_only_with_the_local_executor():
-    from mteb_midlayer.cli import build_parser, executor_kwargs
-
-    args = build_parser().parse_args(["sweep", "--executor", "submitit", "--devices", "cuda:0"])
-    with pytest.raises(ValueError, match="--devices is for the local executor"):
-        executor_kwargs(args)
-
-
-def test_cli_missing_extra_is_one_line(monkeypatch, capsys):
-    import sys
-
-    from mteb_midlayer.cli import main
-
-    monkeypatch.setitem(sys.modules, "ray", None)
-    assert main(["sweep", "--executor", "ray", "--tasks", "BIOSSES"]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        "error: MissingExtraError: --executor ray needs the ray package: "
-        "pip install 'mteb-midlayer[ray]'"
-    ]
-
-
-def test_cli_builds_submitit_executor_and_says_where(submitit_local, tmp_path, capsys):
-    from mteb_midlayer.cli import build_parser, executor_kwargs
-
-    args = build_parser().parse_args(
-        [
-            "metrics",
-            "--executor",
-            "submitit",
-            "--output",
-            str(tmp_path),
-            "--slurm-time",
-            "1:30:00",
-            "--slurm-partition",
-            "gpu",
-            "--slurm-gpus-per-task",
-            "2",
-        ]
-    )
-    executor = executor_kwargs(args)["executor"]
-    assert (executor.name, executor.partition, executor.gpus_per_task) == ("submitit", "gpu", 2)
-    assert executor.timeout_min == 90 and executor.folder == tmp_path / "submitit"
-    assert executor.roots == [tmp_path]
-    expected = (
-        "no Slurm found" if executor.cluster == "local" else "Slurm job arrays on partition gpu"
-    )
-    assert expected in capsys.readouterr().err
-
-
-# ---- the sweep's own units (plan.py) on Ray and submitit: same files, same scores as local
-
-SWEEP = dict(tasks=["BIOSSES"], layers="0,6", show_progress=False)
-
-
-def result_files(output: Path) -> list[str]:
-    """The mteb result files (and their identities) under a results root, relative."""
-    skip = {"store", "plan", "submitit"}
-    return sorted(
-        str(p.relative_to(output))
-        for p in output.rglob("*.json")
-        if p.relative_to(output).parts[0] not in skip
-    )
-
-
-def scores(output: Path):
-    from mteb_midlayer.tables import layer_results
-
-    long = layer_results(output)
-    return long.set_index(["task", "layer", "dim"])["score"].sort_index()
-
-
-@pytest.fixture(scope="module")
-def local_sweep(tmp_path_factory, minilm_path, shared_data):
-    from mteb_midlayer.sweep import sweep
-
-    out = tmp_path_factory.mktemp("local")
-    sweep(minilm_path, data_dir=shared_data, output=out, **SWEEP)
-    return out
-
-
-def planned(model: str, data_dir: Path, output: Path, **opts):
-    """The sweep's plan for `output` (dry run), with the task texts written as a real run does."""
-    from mteb_midlayer.plan import write_texts
-    from mteb_midlayer.sweep import sweep
-
-    plan = sweep(model, data_dir=data_dir, output=output, dry_run=True, **SWEEP, **opts)
-    plan = plan.attrs["plan"]
-    for unit in plan.encode:
-        (texts,) = [t for t in plan.texts[unit.task] if t.prompt_type == unit.prompt_type]
-        write_texts(Path(unit.texts_file), texts)
-    return plan
-
-
-def run_plan_on(executor, model: str, data_dir: Path, output: Path, **opts) -> dict:
-    """The sweep's units for `output` (its dry-run plan, with the task texts written as a real
-    run writes them), run through `executor`: encode units, then score units."""
-    from mteb_midlayer.executors import run_encode_unit, run_score_unit
-
-    plan = planned(model, data_dir, output, **opts)
-    done = [*executor.map(run_encode_unit, plan.encode, gpu=True)]
-    done += executor.map(run_score_unit, plan.score, gpu=False)
-    return {unit.key: result for unit, result in done}
-
-
-def assert_same_results(output: Path, reference: Path) -> None:
-    assert result_files(output) == result_files(reference)
-    got, want = scores(output), scores(reference)
-    assert len(want) == 2 and list(got.index) == list(want.index)
-    assert got.to_numpy() == pytest.approx(want.to_numpy(), abs=2e-6)
+# ---- the sweep's own units (plan.py): same files, same scores as the local sweep
 
 
 @pytest.mark.slow
 def test_ray_sweep_units_kill_a_worker_then_rerun(
-    ray_local, local_sweep, minilm_path, shared_data, tmp_path
+    ray_local, minilm_biosses, minilm_path, shared_data, tmp_path
 ):
     from ray.exceptions import WorkerCrashedError
 
-    from tests.executor_units import CrashFirstExecutor
+    from tests.executors.units import CrashFirstExecutor
 
     out = tmp_path / "ray"
     ray_exec = make_executor("ray", roots=[out], max_retries=0)
@@ -329,7 +95,7 @@ def test_ray_sweep_units_kill_a_worker_then_rerun(
     encoded = [r.n_encoded for r in rerun.values() if hasattr(r, "n_encoded")]
     assert 0 < sum(encoded) <= 64  # only the dead worker's shard is encoded again
     assert not [r for r in rerun.values() if isinstance(r, BaseException)]
-    assert_same_results(out, local_sweep)
+    assert_same_results(out, minilm_biosses.output)
 
 
 @pytest.mark.slow
@@ -403,21 +169,8 @@ def test_ray_workers_elsewhere_load_a_relative_model_and_take_over_a_dead_hosts_
 
 
 @pytest.mark.slow
-def test_submitit_local_runs_the_sweep_units(
-    submitit_local, local_sweep, minilm_path, shared_data, tmp_path
-):
-    out = tmp_path / "sub"
-    executor = make_executor(
-        "submitit", roots=[out], folder=tmp_path / "logs", cluster="local", poll_s=0.5
-    )
-    results = run_plan_on(executor, minilm_path, shared_data, out)
-    assert not [r for r in results.values() if isinstance(r, BaseException)], results
-    assert_same_results(out, local_sweep)
-
-
-@pytest.mark.slow
 def test_cli_sweep_through_ray_equals_local(
-    ray_local, local_sweep, minilm_path, shared_data, tmp_path, monkeypatch, capsys
+    ray_local, minilm_biosses, minilm_path, shared_data, tmp_path, monkeypatch, capsys
 ):
     from mteb_midlayer.cli import main
 
@@ -426,7 +179,7 @@ def test_cli_sweep_through_ray_equals_local(
     argv += ["--layers", "0,6", "--output", "out", "--executor", "ray", "--shard-size", "100"]
     assert main(argv) == 0
     assert "Encoded 183 new texts" in capsys.readouterr().out
-    assert_same_results(tmp_path / "out", local_sweep)
+    assert_same_results(tmp_path / "out", minilm_biosses.output)
     assert main(argv) == 0  # a rerun computes nothing
     assert "Encoded 0 new texts" in capsys.readouterr().out
     assert not list((tmp_path / "out").glob(".midlayer-probe-*"))
