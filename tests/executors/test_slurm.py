@@ -36,7 +36,12 @@ def submitit_local():
 def test_submitit_local_runs_units_and_says_so(submitit_local, tmp_path):
     out = tmp_path / "out"
     executor = make_executor(
-        "submitit", roots=[out], folder=tmp_path / "logs", cluster="local", parallelism=3
+        "submitit",
+        roots=[out],
+        folder=tmp_path / "logs",
+        cluster="local",
+        parallelism=3,
+        poll_s=0.2,
     )
     assert "no Slurm found" in executor.note and "local executor" in executor.note
     results = run_all(executor, toy_units(out, n=3, crash=1, fail=2), gpu=True)
@@ -52,7 +57,7 @@ def test_submitit_local_runs_the_sweep_units(
 ):
     out = tmp_path / "sub"
     executor = make_executor(
-        "submitit", roots=[out], folder=tmp_path / "logs", cluster="local", poll_s=0.5
+        "submitit", roots=[out], folder=tmp_path / "logs", cluster="local", poll_s=0.2
     )
     results = run_plan_on(executor, minilm_path, shared_data, out)
     assert not [r for r in results.values() if isinstance(r, BaseException)], results
