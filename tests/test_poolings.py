@@ -188,12 +188,12 @@ def test_metrics_several_poolings_in_one_pass_equal_one_run_per_pooling(tmp_path
     calls = _count_forwards(lm)
     common = dict(texts=texts, n=20, n_views=3, layers=[1, 4], show_progress=False)
     common |= dict(metrics="dataset_entropy,curvature,prompt_entropy,infonce,lidar")
-    together = layer_metrics(lm, pooling=POOLINGS, output=tmp_path / "all", **common)
+    together = layer_metrics(lm, pooling=POOLINGS, output=tmp_path / "all", **common).metrics
     forwards_all = len(calls)
     keys = ["pooling", "layer", "metric", "variant"]
     for mode in POOLINGS:
         calls.clear()
-        alone = layer_metrics(lm, pooling=mode, output=tmp_path / mode, **common)
+        alone = layer_metrics(lm, pooling=mode, output=tmp_path / mode, **common).metrics
         assert len(calls) == forwards_all > 0  # 1 plain + 3 view passes for all poolings
         got = together[together["pooling"] == mode].set_index(keys)["value"].sort_index()
         want = alone.set_index(keys)["value"].sort_index()

@@ -88,7 +88,7 @@ def test_metrics_series_rows_carry_checkpoints(series_run):
     assert set(metrics["step"].dropna().astype(int)) == {0, 2, 4}
     per = metrics.groupby("checkpoint")["revision"].nunique()
     assert per.to_dict() == {"checkpoint-0": 1, "checkpoint-2": 1, "checkpoint-4": 1}
-    assert set(series_run["metrics"]["checkpoint"]) == set(per.index)
+    assert set(series_run["metrics"].metrics["checkpoint"]) == set(per.index)
 
 
 def test_select_best_layer_per_checkpoint(series_run):

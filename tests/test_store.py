@@ -740,11 +740,13 @@ def _biosses_sweep(minilm_path: str, shared_data: Path, out: Path):
 
 
 def test_a_bit_flipped_shard_is_recomputed_in_a_sweep_with_a_message(
-    minilm_path, shared_data, tmp_path
+    minilm_path, shared_data, minilm_biosses, tmp_path
 ):
+    import shutil
+
     out = tmp_path / "out"
-    first = _biosses_sweep(minilm_path, shared_data, out)
-    score = first.scores.loc[6, "BIOSSES"]
+    shutil.copytree(minilm_biosses.output, out, symlinks=True)  # the session's BIOSSES sweep
+    score = minilm_biosses.table.loc[6, "BIOSSES"]
     assert score == pytest.approx(0.81254, abs=1e-4)
     shard = sorted((out / "store").rglob("*.npy"))[0]
     n_rows = json.loads(shard.with_suffix(".json").read_text())["n"]

@@ -1,14 +1,9 @@
-"""The all-layer sweep: equals per-slice LayerEncoder runs, resumes after SIGKILL, isolates failures."""
+"""The all-layer sweep: equals per-slice LayerEncoder runs, isolates failures. (A sweep killed by
+SIGKILL and resumed: tests/executors/test_local.py::test_killed_driver_loses_at_most_its_unit.)"""
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import mteb
 import numpy as np
@@ -17,8 +12,6 @@ import pytest
 from mteb_midlayer.encoder import LayerEncoder
 from mteb_midlayer.model import EMBEDDED_NAME, LayerModel
 from mteb_midlayer.sweep import select_tasks, sweep
-
-from .conftest import REPO
 
 
 @pytest.fixture(scope="module")
@@ -119,18 +112,17 @@ def test_default_tasks_are_the_data_dirs_tasks_in_english(shared_data):
     assert tasks["STSBenchmark"].hf_subsets == ["default"]
 
 
-def test_failing_task_does_not_stop_the_others(minilm, shared_data, tmp_path):
-    data = tmp_path / "data"
-    (data / "STS12").mkdir(parents=True)
-    (data / "STS12" / "test.jsonl").write_text(
-        '{"sentence1": "a", "sentence2": "b", "score": 1}\n{oops\n'
-    )
-    (data / "BIOSSES").symlink_to(shared_data / "BIOSSES")
-    table = sweep(minilm, data_dir=data, layers=[6], output=tmp_path / "out", show_progress=False)
-    assert set(table.failures) == {"STS12"}
-    reason = table.failures["STS12"]
-    assert "test.jsonl" in reason and "line 2" in reason, reason
-    assert table.scores.loc[6, "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)
+def test_a_broken_task_fails_alone(minilm_biosses):
+    """The shared MiniLM sweep's data folder holds BIOSSES and three broken tasks (conftest):
+    each is named with why, and BIOSSES still gets the README's score."""
+    table, data = minilm_biosses.table, minilm_biosses.data_dir
+    failures = minilm_biosses.failures
+    assert set(failures) == {"STS12", "STS13", "STS14"}
+    assert "test.jsonl" in failures["STS12"] and "line 2" in failures["STS12"], failures
+    assert "none of STS13's eval splits" in failures["STS13"]
+    assert str(data / "STS13") in failures["STS13"]
+    assert "test.jsonl" in failures["STS14"]  # a folder with no split file at all
+    assert table.loc[6, "BIOSSES"] == pytest.approx(0.81254, abs=1e-4)
 
 
 def test_cli_exit_code_and_bad_arguments(shared_data, tmp_path):
@@ -145,60 +137,6 @@ def test_cli_exit_code_and_bad_arguments(shared_data, tmp_path):
         main(["sweep", "minilm", "--tasks", "BIOSSES", "--dims", "999", "--output", str(tmp_path)])
         == 2
     )
-
-
-def _markers(out: Path) -> list[Path]:
-    return list((out / "store").rglob("shards/**/*.json")) if (out / "store").exists() else []
-
-
-def _cli(out: Path, shared_data: Path) -> list[str]:
-    return [
-        sys.executable, "-m", "mteb_midlayer.cli", "sweep", "minilm",
-        "--tasks", "BIOSSES", "--data-dir", str(shared_data), "--layers", "0,3,6",
-        "--output", str(out), "--shard-size", "16", "--batch-size", "16", "--device", "cpu",
-    ]  # fmt: skip
-
-
-@pytest.mark.slow
-def test_sigkill_then_rerun_gives_identical_results(shared_data, tmp_path):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen(
-        _cli(killed, shared_data), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 240
-    while len(_markers(killed)) < 3 and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert proc.poll() is None, "the sweep finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    n_shards = len(_markers(killed))
-    assert n_shards >= 3
-    assert not list(killed.rglob("BIOSSES.json"))  # killed while still encoding
-
-    resumed = subprocess.run(
-        _cli(killed, shared_data), env=env, capture_output=True, text=True, check=True
-    )
-    encoded_after = int(resumed.stdout.split("Encoded ")[1].split()[0])
-    reference = subprocess.run(
-        _cli(tmp_path / "clean", shared_data), env=env, capture_output=True, text=True, check=True
-    )
-    encoded_clean = int(reference.stdout.split("Encoded ")[1].split()[0])
-    # finished shards were not recomputed: the resumed run encoded only what was missing
-    assert encoded_after <= encoded_clean - 3 * 16
-
-    def scores(out: Path) -> dict[str, float]:
-        found = {}
-        for path in out.rglob("BIOSSES.json"):
-            found[path.parent.name] = json.loads(path.read_text())["scores"]["test"][0][
-                "main_score"
-            ]
-        return found
-
-    a, b = scores(killed), scores(tmp_path / "clean")
-    assert len(a) == 3 and a.keys() == b.keys()
-    for key in a:
-        assert a[key] == pytest.approx(b[key], abs=1e-6), key
 
 
 def test_sweep_matches_layer_encoder_on_mock_tasks_with_prompts(minilm, tmp_path):

@@ -163,7 +163,7 @@ def test_a_run_cleans_its_output_folder_first(run, tiny_data, tmp_path, dead_pid
         texts = ["a b c", "d e f", "g h", "i j k l"]
         df = layer_metrics(
             model, tokenizer=tok, texts=texts, metrics="dataset_entropy", n=4, **common
-        )
+        ).metrics
         assert len(df) >= 1 and df["value"].notna().all()
     gone = {k for k, p in files.items() if not p.exists()}
     want = {"dead_metrics"} if run == "metrics" else {"dead_metrics", "dead_result", "dead_plan"}

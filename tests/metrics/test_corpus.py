@@ -104,7 +104,7 @@ def test_layer_metrics_on_a_corpus_file(tiny_lm, tmp_path):
     plain = _write(tmp_path / "domain.txt", "\n".join(TEXTS))
     df = layer_metrics(
         tiny_lm, texts=plain, output=tmp_path / "out", n=20, n_views=2, show_progress=False
-    )
+    ).metrics
     digest = corpus_digest(TEXTS)
     assert set(df["dataset"]) == {f"domain-{digest}"}
     assert set(df["metric"]) == set(METRICS) and set(df["layer"]) == {0, 1, 2}
@@ -125,10 +125,10 @@ def test_layer_metrics_on_a_corpus_file(tiny_lm, tmp_path):
     jsonl = _write(tmp_path / "domain2.jsonl", _jsonl(TEXTS, source="x"))
     other = layer_metrics(
         tiny_lm, texts=jsonl, output=tmp_path / "out", n=20, n_views=2, show_progress=False
-    )
+    ).metrics
     as_list = layer_metrics(
         tiny_lm, texts=TEXTS, output=tmp_path / "out", n=20, n_views=2, show_progress=False
-    )
+    ).metrics
     assert set(other["dataset"]) == {f"domain2-{digest}"}
     assert set(as_list["dataset"]) == {f"texts-{digest}"}
     for frame in (other, as_list):
@@ -144,7 +144,7 @@ def test_corpus_results_sit_beside_task_results(tiny_lm, shared_data, tmp_path):
         tiny_lm, texts=plain, tasks=["BIOSSES"], data_dir=shared_data, show_progress=False,
         **common,
     )  # fmt: skip
-    assert both.attrs["timings"]  # the corpus was computed, the task read back
+    assert both.timings  # the corpus was computed, the task read back
     frame = metrics_frame(tmp_path)
     assert set(frame["dataset"]) == {"BIOSSES", f"domain-{corpus_digest(TEXTS)}"}
     assert set(frame["metric"]) == {"dataset_entropy", "curvature_abs"}

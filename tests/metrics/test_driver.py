@@ -73,7 +73,7 @@ def test_layer_metrics_end_to_end(minilm, shared_data, tmp_path):
         n_views=4,
         layers=[0, 3, 6],
         show_progress=False,
-    )
+    ).metrics
     assert list(df.columns) == ROW_COLUMNS
     assert set(df["metric"]) == set(METRICS)
     assert set(df["layer"]) == {0, 3, 6}
@@ -121,8 +121,8 @@ def test_layer_metrics_end_to_end(minilm, shared_data, tmp_path):
         minilm, tasks=["BIOSSES"], data_dir=shared_data, output=tmp_path, n=40, n_views=4,
         layers=[0, 3, 6], show_progress=False,
     )  # fmt: skip
-    assert again.attrs["timings"] == {}
-    pd.testing.assert_frame_equal(again, df)
+    assert again.timings == {}
+    pd.testing.assert_frame_equal(again.metrics, df)
 
 
 def test_layer_metrics_rejects_bad_options(minilm):
@@ -144,8 +144,8 @@ def test_a_bad_task_fails_alone_and_the_run_resumes(minilm, shared_data, tmp_pat
         data_dir=data, output=tmp_path / "out", n=10, metrics="effective_rank", layers=[6],
         show_progress=False,
     )  # fmt: skip
-    df = layer_metrics(minilm, **options)
-    failures = df.attrs["failures"]
+    result = layer_metrics(minilm, **options)
+    df, failures = result.metrics, result.failures
     assert set(failures) == {"STS12", "STS13"}
     assert "line 2" in failures["STS12"] and "test.jsonl" in failures["STS13"]
     assert set(df["dataset"]) == {"BIOSSES"}
@@ -156,9 +156,10 @@ def test_a_bad_task_fails_alone_and_the_run_resumes(minilm, shared_data, tmp_pat
         '{"sentence1": "a cat", "sentence2": "a dog", "score": 1}\n' * 3
     )
     with caplog.at_level("WARNING", logger="mteb_midlayer.metrics.compute"):
-        again = layer_metrics(minilm, **options)
+        result = layer_metrics(minilm, **options)
+    again = result.metrics
     assert f"Recomputing {done}" in caplog.text
-    assert set(again.attrs["failures"]) == {"STS13"}
+    assert set(result.failures) == {"STS13"}
     assert set(again["dataset"]) == {"BIOSSES", "STS12"}
     recomputed = again[again["dataset"] == "BIOSSES"].reset_index(drop=True)
     assert recomputed["run_at"].iloc[0] > df["run_at"].iloc[0]  # a new run of the same identity
@@ -195,8 +196,8 @@ def _values(df: pd.DataFrame) -> pd.DataFrame:
 def _run(lm: LayerModel, calls: list[int], out, final_norm: str, **kwargs):
     """The rows of one `layer_metrics` run and how many forward passes it made."""
     before = len(calls)
-    df = layer_metrics(lm, output=out, final_norm=final_norm, **{**ONE_PASS, **kwargs})
-    return df, len(calls) - before
+    result = layer_metrics(lm, output=out, final_norm=final_norm, **{**ONE_PASS, **kwargs})
+    return result.metrics, len(calls) - before
 
 
 @pytest.mark.parametrize("which", ["llama", "minilm"])
@@ -248,8 +249,12 @@ def test_only_a_missing_final_norm_is_computed(tmp_path):
         atol=1e-6,
         rtol=0,
     )
-    again, n_again = _run(lm, calls, out, "every,last", metrics=metrics)
-    assert n_again == 0 and again.attrs["timings"] == {}
+    before = len(calls)
+    rerun = layer_metrics(
+        lm, output=out, final_norm="every,last", **{**ONE_PASS, "metrics": metrics}
+    )
+    again = rerun.metrics
+    assert len(calls) == before and rerun.timings == {}
     assert list(again["final_norm"].unique()) == ["every", "last"]
 
 
@@ -262,12 +267,13 @@ def test_metrics_units_compute_both_final_norms_in_one_pass(shared_data, tmp_pat
         tasks=["BIOSSES"], data_dir=shared_data, n=12, n_views=2, batch_size=4, layers=[0, 2, 4],
         metrics="effective_rank,curvature,dime", show_progress=False,
     )  # fmt: skip
-    units = layer_metrics(
+    result = layer_metrics(
         lm, output=tmp_path / "units", final_norm="last,every", executor=SerialExecutor(), **options
     )
-    assert len(calls) == 3 * (1 + 2) and units.attrs["failures"] == {}
-    here = layer_metrics(lm, output=tmp_path / "last", final_norm="last", **options)
-    here_every = layer_metrics(lm, output=tmp_path / "every", final_norm="every", **options)
+    units = result.metrics
+    assert len(calls) == 3 * (1 + 2) and result.failures == {}
+    here = layer_metrics(lm, output=tmp_path / "last", final_norm="last", **options).metrics
+    here_every = layer_metrics(lm, output=tmp_path / "every", final_norm="every", **options).metrics
     pd.testing.assert_frame_equal(
         _values(units), _values(pd.concat([here, here_every], ignore_index=True)), atol=1e-6, rtol=0
     )

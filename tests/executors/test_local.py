@@ -23,7 +23,7 @@ from mteb_midlayer.replay import store_key
 from mteb_midlayer.store import EmbeddingStore
 from mteb_midlayer.sweep import sweep
 
-from .conftest import REPO, tiny_model, tiny_tokenizer
+from ..conftest import REPO, tiny_model, tiny_tokenizer
 
 CLASSIFICATION = "TweetSentimentExtractionClassification"
 
@@ -276,26 +276,28 @@ def _results(out: Path) -> dict[str, dict]:
 
 
 @pytest.mark.slow
-def test_jobs_and_devices_give_bit_identical_results(minilm_path, data_dir, tmp_path):
+def test_jobs_and_devices_give_bit_identical_results(minilm_path, data_dir, two_drivers, tmp_path):
+    """Two worker processes (`jobs=2`, one device each) write what one driver alone (`--jobs 1`:
+    the two-drivers run, same settings) writes."""
     kwargs = dict(
         tasks=["BIOSSES", CLASSIFICATION], data_dir=data_dir, layers=[0, 6], dims=[384, 64],
-        shard_size=64, show_progress=False,
+        shard_size=16, batch_size=16, show_progress=False,
     )  # fmt: skip
-    serial = sweep(minilm_path, output=tmp_path / "serial", jobs=1, **kwargs)
+    serial, procs, _ = two_drivers
+    assert [p.returncode for p in procs] == [0, 0]
     pooled = sweep(minilm_path, output=tmp_path / "pooled", jobs=2, devices="cpu,cpu", **kwargs)
-    assert serial.failures == pooled.failures == {}
-    assert serial.n_encoded == pooled.n_encoded == 183 + 180
-    a, b = _results(tmp_path / "serial"), _results(tmp_path / "pooled")
+    assert pooled.failures == {}
+    assert pooled.n_encoded == 183 + 180
+    a, b = _results(serial), _results(tmp_path / "pooled")
     assert len(a) == 8 and a == b  # every score, not only the main one, bit for bit
-    assert serial.scores.equals(pooled.scores)
 
 
 def _cli(out: Path, data: Path, jobs: int) -> list[str]:
     return [
         sys.executable, "-m", "mteb_midlayer.cli", "sweep", "minilm",
         "--tasks", f"BIOSSES,{CLASSIFICATION}", "--data-dir", str(data), "--layers", "0,6",
-        "--output", str(out), "--shard-size", "16", "--batch-size", "16", "--device", "cpu",
-        "--jobs", str(jobs),
+        "--dims", "384,64", "--output", str(out), "--shard-size", "16", "--batch-size", "16",
+        "--device", "cpu", "--jobs", str(jobs),
     ]  # fmt: skip
 
 
@@ -336,9 +338,11 @@ def _encoded(stdout: str) -> int:
     return int(stdout.split("Encoded ")[1].split()[0])
 
 
-@pytest.mark.slow
-def test_two_drivers_on_one_output_encode_each_text_once(data_dir, tmp_path):
-    out = tmp_path / "out"
+@pytest.fixture(scope="module")
+def two_drivers(data_dir, tmp_path_factory) -> tuple[Path, list[subprocess.Popen], list[str]]:
+    """Two CLI drivers (`--jobs 1`) started together on one output; it is also the clean run
+    the killed driver's resumed output is compared with."""
+    out = tmp_path_factory.mktemp("two-drivers") / "out"
     procs = [
         subprocess.Popen(
             _cli(out, data_dir, 1),
@@ -350,17 +354,25 @@ def test_two_drivers_on_one_output_encode_each_text_once(data_dir, tmp_path):
         for _ in range(2)
     ]
     stdouts = [p.communicate(timeout=600)[0] for p in procs]
+    return out, procs, stdouts
+
+
+@pytest.mark.slow
+def test_two_drivers_on_one_output_encode_each_text_once(two_drivers):
+    out, procs, stdouts = two_drivers
     assert [p.returncode for p in procs] == [0, 0]
     assert _stored_texts(out) == 183 + 180  # every text once, not once per driver
     assert sum(_encoded(s) for s in stdouts) == 183 + 180
     table = [s.split("Encoded ")[0] for s in stdouts]
     assert table[0] == table[1]  # both drivers print the same scores
-    assert len(_results(out)) == 4
+    assert len(_results(out)) == 8
     assert not list((out / "store" / "claims").glob("*.claim"))
 
 
 @pytest.mark.slow
-def test_killed_driver_loses_at_most_its_unit(data_dir, tmp_path):
+def test_killed_driver_loses_at_most_its_unit(data_dir, two_drivers, tmp_path):
+    """A driver killed (SIGKILL) while encoding takes its workers with it; the same command
+    then encodes only what is missing and writes what a clean run writes."""
     out = tmp_path / "killed"
     proc = subprocess.Popen(
         _cli(out, data_dir, 2), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
@@ -387,8 +399,8 @@ def test_killed_driver_loses_at_most_its_unit(data_dir, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert _encoded(resumed.stdout) == 183 + 180 - before  # nothing written was recomputed
     assert _stored_texts(out) == 183 + 180
-    clean = tmp_path / "clean"
-    subprocess.run(_cli(clean, data_dir, 1), env=_env(), capture_output=True, check=True)
+    clean, procs, _ = two_drivers  # the same command, never killed
+    assert [p.returncode for p in procs] == [0, 0]
     assert _results(out) == _results(clean)
 
 
@@ -400,10 +412,11 @@ def test_metrics_units_in_a_worker_equal_the_driver(minilm_path, data_dir, tmp_p
         tasks=["BIOSSES", CLASSIFICATION], data_dir=data_dir, n=40, layers=[0, 6],
         metrics="dataset_entropy,effective_rank,prompt_entropy", show_progress=False,
     )  # fmt: skip
-    here = layer_metrics(minilm_path, output=tmp_path / "here", **kwargs)
+    here_run = layer_metrics(minilm_path, output=tmp_path / "here", **kwargs)
     with ProcessExecutor(devices=["cpu"]) as ex:
-        there = layer_metrics(minilm_path, output=tmp_path / "there", executor=ex, **kwargs)
-    assert here.attrs["failures"] == there.attrs["failures"] == {}
+        there_run = layer_metrics(minilm_path, output=tmp_path / "there", executor=ex, **kwargs)
+    assert here_run.failures == there_run.failures == {}
+    here, there = here_run.metrics, there_run.metrics
     assert len(here) == len(there) > 0
     assert set(there["dataset"]) == {"BIOSSES", CLASSIFICATION} and set(there["layer"]) == {0, 6}
     key = ["dataset", "metric", "variant", "layer"]
@@ -496,8 +509,9 @@ def test_a_relative_model_path_reaches_workers_absolute(data_dir, tmp_path, monk
     monkeypatch.chdir(folder.parent)
     ex = _Recording()
     metrics_kw = dict(metrics="dataset_entropy", n=8)
-    df = layer_metrics("my-model", output="out", executor=ex, **kwargs, **metrics_kw)
+    result = layer_metrics("my-model", output="out", executor=ex, **kwargs, **metrics_kw)
+    df = result.metrics
     (unit,) = ex.units
     assert unit.model["source"] == str(folder) and unit.output == str(folder.parent / "out/metrics")
-    assert Path(unit.data_dir).is_absolute() and not df.attrs["failures"]
+    assert Path(unit.data_dir).is_absolute() and not result.failures
     assert set(df["model"]) == {"local/my-model"}

@@ -146,20 +146,6 @@ def test_repaired_task_data_is_rescored(biosses, tmp_path, caplog):
     )
 
 
-def test_a_task_missing_its_split_file_fails_alone(shared_data, tmp_path):
-    folder = save_tiny(tmp_path / "model", seed=1)
-    data = tmp_path / "data"
-    (data / "STS12").mkdir(parents=True)  # no test.jsonl
-    (data / "BIOSSES").symlink_to(shared_data / "BIOSSES")
-    table = sweep(
-        str(folder), data_dir=data, layers=[2], output=tmp_path / "out", device="cpu",
-        show_progress=False,
-    )  # fmt: skip
-    assert set(table.failures) == {"STS12"}
-    assert "test.jsonl" in table.failures["STS12"]
-    assert math.isfinite(table.scores.loc[2, "BIOSSES"])
-
-
 def test_a_kill_while_mteb_writes_leaves_no_result_that_counts(biosses, tmp_path, monkeypatch):
     """mteb's own write is cut half-way (as by kill -9): no `BIOSSES.json` appears, and the
     next sweep and table run as if the slice had never been scored."""
