@@ -39,3 +39,14 @@ def test_the_package_has_no_import_cycle_and_no_private_import():
     report = _tool().analyse(ROOT)
     assert report.cycles == []
     assert report.private == []
+    assert report.upward == [] and report.unplaced == []  # data flows one way
+    assert report.long_functions == []  # <= 80 lines, <= 12 parameters (constructors excepted)
+
+
+def test_layers_place_modules_by_their_longest_prefix():
+    tool = _tool()
+    assert tool.layer_of("mteb_midlayer.metrics.compute") < tool.layer_of("mteb_midlayer.plan")
+    assert tool.layer_of("mteb_midlayer.metrics.run") > tool.layer_of(
+        "mteb_midlayer.executors.work"
+    )
+    assert tool.layer_of("mteb_midlayer.spec") == 0 and tool.layer_of("mteb_midlayer") is None

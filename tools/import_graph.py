@@ -4,6 +4,8 @@ Counts every import, also those inside functions; imports under ``if TYPE_CHECKI
 and are left out. Reports:
 
 - cycles between modules (strongly connected components of more than one module);
+- a module importing from a later row of `LAYERS` (the pipeline's order, bottom first: data
+  flows one way);
 - a module importing another module's private (underscore) name;
 - functions longer than 80 lines or with more than 12 parameters (``__init__`` excepted).
 
@@ -21,6 +23,34 @@ PACKAGE = "mteb_midlayer"
 MAX_LINES = 80
 MAX_PARAMS = 12
 
+#: The pipeline from the bottom up (docs/layout.md): a module imports only from its own row or
+#: rows before it. A module is placed by the longest prefix that names it.
+LAYERS: list[list[str]] = [
+    ["spec", "options", "pooling", "layers", "batching", "tempfiles", "devices", "inert", "fusion"],
+    ["model", "store"],
+    ["encoder", "replay", "search", "st_modules"],
+    ["tasks"],
+    ["scoring", "results", "checkpoints", "frames"]
+    + [f"metrics.{m}" for m in ("functional", "augment", "corpus", "eigen", "sampling", "compute")],
+    ["plan"],
+    ["executors"],
+    ["sweep", "metrics", "series"],
+    ["select", "leaderboard", "export"],
+    ["cli"],
+]
+
+
+def layer_of(module: str) -> int | None:
+    """The row of `LAYERS` that holds `module` (None for the package itself or an unplaced one)."""
+    name = module.removeprefix(PACKAGE + ".")
+    best: tuple[int, int] | None = None
+    for row, prefixes in enumerate(LAYERS):
+        for prefix in prefixes:
+            named = name == prefix or name.startswith(prefix + ".")
+            if named and (best is None or len(prefix) > best[0]):
+                best = (len(prefix), row)
+    return None if best is None else best[1]
+
 
 @dataclass
 class Report:
@@ -28,10 +58,14 @@ class Report:
     private: list[str] = field(default_factory=list)
     long_functions: list[str] = field(default_factory=list)
     cycles: list[list[str]] = field(default_factory=list)
+    upward: list[str] = field(default_factory=list)
+    unplaced: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not (self.private or self.long_functions or self.cycles)
+        return not (
+            self.private or self.long_functions or self.cycles or self.upward or self.unplaced
+        )
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -116,6 +150,15 @@ def analyse(root: Path) -> Report:
             if n_params > MAX_PARAMS and fn.name != "__init__":
                 report.long_functions.append(f"{where}: {n_params} parameters")
     report.cycles = _cycles(report.edges)
+    for a, targets in sorted(report.edges.items()):
+        row = layer_of(a)
+        if row is None:
+            if a != PACKAGE:
+                report.unplaced.append(a)
+            continue
+        for b in sorted(targets):
+            if b != PACKAGE and (layer_of(b) or 0) > row:
+                report.upward.append(f"{a} -> {b}")
     return report
 
 
@@ -172,12 +215,17 @@ def main(argv: list[str] | None = None) -> int:
         print("cycle:", " <-> ".join(cycle))
     for line in report.private:
         print("private import:", line)
+    for line in report.upward:
+        print("imports from a later layer:", line)
+    for name in report.unplaced:
+        print("module in no layer (add it to LAYERS):", name)
     for line in report.long_functions:
         print("too long:", line)
     n_edges = sum(len(v) for v in report.edges.values())
     print(
         f"{len(report.edges)} modules, {n_edges} imports; "
         f"{len(report.cycles)} cycles, {len(report.private)} private imports, "
+        f"{len(report.upward)} upward imports, "
         f"{len(report.long_functions)} functions too long or too wide"
     )
     return 0 if report.ok else 1
