@@ -32,7 +32,7 @@ from mteb_midlayer.metrics.compute import (
 from mteb_midlayer.metrics.eigen import linalg_threads
 from mteb_midlayer.metrics.sampling import sample_texts, task_texts
 from mteb_midlayer.model import LayerModel
-from mteb_midlayer.sweep import select_tasks
+from mteb_midlayer.tasks.selection import select_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -32,7 +32,7 @@ from mteb_midlayer.layers import find_final_norm
 from mteb_midlayer.metrics.run import layer_metrics
 from mteb_midlayer.metrics.sampling import sample_texts, task_texts
 from mteb_midlayer.model import LayerModel, embedded_default
-from mteb_midlayer.sweep import select_tasks
+from mteb_midlayer.tasks.selection import select_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -67,7 +67,9 @@ def timed_run(lm: LayerModel, texts: list[str], settings: list[str], **options) 
         for setting in settings:
             with tempfile.TemporaryDirectory() as out:
                 frames.append(
-                    layer_metrics(lm, texts=texts, output=out, final_norm=setting, **options)
+                    layer_metrics(
+                        lm, texts=texts, output=out, final_norm=setting, **options
+                    ).metrics
                 )
         seconds = time.perf_counter() - start
     finally:

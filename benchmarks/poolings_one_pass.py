@@ -35,11 +35,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from mteb_midlayer import sweep
 from mteb_midlayer.metrics.run import layer_metrics
 from mteb_midlayer.metrics.sampling import sample_texts, task_texts
 from mteb_midlayer.model import LayerModel, embedded_default
 from mteb_midlayer.replay import EmbeddingSource
-from mteb_midlayer.sweep import select_tasks, sweep
+from mteb_midlayer.tasks.selection import select_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 POOLINGS = ("mean", "weightedmean", "last")
@@ -105,7 +106,7 @@ def metrics(lm: LayerModel, args, texts: list[str], modes: str | list[str], tmp:
     """Every metric of every layer of `texts`, keyed by (pooling, layer, metric, variant)."""
     df = layer_metrics(lm, pooling=modes, texts=texts, n=args.n, n_views=args.n_views,
                        output=Path(tmp) / "m", show_progress=False,
-                       batch_size=args.batch_size)  # fmt: skip
+                       batch_size=args.batch_size).metrics  # fmt: skip
     keys = ["pooling", "layer", "metric", "variant"]
     return {k: np.array(v) for k, v in df.set_index(keys)["value"].items()}
 

@@ -17,9 +17,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from mteb_midlayer.executors.local import available_cores
+from mteb_midlayer import sweep
+from mteb_midlayer.devices import available_cores
 from mteb_midlayer.model import resolve_source
-from mteb_midlayer.sweep import sweep
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mteb"
 TASKS = "BIOSSES,STSBenchmark,Banking77Classification"

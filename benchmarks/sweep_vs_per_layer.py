@@ -27,7 +27,7 @@ from transformers import AutoModel, AutoTokenizer, BertConfig
 
 from mteb_midlayer import LayerEncoder, sweep
 from mteb_midlayer.model import embedded_default
-from mteb_midlayer.sweep import select_tasks
+from mteb_midlayer.tasks.selection import select_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 

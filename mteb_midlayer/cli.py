@@ -347,21 +347,13 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     import functools
 
     from . import series
-    from .executors.local import ProcessExecutor
     from .metrics.run import layer_metrics
-    from .sweep import parse_devices
 
-    engine = executor_kwargs(args).get("executor")  # --executor ray | submitit
-    devices = parse_devices(args.devices)
-    local = ProcessExecutor(devices=devices) if devices and engine is None else None
     run = layer_metrics
     if _is_series(args):  # every checkpoint of a series
         run = functools.partial(series.metrics_series, revisions=args.revisions)
-    try:
-        result = run(**_common(args), **_pick(args, METRICS_FLAGS), executor=engine or local)
-    finally:
-        if local is not None:
-            local.shutdown()
+    options = _pick(args, METRICS_FLAGS) | executor_kwargs(args)
+    result = run(**_common(args), **options, devices=args.devices)
     df = result.metrics
     keys = [k for k in ("pooling", "final_norm") if k in df.columns and df[k].nunique() > 1]
     if "fuse" in df.columns:  # fused slices: a column each, after the layers
@@ -450,22 +442,6 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_export(result) -> None:
-    what = f"layers {result.fuse}" if result.fuse else f"layer {result.layer}"
-    print(
-        f"wrote {result.path}: {result.model} {what}/{result.n_layers}, "
-        f"dim {result.dim}/{result.hidden_size}, pooling={result.pooling}, "
-        f"normalize={result.normalize}, final_norm={result.final_norm} "
-        f"(max |diff| vs LayerEncoder {result.max_abs_diff:.1e})"
-    )
-    if result.needs_mteb_midlayer:
-        print(
-            "note: this decoder slice skips the final norm through "
-            "mteb_midlayer.st_modules.RawStreamTransformer: load it with mteb_midlayer "
-            "installed and SentenceTransformer(path, trust_remote_code=True)"
-        )
-
-
 def cmd_select(args: argparse.Namespace) -> int:
     from .select import Budget, NothingToExport, render, select, ship, to_json
 
@@ -490,7 +466,7 @@ def cmd_select(args: argparse.Namespace) -> int:
             shipped = ship(selection, args.export, budget=budget, **_pick(args, SHIP_FLAGS))
             for line in shipped.lines:
                 print(line)
-            _print_export(shipped.result)
+            print(shipped.result.summary())
     except NothingToExport as exc:
         print(f"{exc}: nothing exported.", file=sys.stderr)
         code = 1
@@ -508,7 +484,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 2
     # every flag of `export` is an argument of the library's `export`, under the same name
     options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
-    _print_export(export(options.pop("model"), options.pop("out"), **options))
+    print(export(options.pop("model"), options.pop("out"), **options).summary())
     return 0
 
 

@@ -107,6 +107,23 @@ class ExportResult:
     #: a fusion's label ("0+6"; `layer` is then its deepest layer), "" for one layer
     fuse: str = NO_FUSION
 
+    def summary(self) -> str:
+        """What was written, in a line (and how to load a decoder slice that needs us)."""
+        what = f"layers {self.fuse}" if self.fuse else f"layer {self.layer}"
+        line = (
+            f"wrote {self.path}: {self.model} {what}/{self.n_layers}, "
+            f"dim {self.dim}/{self.hidden_size}, pooling={self.pooling}, "
+            f"normalize={self.normalize}, final_norm={self.final_norm} "
+            f"(max |diff| vs LayerEncoder {self.max_abs_diff:.1e})"
+        )
+        if self.needs_mteb_midlayer:
+            line += (
+                "\nnote: this decoder slice skips the final norm through "
+                "mteb_midlayer.st_modules.RawStreamTransformer: load it with mteb_midlayer "
+                "installed and SentenceTransformer(path, trust_remote_code=True)"
+            )
+        return line
+
 
 def is_export(folder: Path) -> bool:
     """Whether `folder` holds a previous export: `modules.json` and our README.md card."""

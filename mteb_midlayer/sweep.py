@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
 from .batching import check_batch_limits
+from .devices import parse_devices
 from .encoder import resolve_dim
 from .executors.local import ProcessExecutor, SerialExecutor
 from .executors.work import run_encode_unit, run_score_unit, seed_model, seed_task
@@ -244,41 +244,6 @@ def _score_table(output: Path, lm: LayerModel, plan: SweepPlan) -> pd.DataFrame:
         & (long["include_prompt"] == (not lm.excludes_prompt()))
     ]
     return layer_table(long, tasks=[t.metadata.name for t in plan.tasks])
-
-
-def parse_devices(devices: Sequence[str] | str | None) -> list[str] | None:
-    """``"cuda:0,cuda:1"`` -> one encode worker per entry (`None`: encode in this process)."""
-    if devices is None:
-        return None
-    items = devices.split(",") if isinstance(devices, str) else list(devices)
-    out = [d.strip() for d in items if d.strip()]
-    if not out:
-        raise ValueError("--devices names no device; give e.g. cuda:0,cuda:1.")
-    for device in out:
-        try:
-            parsed = torch.device(device)
-        except RuntimeError as exc:
-            raise ValueError(f"--devices: {device!r} is not a device ({exc}).") from None
-        check_device_present(parsed, device)
-    return out
-
-
-def check_device_present(device: torch.device, given: str) -> None:
-    """A CUDA (or MPS) device this machine lacks is a one-line `ValueError` before any work,
-    not a traceback per task from a worker that cannot start on it."""
-    if device.type == "cuda":
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if count and (device.index is None or device.index < count):
-            return
-        have = f"cuda:0..cuda:{count - 1}" if count > 1 else "cuda:0" if count else "no CUDA device"
-        raise ValueError(
-            f"--devices: {given} is not on this machine (it has {have}); name devices it has, "
-            "or leave --devices out to encode in this process."
-        )
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ValueError(
-            f"--devices: {given} is not on this machine (no MPS); leave --devices out."
-        )
 
 
 def run_units(

@@ -280,7 +280,7 @@ def test_an_odd_but_safe_name_is_filed_inside_the_output_as_written(tmp_path):
 def test_devices_this_machine_lacks_are_refused_before_any_work(monkeypatch, have, devices, ok):
     import torch
 
-    from mteb_midlayer.sweep import parse_devices
+    from mteb_midlayer.devices import parse_devices
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: have > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: have)

@@ -5,7 +5,8 @@ tasks (or a corpus), here or one unit per task on an executor; `compute` does on
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from ..batching import check_batch_limits
+from ..devices import parse_devices
+from ..executors.local import ProcessExecutor
 from ..executors.work import run_metrics_unit, seed_model
 from ..fusion import check_fusable, fusion_label, parse_fusions
 from ..layers import check_final_norms, resolve_layers
@@ -46,7 +49,7 @@ logger = logging.getLogger(__name__)
 
 #: Options of a sweep that `layer_metrics` does not read: naming one is a `TypeError`.
 NOT_READ = frozenset(
-    {"dims", "normalize", "shard_size", "search_backend", "jobs", "devices", "dry_run"}
+    {"dims", "normalize", "shard_size", "search_backend", "jobs", "dry_run"}
     | {"prompts", "include_prompt"}
 )
 
@@ -119,7 +122,8 @@ def layer_metrics(
         warn_constant_pooling(lm, mode)
     layer_list = resolve_layers(passes.layers, lm.n_layers)
     fusions = _fusions(passes.fuse, poolings, lm.n_layers)
-    if run.executor is not None:  # a worker elsewhere would resolve a relative path from its cwd
+    devices = parse_devices(run.devices)  # a device this machine lacks: one line, now
+    if run.executor is not None or devices:  # a worker resolves a relative path from its cwd
         output = Path(output).absolute()
         data_dir = Path(data_dir).absolute() if data_dir else None
     failures: dict[str, str] = {}
@@ -135,16 +139,28 @@ def layer_metrics(
         final_norms=tuple(final_norms), max_tokens_per_batch=passes.max_tokens_per_batch,
     )  # fmt: skip
     frames = []
-    if run.executor is not None:
+    if run.executor is not None or devices:
         remote = [t for t in task_objects if not isinstance(t, Corpus)]
         task_objects = [t for t in task_objects if isinstance(t, Corpus)]
-        frames += _run_units(
-            run.executor, lm, remote, settings, out_dir, timer, failures,
-            raise_error=run.raise_error, **common,
-        )  # fmt: skip
+        with _engine(run.executor, devices) as executor:
+            frames += _run_units(
+                executor, lm, remote, settings, out_dir, timer, failures,
+                raise_error=run.raise_error, **common,
+            )  # fmt: skip
     frames += _run_here(lm, task_objects, settings, out_dir, timer, failures, run, common)
     rows = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ROW_COLUMNS)
     return MetricsResult(rows, failures, dict(timer.seconds), lm.name)
+
+
+@contextmanager
+def _engine(executor: Any, devices: list[str] | None) -> Iterator[Any]:
+    """Where the units run: `executor` if given, else one worker process per device of
+    `devices` (`--devices cuda:0,cuda:1`: whole tasks on each), shut down afterwards."""
+    if executor is not None:
+        yield executor
+        return
+    with ProcessExecutor(devices=devices) as pool:
+        yield pool
 
 
 def _metrics_dir(output: Path) -> Path:
