@@ -1,15 +1,9 @@
 """`mteb-midlayer`: verbs that read like the user's jobs (flags and exit codes: docs/cli.md).
 
-    mteb-midlayer sweep MODEL      score every layer (and dim) of a model on MTEB tasks
-    mteb-midlayer metrics MODEL    unsupervised layer metrics (entropy, curvature, LiDAR, ...)
-    mteb-midlayer table DIR        print the layer x task table of a results folder
-    mteb-midlayer mirror TASK...   write tasks' data into the offline layout (--data-dir)
-    mteb-midlayer leaderboard DIR... --to OUT   publish Markdown, CSV, HTML and plots
-    mteb-midlayer select DIR       choose the layer (and dim): budgets, stability, label-free rules
-    mteb-midlayer export MODEL OUT one layer slice as a smaller sentence-transformers model
-
+Each verb parses its flags, builds the library's options, makes one library call and prints.
 MODEL is a Hub id, a local path, or `minilm` (the embedded all-MiniLM-L6-v2, no Hub needed).
-Exit codes: 0 done; 1 the job ran but a task failed or nothing matched; 2 bad usage or an error.
+Exit codes: 0 done; 1 the job ran but a task failed or nothing matched; 2 bad usage or an
+error; 130 interrupted (rerun the same command to resume).
 """
 
 from __future__ import annotations
@@ -79,8 +73,11 @@ SWEEP_FLAGS = ("dims", "normalize", "shard_size", "jobs", "search_backend")
 METRICS_FLAGS = ("texts", "n", "metrics", "alpha", "seed", "n_views", "overwrite", "fuse")
 SELECT_FLAGS = ("model", "metrics_dir", "prior", "label_free")
 SHIP_FLAGS = ("label_free", "model", "source", "pooling", "dim", "overwrite", "results")
-#: The Slurm flags and their defaults (given without `--executor submitit`: refused).
-SLURM = dict(slurm_partition=None, slurm_gpus_per_task=1, slurm_time="60", slurm_folder=None)
+#: Each engine's flags (dest -> the executor's keyword); given with another --executor: refused.
+ENGINE_FLAGS = {
+    "ray": {"ray_address": "address"},
+    "submitit": {f"slurm_{k}": k for k in ("partition", "gpus_per_task", "time", "folder")},
+}
 #: `leaderboard`'s flags echoed in its provenance line when not at these defaults.
 PAGE, NO_DATA = "leaderboard", "not stated (pass --data)"
 ECHOED = dict(page=PAGE, title=None, model=None, tasks=None, data=NO_DATA)
@@ -96,20 +93,11 @@ class _DeprecatedPage(argparse.Action):
 
 def _add_prompt_tokens_option(p: argparse.ArgumentParser) -> None:
     group = p.add_mutually_exclusive_group()
-    group.add_argument(
-        "--exclude-prompt-tokens",
-        dest="include_prompt",
-        action="store_false",
-        default=None,
-        help="leave prompt tokens out of the vector",
-    )
-    group.add_argument(
-        "--include-prompt-tokens",
-        dest="include_prompt",
-        action="store_true",
-        default=None,
-        help="pool prompt tokens too",
-    )
+    for flag, action, text in (
+        ("--exclude-prompt-tokens", "store_false", "leave prompt tokens out of the vector"),
+        ("--include-prompt-tokens", "store_true", "pool prompt tokens too"),
+    ):
+        group.add_argument(flag, dest="include_prompt", action=action, default=None, help=text)
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -145,7 +133,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--slurm-gpus-per-task", type=nonneg_int, help="GPUs per encode job (1)")
     g.add_argument("--slurm-time", help="minutes, H:MM:SS or D-HH:MM:SS per job (60)")
     g.add_argument("--slurm-folder", type=Path, help="submitit's files (default: OUTPUT/submitit)")
-    p.set_defaults(**SLURM)
 
 
 def _add_run_parsers(sub) -> None:
@@ -267,10 +254,9 @@ def _common(args: argparse.Namespace) -> dict:
 
 def executor_kwargs(args: argparse.Namespace) -> dict:
     """`{"executor": ...}` for `sweep`/`layer_metrics`; empty for the default local run."""
-    stray = ["ray_address"] if args.ray_address is not None and args.executor != "ray" else []
-    if args.executor != "submitit":
-        stray += [dest for dest, default in SLURM.items() if getattr(args, dest) != default]
-    if stray:
+    mine = ENGINE_FLAGS.get(args.executor, {})
+    given = {d: getattr(args, d) for flags in ENGINE_FLAGS.values() for d in flags}
+    if stray := [d for d, v in given.items() if v is not None and d not in mine]:
         flags = ", ".join("--" + dest.replace("_", "-") for dest in stray)
         raise ValueError(f"{flags} only apply with another --executor (got {args.executor})")
     if args.executor == "local":
@@ -280,14 +266,12 @@ def executor_kwargs(args: argparse.Namespace) -> dict:
             f"--devices is for the local executor (one worker per GPU here); --executor "
             f"{args.executor} places each encode unit on a GPU itself"
         )
-    if args.executor == "ray":
-        return {"executor": make_executor("ray", roots=[args.output], address=args.ray_address)}
-    executor = make_executor(
-        "submitit", roots=[args.output], folder=args.slurm_folder or args.output / "submitit",
-        partition=args.slurm_partition, gpus_per_task=args.slurm_gpus_per_task,
-        time=args.slurm_time,
-    )  # fmt: skip
-    print(executor.note, file=sys.stderr)
+    opts = {kw: given[d] for d, kw in mine.items() if given[d] is not None}
+    if args.executor == "submitit":
+        opts.setdefault("folder", args.output / "submitit")
+    executor = make_executor(args.executor, roots=[args.output], **opts)
+    if note := getattr(executor, "note", None):
+        print(note, file=sys.stderr)
     return {"executor": executor}
 
 
@@ -318,16 +302,13 @@ def _is_series(args: argparse.Namespace) -> bool:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from . import series
+    from .frames import checkpoint_table
     from .sweep import sweep
 
     options = _pick(args, SWEEP_FLAGS)
     if _is_series(args):
         result = series.sweep_series(**_common(args), revisions=args.revisions, **options)
-        table = result.scores
-        columns = [c for c in ("final_norm", "dim", "layer") if c in table.columns]
-        _print_table(
-            table.pivot_table(index="checkpoint", columns=columns, values="mean", sort=False)
-        )
+        _print_table(checkpoint_table(result.scores))
         print(f"\nEncoded {result.n_encoded} new texts; "
               f"{result.recorded.n_recorded} task(s) planned once for the series.")  # fmt: skip
         print(f"Results: {args.output} (series manifest under {args.output / 'series'})")
@@ -347,6 +328,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
     import functools
 
     from . import series
+    from .frames import metrics_table
     from .metrics.run import layer_metrics
 
     run = layer_metrics
@@ -354,15 +336,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         run = functools.partial(series.metrics_series, revisions=args.revisions)
     options = _pick(args, METRICS_FLAGS) | executor_kwargs(args)
     result = run(**_common(args), **options, devices=args.devices)
-    df = result.metrics
-    keys = [k for k in ("pooling", "final_norm") if k in df.columns and df[k].nunique() > 1]
-    if "fuse" in df.columns:  # fused slices: a column each, after the layers
-        df = df.assign(layer=[f or layer for f, layer in zip(df["fuse"], df["layer"], strict=True)])
-    _print_table(
-        df.pivot_table(
-            index=[*keys, "dataset", "metric", "variant"], columns="layer", values="value"
-        )
-    )
+    _print_table(metrics_table(result.metrics))
     print(f"\nRows: {args.output / 'metrics'} (pd.read_parquet reads the folder)")
     return _failures(result.failures)
 
@@ -415,7 +389,7 @@ def _leaderboard_command(args: argparse.Namespace) -> str:
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from . import frames
-    from .leaderboard import publish
+    from .leaderboard import publish, written_lines
 
     scores = frames.scores_frame(args.results, model=args.model, tasks=_split(args.tasks))
     if scores.empty:
@@ -424,21 +398,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     metrics = frames.metrics_frame(args.results, model=args.model)
     if args.tasks is not None:
         metrics = metrics[metrics["dataset"].isin(_split(args.tasks))]
-    paths = publish(
-        scores,
-        metrics,
-        args.to,
-        benchmark=args.page,
-        title=args.title,
-        data=args.data,
-        command=_leaderboard_command(args),
-        with_plots=not args.no_plots,
-    )
-    written = list(dict.fromkeys(paths))  # one line per file; an SVG rides on its PNG's line
-    for path in written:
-        if path.suffix != ".svg" or path.with_suffix(".png") not in written:
-            svg = path.suffix == ".png" and path.with_suffix(".svg") in written
-            print(f"wrote {path}" + (" (and .svg)" if svg else ""))
+    command, with_plots = _leaderboard_command(args), not args.no_plots
+    page = dict(benchmark=args.page, title=args.title, data=args.data)
+    paths = publish(scores, metrics, args.to, **page, command=command, with_plots=with_plots)
+    print("\n".join(written_lines(paths)))
     return 0
 
 
@@ -446,12 +409,11 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .select import Budget, NothingToExport, render, select, ship, to_json
 
     budget = Budget(max_dim=args.max_dim, max_layer=args.max_layer, max_depth=args.max_depth)
+    tasks = _split(args.tasks)
     if args.benchmark:
         from .tasks.benchmark import get_benchmark
 
         tasks = [t.metadata.name for t in get_benchmark(args.benchmark).tasks]
-    else:
-        tasks = _split(args.tasks)
     selection = select(args.results, tasks=tasks, budgets=[budget], **_pick(args, SELECT_FLAGS))
     if not selection.has_scores:
         print(f"No sweep results under {args.results} to choose from:")
@@ -488,15 +450,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {
-    "sweep": cmd_sweep,
-    "metrics": cmd_metrics,
-    "table": cmd_table,
-    "mirror": cmd_mirror,
-    "leaderboard": cmd_leaderboard,
-    "select": cmd_select,
-    "export": cmd_export,
-}
+#: verb -> its function (`cmd_<verb>`).
+COMMANDS = {k.removeprefix("cmd_"): f for k, f in list(globals().items()) if k.startswith("cmd_")}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -670,3 +670,25 @@ def config_heading(key: Sequence) -> str:
     config = dict(zip(CONFIG_COLUMNS, key, strict=True))
     shown = [f"{k}={v}" for k, v in list(config.items())[2:] if not (k == "include_prompt" and v)]
     return f"{config['model']} @ {config['revision']}  " + " ".join(shown)
+
+
+def checkpoint_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """A series' average score, checkpoints down and slices across (`final_norm`, `dim` and
+    `layer` levels, those present): what `sweep` prints for a checkpoint series."""
+    columns = [c for c in ("final_norm", "dim", "layer") if c in scores.columns]
+    return scores.pivot_table(index="checkpoint", columns=columns, values="mean", sort=False)
+
+
+def metrics_table(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Metric rows as one table: (pooling, final_norm where they vary,) dataset, metric and
+    variant down, layers across; fused slices are columns named by their label, after the
+    layers. What `metrics` prints."""
+    keys = [k for k in ("pooling", "final_norm") if k in metrics.columns]
+    keys = [k for k in keys if metrics[k].nunique() > 1]
+    if "fuse" in metrics.columns:
+        fused = metrics["fuse"].notna() & (metrics["fuse"] != NO_FUSION)  # NaN: a single layer
+        metrics = metrics.assign(
+            layer=metrics["layer"].astype(object).where(~fused, metrics["fuse"])
+        )
+    index = [*keys, "dataset", "metric", "variant"]
+    return metrics.pivot_table(index=index, columns="layer", values="value")

@@ -9,6 +9,11 @@ import pandas as pd
 import pytest
 
 from mteb_midlayer import frames
+from mteb_midlayer.cli import main
+from mteb_midlayer.frames import scan_results
+from mteb_midlayer.sweep import sweep
+
+from .conftest import tiny_model, tiny_tokenizer
 
 
 def _scores(rows):
@@ -222,3 +227,94 @@ def test_layer_table_keeps_the_sweep_shape():
         "dim 4, layer 2: no mean (1 of 2 tasks); missing: A",
         "dim 4, layer 1+2: no mean (1 of 2 tasks); missing: A",
     ]
+
+
+# ---- damaged result folders: every problem is named, none is fatal (`table`, `scan_results`)
+
+
+@pytest.fixture(scope="module")
+def results(shared_data, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tables")
+    folder = root / "model"
+    tiny_model("bert", n_layers=2).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    out = root / "out"
+    sweep(
+        str(folder), tasks=["BIOSSES"], data_dir=shared_data, layers=[1, 2], output=out,
+        device="cpu", show_progress=False,
+    )  # fmt: skip
+    return out
+
+
+def _copy(results, tmp_path):
+    import shutil
+
+    return shutil.copytree(results, tmp_path / "copy")
+
+
+def test_missing_model_meta_is_reported_not_dropped(results, tmp_path, capsys):
+    out = _copy(results, tmp_path)
+    [meta] = [p for p in out.rglob("model_meta.json") if "layer_1" in str(p)]
+    meta.unlink()
+    scan = scan_results(out)
+    assert list(scan.frame["layer"]) == [2]
+    assert any(str(meta) in line and "is missing" in line for line in scan.problems)
+    assert main(["table", str(out)]) == 0
+    assert f"warning: {meta} is missing" in capsys.readouterr().err
+
+
+def test_truncated_result_is_named(results, tmp_path, capsys):
+    out = _copy(results, tmp_path)
+    [path] = [p for p in out.glob("results/*/*/experiments/*/BIOSSES.json") if "layer_2" in str(p)]
+    path.write_text(path.read_text()[:50])
+    assert main(["table", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert f"{path} is unreadable" in captured.err
+    assert "BIOSSES" in captured.out  # layer 1 still shown
+
+
+def test_nan_score_is_named(results, tmp_path):
+    import json
+
+    out = _copy(results, tmp_path)
+    [path] = [p for p in out.glob("results/*/*/experiments/*/BIOSSES.json") if "layer_2" in str(p)]
+    data = json.loads(path.read_text())
+    data["scores"]["test"][0]["main_score"] = float("nan")
+    path.write_text(json.dumps(data))
+    scan = scan_results(out)
+    assert any(f"{path} has a NaN score" in line for line in scan.problems)
+
+
+def test_mteb_reader_sees_our_results_with_match_name(results):
+    """What README says about mteb's own reader: it needs load_experiments="match_name"."""
+    import mteb
+
+    cache = mteb.ResultCache(results)
+    assert not cache.load_results(include_remote=False).model_results
+    found = cache.load_results(include_remote=False, load_experiments="match_name")
+    assert len(found.model_results) == 2
+
+
+def test_metrics_table_puts_fused_slices_after_the_layers():
+    """What `metrics` prints: layers across, a fusion a column named by its label."""
+    rows = pd.DataFrame(
+        {
+            "dataset": ["d"] * 3,
+            "metric": ["dataset_entropy"] * 3,
+            "variant": ["normalized"] * 3,
+            "layer": [0, 6, 6],
+            "fuse": [None, None, "0+6"],
+            "pooling": ["mean"] * 3,
+            "value": [0.25, 0.5, 0.75],
+        }
+    )
+    table = frames.metrics_table(rows)
+    assert list(table.columns) == [0, 6, "0+6"]
+    assert table.index.names == ["dataset", "metric", "variant"]  # one pooling: no level
+    assert table.iloc[0].tolist() == [0.25, 0.5, 0.75]
+    series = pd.DataFrame(
+        {"checkpoint": ["step-2", "step-1"], "layer": [1, 1], "dim": [8, 8], "mean": [0.5, 0.25]}
+    )
+    table = frames.checkpoint_table(series)
+    assert list(table.index) == ["step-2", "step-1"]  # the series' order, not sorted
+    assert table.loc["step-1", (8, 1)] == 0.25

@@ -4,7 +4,7 @@ Frames in, files out (STYLE.md 5): `tables` shapes the scores frame for display,
 writes Markdown/CSV/HTML, `plots` writes PNG/SVG (matplotlib, lazily), `publish` does all.
 """
 
-from .publish import publish
+from .publish import publish, written_lines
 from .render import Provenance, provenance, to_csv, to_html, to_md
 from .tables import dim_table, layer_task_table, summary_table, tidy_rows
 
@@ -19,4 +19,5 @@ __all__ = [
     "to_csv",
     "to_html",
     "to_md",
+    "written_lines",
 ]

@@ -115,3 +115,14 @@ def publish(
     written.append(page)
     written.append(R.write_index(folder, benchmark, page, scores, manifest))
     return written
+
+
+def written_lines(paths: list[Path]) -> list[str]:
+    """One "wrote PATH" line per file `publish` wrote; an SVG rides on its PNG's line."""
+    written = list(dict.fromkeys(paths))
+    lines = []
+    for path in written:
+        if path.suffix != ".svg" or path.with_suffix(".png") not in written:
+            svg = path.suffix == ".png" and path.with_suffix(".svg") in written
+            lines.append(f"wrote {path}" + (" (and .svg)" if svg else ""))
+    return lines

@@ -116,13 +116,13 @@ def layer_metrics(
     corpus = read_corpus(texts) if texts is not None else None  # a bad file fails before loading
     final_norms = check_final_norms(passes.final_norm)
     check_batch_limits(passes.batch_size, passes.max_tokens_per_batch)
+    devices = parse_devices(run.devices)  # a device this machine lacks: one line, before loading
     lm = LayerModel.coerce(model, tokenizer, spec=spec, **routed["model"])
     poolings = check_poolings(passes.pooling or (spec and spec.pooling) or lm.default_pooling)
     for mode in poolings:
         warn_constant_pooling(lm, mode)
     layer_list = resolve_layers(passes.layers, lm.n_layers)
     fusions = _fusions(passes.fuse, poolings, lm.n_layers)
-    devices = parse_devices(run.devices)  # a device this machine lacks: one line, now
     if run.executor is not None or devices:  # a worker resolves a relative path from its cwd
         output = Path(output).absolute()
         data_dir = Path(data_dir).absolute() if data_dir else None
