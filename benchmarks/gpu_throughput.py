@@ -133,9 +133,9 @@ def encode(lm: LayerModel, texts: list[str], layers: list[int], padded: int) -> 
 def throughput(lm: LayerModel, texts: list[str], args) -> dict:
     """Per batch, interleaved: bare and encode `repeats` times each (best of), then one run per
     layer. Interleaving batch by batch keeps a shared machine's load swings out of the ratios."""
-    from mteb_midlayer.model import _forward_params
+    import inspect
 
-    accepted = _forward_params(lm.model)
+    accepted = set(inspect.signature(lm.model.forward).parameters)  # what `bare` may pass
     ids = lm.tokenize(texts)
     lengths = [len(r) for r in ids]
     plan = plan_batches(length_order(lengths), lengths, args.batch_size, args.max_tokens_per_batch)

@@ -27,9 +27,14 @@ def test_the_tool_finds_a_cycle_inside_functions_and_a_private_import(tmp_path):
         "def f():\n    from .a import _g\n    return _g\n"
     )
     (pkg / "c.py").write_text("from .a import f\n")
+    (tmp_path / "benchmarks").mkdir()
+    (tmp_path / "benchmarks" / "x.py").write_text("from mteb_midlayer.a import _g, f\n")
     report = _tool().analyse(tmp_path)
     assert report.cycles == [["mteb_midlayer.a", "mteb_midlayer.b"]]
-    assert report.private == ["mteb_midlayer.b: from mteb_midlayer.a import _g"]
+    assert report.private == [
+        "mteb_midlayer.b: from mteb_midlayer.a import _g",
+        "benchmarks/x.py: from mteb_midlayer.a import _g",
+    ]
     assert (
         "mteb_midlayer.c" not in report.edges["mteb_midlayer.b"]
     )  # TYPE_CHECKING imports do not run

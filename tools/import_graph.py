@@ -6,7 +6,8 @@ and are left out. Reports:
 - cycles between modules (strongly connected components of more than one module);
 - a module importing from a later row of `LAYERS` (the pipeline's order, bottom first: data
   flows one way);
-- a module importing another module's private (underscore) name;
+- a module importing another module's private (underscore) name, or a script under
+  `benchmarks/` or `tools/` importing one of the package's;
 - functions longer than 80 lines or with more than 12 parameters (``__init__`` excepted).
 
 Run: ``python tools/import_graph.py`` (exit 1 when a rule is broken; ``--dot`` prints the graph).
@@ -159,6 +160,14 @@ def analyse(root: Path) -> Report:
         for b in sorted(targets):
             if b != PACKAGE and (layer_of(b) or 0) > row:
                 report.upward.append(f"{a} -> {b}")
+    for path in sorted([*root.glob("benchmarks/*.py"), *root.glob("tools/*.py")]):  # users' code
+        tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+        for node in _imports(tree):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith(PACKAGE):
+                for alias in node.names:
+                    if _private(alias.name):
+                        where = path.relative_to(root)
+                        report.private.append(f"{where}: from {node.module} import {alias.name}")
     return report
 
 
