@@ -48,11 +48,11 @@ def parse_devices(devices: Sequence[str] | str | None) -> list[str] | None:
             parsed = torch.device(device)
         except RuntimeError as exc:
             raise ValueError(f"--devices: {device!r} is not a device ({exc}).") from None
-        check_device_present(parsed, device)
+        _check_device_present(parsed, device)
     return out
 
 
-def check_device_present(device: Any, given: str) -> None:
+def _check_device_present(device: Any, given: str) -> None:
     """A CUDA (or MPS) device (a `torch.device`) this machine lacks is a one-line `ValueError`
     before any work, not a traceback per task from a worker that cannot start on it."""
     import torch

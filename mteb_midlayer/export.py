@@ -16,7 +16,7 @@ probe texts before it is moved into place; nothing half-written is left behind.
 OUT is built in a work folder beside it (never inside it) and renamed into place.
 `overwrite` replaces only a previous export (`modules.json` and our README card), never
 another folder, the current directory or one holding it, a results folder, or the model
-being exported (`check_out`). Work folders of killed exports are removed by the next export
+being exported (`_check_out`). Work folders of killed exports are removed by the next export
 into the same parent once their writer is gone (`tempfiles.clean_temp_folders`).
 
 A fusion of layers (`fusion.py`, `export(..., fuse="0+6")`) cuts the backbone to its deepest
@@ -125,7 +125,7 @@ class ExportResult:
         return line
 
 
-def is_export(folder: Path) -> bool:
+def _is_export(folder: Path) -> bool:
     """Whether `folder` holds a previous export: `modules.json` and our README.md card."""
     try:
         card = (folder / "README.md").read_text(encoding="utf-8", errors="replace")
@@ -138,7 +138,7 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
-def check_out(
+def _check_out(
     out: Path,
     overwrite: bool,
     *,
@@ -165,7 +165,7 @@ def check_out(
     if target.is_dir() and any(target.iterdir()):
         if not overwrite:
             raise ExportError(f"{out} exists and is not empty; pass --overwrite to replace it.")
-        if not is_export(target):
+        if not _is_export(target):
             kind = (
                 "a results folder (sweep --output)"
                 if any((target / f).is_dir() for f in OUTPUT_FOLDERS)
@@ -334,14 +334,14 @@ def build(
     return SentenceTransformer(modules=modules, device="cpu", prompts=prompts or None)
 
 
-def needs_raw_stream(model: nn.Module, layer: int, n_layers: int, setting: str) -> bool:
+def _needs_raw_stream(model: nn.Module, layer: int, n_layers: int, setting: str) -> bool:
     """Whether the cut model must skip its final norm to give the slice: an inner layer under
     "last" of a model that has one (`layers.find_final_norm`, which refuses a model whose norm it
     cannot find). Under "every" the cut model's own output is the slice."""
     return setting == "last" and layer < n_layers and find_final_norm(model) is not None
 
 
-def slice_scores(
+def _slice_scores(
     results: str | Path | None, result: ExportResult, revision: str | None = None
 ) -> pd.DataFrame | None:
     """The task rows of exactly this slice (model, layer, fuse, dim, pooling, normalize,
@@ -457,7 +457,7 @@ def export(
     model card. `expected_revision` (keyword): the revision the results name; a model that
     loads with another (a local folder whose files changed) is refused before anything is
     written. `probe_texts` (keyword): other texts to check on.
-    `overwrite` replaces a previous export only (`check_out`).
+    `overwrite` replaces a previous export only (`_check_out`).
     `fuse`: a fusion of layers instead of `layer` (a label such as "0+6" or "4-6", or the
     layers): equal to `LayerEncoder(model, layers=[...])` (see the module's docstring).
     """
@@ -472,13 +472,13 @@ def export(
     source = model if isinstance(model, (str, Path)) else None
     if source is None and spec is not None:
         source = spec.source
-    target = check_out(out, overwrite, results=results, source=source)
+    target = _check_out(out, overwrite, results=results, source=source)
     lm = _load_on_cpu(model, spec, options, expected_revision)
     encoder = _slice_encoder(lm, layer, fuse, dim, pooling, normalize, final_norm)
     shape = (lm.n_layers, lm.hidden_size)  # of the full model (the export cuts it in place)
     try:
         expected = {p: encoder.embed(probe_texts, prompt=p) for p in _probe_prompts(lm)}
-        raw = needs_raw_stream(lm.model, encoder.layer, shape[0], encoder.final_norm)
+        raw = _needs_raw_stream(lm.model, encoder.layer, shape[0], encoder.final_norm)
     except FinalNormError as e:
         raise ExportError(str(e)) from None
     if encoder.layers and encoder.final_norm == "every" and find_final_norm(lm.model) is not None:
@@ -497,9 +497,9 @@ def export(
         result = _result(out, lm, encoder, shape, raw=raw, diff=diff)
         final = work / "model"
         st.save(str(final), create_model_card=False)
-        card = model_card(result, slice_scores(results, result, expected_revision))
+        card = model_card(result, _slice_scores(results, result, expected_revision))
         (final / "README.md").write_text(card, encoding="utf-8")
-        check_out(out, overwrite, results=results, source=source)  # nothing changed meanwhile
+        _check_out(out, overwrite, results=results, source=source)  # nothing changed meanwhile
         _move_into_place(final, target, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)

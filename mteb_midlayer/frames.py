@@ -107,7 +107,7 @@ class FrameError(ValueError):
     """A frame lacks columns its schema requires."""
 
 
-def check_frame(df: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
+def _check_frame(df: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
     """`df` itself when it has every column of `columns`, else a `FrameError` naming them."""
     missing = [c for c in columns if c not in df.columns]
     if missing:
@@ -116,11 +116,11 @@ def check_frame(df: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataF
 
 
 def check_scores(df: pd.DataFrame) -> pd.DataFrame:
-    return check_frame(df, SCORE_COLUMNS, "scores")
+    return _check_frame(df, SCORE_COLUMNS, "scores")
 
 
 def check_metrics(df: pd.DataFrame) -> pd.DataFrame:
-    return check_frame(df, METRIC_COLUMNS, "metrics")
+    return _check_frame(df, METRIC_COLUMNS, "metrics")
 
 
 def _roots(roots: Path | str | Iterable[Path | str]) -> list[Path]:
@@ -336,12 +336,12 @@ def scores_frame(
         df = df[df["task"].isin(list(tasks))]
     keys = [*CONFIG_COLUMNS, "layer", "fuse", "dim", "task"]
     df = df.drop_duplicates(subset=keys, keep="first")
-    df = with_checkpoints(df, roots)
+    df = _with_checkpoints(df, roots)
     extra = [c for c in SERIES_COLUMNS if c in df.columns]
     return df[[*SCORE_COLUMNS, FUSE, *extra]].sort_values(keys, ignore_index=True)
 
 
-def with_checkpoints(df: pd.DataFrame, roots: Path | str | Iterable[Path | str]) -> pd.DataFrame:
+def _with_checkpoints(df: pd.DataFrame, roots: Path | str | Iterable[Path | str]) -> pd.DataFrame:
     """`df` with `checkpoint` and `step` columns from the series manifests under `roots`
     (`checkpoints.read_series`), matched on model and revision; rows of no series get None.
     Without any manifest `df` comes back unchanged (single-model runs have no such columns)."""
@@ -396,7 +396,7 @@ def metrics_frame(
     df, dropped = newest_metric_runs(df)
     if notes is not None:
         notes.extend(dropped)
-    return with_checkpoints(df.reset_index(drop=True), roots)
+    return _with_checkpoints(df.reset_index(drop=True), roots)
 
 
 def _with_run(df: pd.DataFrame, path: Path) -> pd.DataFrame:

@@ -29,7 +29,7 @@ def csv_cell(value: object) -> object:
     return value
 
 
-def csv_frame(df: pd.DataFrame, *, index: bool = False) -> pd.DataFrame:
+def _csv_frame(df: pd.DataFrame, *, index: bool = False) -> pd.DataFrame:
     """A copy of `df` with every text cell (and column name; index levels when `index`) inert.
 
     Only text cells change; numeric, boolean and missing cells are left as they are.
@@ -49,7 +49,7 @@ def write_csv(df: pd.DataFrame, path: Path | str, *, index: bool = False) -> Pat
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    out = csv_frame(df, index=index)
+    out = _csv_frame(df, index=index)
     # The csv module quotes a cell holding a line terminator character, and "\r" is one only
     # in "\r\n": a text cell with a CR keeps its row whole only with CRLF line ends.
     has_cr = any(

@@ -238,7 +238,7 @@ class LayerModel:
         if revision is None:
             revision = getattr(net.config, "_commit_hash", None)
         if revision is None:  # an in-memory model: its weights are its identity
-            revision = f"weights-{module_fingerprint(net)}"
+            revision = f"weights-{_module_fingerprint(net)}"
         _prepare_tokenizer(tok)
         limit = _model_max_length(net, tok)
         resolved_max = spec.max_length or st_defaults.get("max_length") or limit
@@ -624,7 +624,7 @@ def _open_source(
     (a Hub id or a local folder), the last two as the spec gives them or as found."""
     name, revision = spec.name, spec.revision
     path, default_revision = resolve_source(spec.source)
-    check_source(path)
+    _check_source(path)
     local = Path(path).exists()
     # A revision selects a Hub commit; for a local folder it is only a label.
     hub_revision = None if local else revision
@@ -728,7 +728,7 @@ class ModelNotFoundError(ValueError):
     """A model source that is neither a local folder nor a reachable Hub id."""
 
 
-def check_source(source: str) -> None:
+def _check_source(source: str) -> None:
     """A path-like source that does not exist is an error here, not a malformed Hub id later."""
     if Path(source).exists():
         return
@@ -866,7 +866,7 @@ def folder_fingerprint(folder: str | Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def module_fingerprint(net: nn.Module) -> str:
+def _module_fingerprint(net: nn.Module) -> str:
     """12 hex chars over a model's parameters and buffers (name, dtype, shape, bytes)."""
     digest = hashlib.sha256()
     for key, tensor in sorted(net.state_dict().items()):

@@ -283,7 +283,7 @@ class RecordedTexts:
     n_recorded: int = 0
 
 
-def texts_path(output: Path | str, store_digest: str, task: str, prompt_type: str | None) -> Path:
+def _texts_path(output: Path | str, store_digest: str, task: str, prompt_type: str | None) -> Path:
     """Where the driver writes a task's texts for one prompt type (per store configuration)."""
     return Path(output) / PLAN_FOLDER / store_digest / task / f"{prompt_type or 'none'}.json"
 
@@ -347,7 +347,7 @@ def request_spec(lm: Any) -> dict[str, Any]:
     return spec.replace(revision=revision, device=None).to_dict()
 
 
-def slice_encoders(plan: SweepPlan, source: EmbeddingSource) -> list[StoreEncoder]:
+def _slice_encoders(plan: SweepPlan, source: EmbeddingSource) -> list[StoreEncoder]:
     """One store-backed encoder per slice of the plan: every pooling, layer, dim and final
     norm, then every fusion."""
     return [
@@ -394,7 +394,7 @@ def plan_units(
     cache = AtomicResultCache(output)  # mteb's cache makes its folder
     if dry_run and absent:
         output.rmdir()
-    encoders = slice_encoders(plan, source)
+    encoders = _slice_encoders(plan, source)
     # what every unit names its model by: the spec a worker loads, the one the store is keyed by
     model = {"model": request_spec(source.lm), "resolved": source.lm.current_spec().to_dict()}
     units = Plan(failures=plan.failures)
@@ -466,7 +466,7 @@ def _encode_units_of(
     configuration before it), unless in a dry run."""
     # One name for several poolings ("mean,last"); a single pooling's is unchanged.
     pass_pooling = ",".join(source.poolings)
-    path = texts_path(output, plan_digest(model["resolved"], pass_pooling), task.metadata.name,
+    path = _texts_path(output, plan_digest(model["resolved"], pass_pooling), task.metadata.name,
                       texts.prompt_type)  # fmt: skip
     if recorded is not None:  # a series: every checkpoint reads the first one's file
         path = recorded.files.setdefault((memo_key, texts.prompt_type), path)

@@ -50,7 +50,7 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long() * (positions + 1)).argmax(dim=1)
 
 
-def first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+def _first_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """Index of the first real token of each row (0 under right padding)."""
     return attention_mask.long().argmax(dim=1)
 
@@ -65,7 +65,7 @@ def exclude_prompt(attention_mask: torch.Tensor, prompt_lengths: torch.Tensor) -
     mask = attention_mask.long()
     lengths = prompt_lengths.to(device=mask.device, dtype=torch.long).view(-1, 1)
     positions = torch.arange(mask.shape[1], device=mask.device).view(1, -1)
-    start = first_token_index(mask).view(-1, 1)
+    start = _first_token_index(mask).view(-1, 1)
     return mask.masked_fill(positions < start + lengths, 0)
 
 
@@ -101,7 +101,7 @@ def pool(
     if pooling == "weightedmean":
         kept = hidden.masked_fill(~mask.unsqueeze(-1), 0).float()
         positions = torch.arange(1, hidden.shape[1] + 1, device=hidden.device, dtype=torch.float32)
-        offset = first_token_index(real).to(torch.float32).view(-1, 1, 1)
+        offset = _first_token_index(real).to(torch.float32).view(-1, 1, 1)
         weights = mask.unsqueeze(-1).to(torch.float32) * (positions.view(1, -1, 1) - offset)
         return (kept * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1e-9)
     if pooling == "max":
@@ -109,6 +109,6 @@ def pool(
         out = filled.max(dim=1).values.float()
         return torch.where(torch.isinf(out) & (out < 0), torch.zeros_like(out), out)
     if pooling == "cls":
-        return hidden[rows, first_token_index(mask)].float()
+        return hidden[rows, _first_token_index(mask)].float()
     last = hidden[rows, last_token_index(mask)].float()
     return last * mask.any(dim=1, keepdim=True)

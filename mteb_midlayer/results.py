@@ -32,7 +32,6 @@ __all__ = [
     "identity_path",
     "pending_slices",
     "read_identity",
-    "slice_identity",
     "task_fingerprint",
     "unfinished_reason",
     "write_atomic",
@@ -86,7 +85,7 @@ LOCK_NAME = ".mteb-midlayer.lock"
 
 
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[None]:
+def _folder_lock(folder: Path) -> Iterator[None]:
     """Hold an exclusive lock on `folder` (an advisory `flock` on its lock file) while mteb
     updates the files every task of a slice shares: two workers scoring two tasks of one slice
     at once would otherwise both read `run_settings.jsonl`, and the later write drops (or
@@ -139,7 +138,7 @@ class AtomicResultCache(mteb.ResultCache):
         tmp = temp_path(final)
         self._writing = (final, tmp)
         try:
-            with folder_lock(final.parent):  # mteb read-merge-writes run_settings.jsonl there
+            with _folder_lock(final.parent):  # mteb read-merge-writes run_settings.jsonl there
                 super().save_to_cache(task_result, model_name, *args, **kwargs)
             with tmp.open("rb") as f:
                 os.fsync(f.fileno())
@@ -204,7 +203,7 @@ def unfinished_reason(
     return f"computed with other settings ({'; '.join(diffs)})" if diffs else None
 
 
-def slice_identity(
+def _slice_identity(
     encoder: StoreEncoder, data: str, search_backend: str | None = None
 ) -> dict[str, Any]:
     """Everything a slice's score depends on, recorded beside its result and compared on
@@ -243,7 +242,7 @@ def pending_slices(
     pending = []
     for encoder in encoders:
         path = cache.get_task_result_path(task.metadata.name, encoder.mteb_model_meta)
-        identity = slice_identity(encoder, data, search_backend)
+        identity = _slice_identity(encoder, data, search_backend)
         cache.expect(path, identity)
         reason = unfinished_reason(path, task, identity)
         if reason is None:

@@ -1,6 +1,6 @@
 """mteb as the sweep uses it: score one slice quietly, and learn a task's texts by recording.
 
-`score_slice` runs `mteb.evaluate` on one `(task, slice)` into a result cache; `quiet_scoring`
+`score_slice` runs `mteb.evaluate` on one `(task, slice)` into a result cache; `_quiet_scoring`
 silences what mteb, datasets and scikit-learn repeat on every slice. `record_requests` runs mteb
 once with an encoder that records the texts (after prompts) a task asks for, so the encode units
 later put exactly those texts into the store.
@@ -24,7 +24,6 @@ from .search import with_search_backend
 
 __all__ = [
     "TaskTexts",
-    "quiet_scoring",
     "record_requests",
     "score_slice",
     "scorer_warnings_to_log",
@@ -60,7 +59,7 @@ def score_slice(
 ) -> float | None:
     """Score one slice (a `replay.StoreEncoder`) with mteb into `cache` (a
     `results.AtomicResultCache`); return the first split's main score."""
-    with quiet_scoring():
+    with _quiet_scoring():
         res = mteb.evaluate(
             with_search_backend(encoder, search_backend),
             task,
@@ -112,7 +111,7 @@ def scorer_warnings_to_log() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def quiet_scoring() -> Iterator[None]:
+def _quiet_scoring() -> Iterator[None]:
     """Silence what mteb and datasets repeat on every slice of a task.
 
     mteb's "task is superseded" notice (the sweep's `run_units` says it once per task instead),
@@ -168,7 +167,7 @@ def record_requests(task: Any, prompts: dict[str, str] | None, name: str) -> lis
                 bucket.setdefault(t, None)
             return _zero_vectors(texts)
 
-    with quiet_scoring(), warnings.catch_warnings():
+    with _quiet_scoring(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scorers complain about constant vectors
         mteb.evaluate(
             Recorder(),

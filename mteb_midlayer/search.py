@@ -53,7 +53,7 @@ def faiss_gpus() -> int:
     return int(get()) if get is not None else 0
 
 
-def to_gpus(index: Any) -> Any:
+def _to_gpus(index: Any) -> Any:
     """`index` on every GPU faiss sees (faiss-gpu: `index_cpu_to_all_gpus`), else unchanged.
 
     A flat index is exact on either device, so scores do not depend on where it lives.
@@ -76,7 +76,7 @@ def gpu_faiss_index(encoder: Any) -> Any:
             super().add_documents(embeddings, idxs)
             if fresh and self.index is not None:
                 # Moved after the first batch is added; later batches add on the GPU copy.
-                self.index = to_gpus(self.index)
+                self.index = _to_gpus(self.index)
 
     return _Index(encoder)
 

@@ -73,7 +73,7 @@ class SweepResult:
     n_encoded: int = 0
 
 
-def parse_dims(dims: Sequence[int] | str | None, hidden_size: int) -> list[int]:
+def _parse_dims(dims: Sequence[int] | str | None, hidden_size: int) -> list[int]:
     """`None` = full width; else the given widths, each checked against the hidden size."""
     if dims is None or dims == "full":
         return [hidden_size]
@@ -179,7 +179,7 @@ def _plan_and_run(
     executors = (
         contextlib.nullcontext((run.executor, run.executor))
         if run.executor is not None
-        else local_executors(run.jobs, devices)
+        else _local_executors(run.jobs, devices)
     )
     with executors as (encoder, scorer):
         t0 = time.perf_counter()
@@ -214,7 +214,7 @@ def _sweep_plan(
     task_objects = select_tasks(tasks, benchmark, data_dir, failures)
     return SweepPlan(
         layers=resolve_layers(passes.layers, lm.n_layers),
-        dims=parse_dims(passes.dims, lm.hidden_size),
+        dims=_parse_dims(passes.dims, lm.hidden_size),
         pooling=poolings[0],
         normalize=normalize,
         tasks=list(task_objects),
@@ -403,7 +403,7 @@ class _ScoreDrain:
 
 
 @contextlib.contextmanager
-def local_executors(jobs: int, devices: Sequence[str] | None) -> Iterator[tuple[Any, Any]]:
+def _local_executors(jobs: int, devices: Sequence[str] | None) -> Iterator[tuple[Any, Any]]:
     """(encode executor, score executor) on this machine: worker processes where asked for
     (`jobs` > 1 scorers; one encoder per device), else this process. Workers start at once
     and are shut down on exit (pending units cancelled when an error leaves the block)."""

@@ -36,7 +36,7 @@ class SerialExecutor:
         pass
 
 
-def limit_threads(n: int = 1) -> None:
+def _limit_threads(n: int = 1) -> None:
     """One torch/BLAS thread per worker: N workers on N cores, not N x N threads."""
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n)
@@ -66,7 +66,7 @@ def _exit_with_parent() -> None:
 
 def _init_worker(threads: int, devices: Any) -> None:
     _exit_with_parent()
-    limit_threads(threads)
+    _limit_threads(threads)
     # the work functions' module: its imports (seconds: torch, mteb) are paid while the driver
     # still plans, and it keeps this worker's device
     from . import work

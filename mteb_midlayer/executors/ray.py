@@ -29,7 +29,7 @@ U = TypeVar("U")
 R = TypeVar("R")
 
 
-def import_ray():
+def _import_ray():
     return require("ray", executor="ray", extra="ray")
 
 
@@ -67,7 +67,7 @@ class RayExecutor:
             raise ValueError(f"num_gpus_per_encode must be >= 0, got {num_gpus_per_encode}.")
         if max_retries < 0:
             raise ValueError(f"max_retries must be >= 0, got {max_retries}.")
-        self.ray = import_ray()
+        self.ray = _import_ray()
         self.address = address
         self.num_gpus_per_encode = num_gpus_per_encode
         self.roots = [Path(r) for r in roots]

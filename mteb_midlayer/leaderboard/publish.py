@@ -12,7 +12,7 @@ from . import tables as T
 from .series import publish_series
 
 
-def safe_name(name: str) -> str:
+def _safe_name(name: str) -> str:
     """A benchmark name as a file name."""
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name) or "leaderboard"
 
@@ -87,7 +87,7 @@ def publish(
     folder = Path(folder)
     manifest = R.read_manifest(folder)  # a broken one stops us before any file is written
     folder.mkdir(parents=True, exist_ok=True)
-    name = safe_name(benchmark)
+    name = _safe_name(benchmark)
     title = title or f"{benchmark}: main score by layer"
     prov = R.provenance(scores, data=data, command=command)
     written = [R.to_csv(scores, folder / f"{name}.csv")]

@@ -68,12 +68,12 @@ def provenance(scores: pd.DataFrame, *, data: str, command: str) -> Provenance:
     )
 
 
-def fmt_score(value: float) -> str:
+def _fmt_score(value: float) -> str:
     """A score as mteb's leaderboard shows it (x100, two decimals); missing as "—"."""
     return MISSING if value is None or pd.isna(value) else f"{100 * float(value):.2f}"
 
 
-def fmt_gain(value: float) -> str:
+def _fmt_gain(value: float) -> str:
     return MISSING if value is None or pd.isna(value) else f"{100 * float(value):+.2f}"
 
 
@@ -111,7 +111,7 @@ def _md_layer_table(lt: T.LayerTable) -> str:
     for layer, values in lt.table.iterrows():
         cells = {}
         for col, value in values.items():
-            text = fmt_score(value)
+            text = _fmt_score(value)
             cells[col] = f"**{text}**" if lt.best.get(col) == layer else text
         cells["tasks"] = lt.status.loc[layer, "tasks"]
         cells["missing"] = md_text(lt.status.loc[layer, "missing"] or "")
@@ -119,7 +119,7 @@ def _md_layer_table(lt: T.LayerTable) -> str:
     rows["best layer"] = {
         c: (MISSING if pd.isna(b) else str(int(b))) for c, b in lt.best.items()
     } | {"tasks": "", "missing": ""}
-    rows["gain best − last"] = {c: fmt_gain(g) for c, g in lt.gain.items()} | {
+    rows["gain best − last"] = {c: _fmt_gain(g) for c, g in lt.gain.items()} | {
         "tasks": "",
         "missing": "",
     }
@@ -138,7 +138,7 @@ def _md_dim_table(dims: pd.DataFrame) -> str:
     for dim in dims.columns:
         col = []
         for layer, value in dims[dim].items():
-            text = fmt_score(value)
+            text = _fmt_score(value)
             col.append(f"**{text}**" if best == (layer, dim) else text)
         out[f"dim {dim}"] = col
     out.index.name = "layer"
@@ -152,16 +152,16 @@ def _md_fusion_table(fused: pd.DataFrame) -> str:
     gains = (T.VS_BEST_LAYER, T.VS_SAME_BLOCKS)
     for col in fused.columns:
         if col not in (T.BLOCKS, *gains):
-            out[col] = fused[col].map(fmt_score)
+            out[col] = fused[col].map(_fmt_score)
     for col in gains:
-        out[col] = fused[col].map(fmt_gain)
+        out[col] = fused[col].map(_fmt_gain)
     out.index.name = "fusion"
     return out.to_markdown(disable_numparse=True, colalign=["left"] + ["right"] * out.shape[1])
 
 
 def _md_window_grid(grid: pd.DataFrame) -> str:
     """The windows' average, start layer down and end layer across ("—": not scored)."""
-    out = grid.map(fmt_score)
+    out = grid.map(_fmt_score)
     out.columns = [f"end {c}" for c in grid.columns]
     out.index = [f"start {i}" for i in grid.index]
     return out.to_markdown(disable_numparse=True, colalign=["left"] + ["right"] * out.shape[1])
@@ -198,7 +198,7 @@ def _md_summary(summary: pd.DataFrame) -> str:
             "normalize": summary["normalize"],
             "final_norm": summary["final_norm"],
             "dim": summary["dim"],
-            "last layer avg": summary["last_average"].map(fmt_score),
+            "last layer avg": summary["last_average"].map(_fmt_score),
             "best layer": [
                 MISSING if pd.isna(b) else f"{int(b)} / {int(n)} ({d:.2f})"
                 for b, n, d in zip(
@@ -208,8 +208,8 @@ def _md_summary(summary: pd.DataFrame) -> str:
                     strict=True,
                 )
             ],
-            "best layer avg": summary["best_average"].map(fmt_score),
-            "gain": summary["gain"].map(fmt_gain),
+            "best layer avg": summary["best_average"].map(_fmt_score),
+            "gain": summary["gain"].map(_fmt_gain),
             "tasks": summary["tasks"],
         }
     )
@@ -279,7 +279,7 @@ def to_md(
 # ---------------------------------------------------------------- HTML
 
 
-def shade(value: float, lo: float, hi: float) -> str:
+def _shade(value: float, lo: float, hi: float) -> str:
     """Background colour of a score cell: paler for the column's worst, greener for its best."""
     if value is None or pd.isna(value):
         return "#f1f1f1"
@@ -291,8 +291,8 @@ def _cell(value: float, lo: float, hi: float, *, best: bool = False, text: str |
     missing = value is None or (isinstance(value, float) and math.isnan(value))
     return {
         "v": "" if missing else f"{float(value):.6g}",
-        "text": text if text is not None else fmt_score(value),
-        "bg": shade(value, lo, hi),
+        "text": text if text is not None else _fmt_score(value),
+        "bg": _shade(value, lo, hi),
         "best": best,
         "missing": missing,
     }
@@ -326,7 +326,7 @@ def _html_fusions(fused: pd.DataFrame) -> dict:
             "gains": [
                 {
                     "v": "" if pd.isna(values[g]) else f"{values[g]:.6g}",
-                    "text": fmt_gain(values[g]),
+                    "text": _fmt_gain(values[g]),
                 }
                 for g in gains
             ],
@@ -369,7 +369,7 @@ def _html_model(scores: pd.DataFrame, config: dict, plots: dict[str, str]) -> di
             "best": {"v": "" if pd.isna(best) else str(int(best)), "text": best_text},
             "gain": {
                 "v": "" if pd.isna(lt.gain[col]) else f"{lt.gain[col]:.6g}",
-                "text": fmt_gain(lt.gain[col]),
+                "text": _fmt_gain(lt.gain[col]),
             },
         }
 
@@ -426,7 +426,7 @@ def _summary_rows(scores: pd.DataFrame) -> list[dict]:
                 "best": _cell(r.best_average, lo, hi, best=rank == 1),
                 "gain": {
                     "v": "" if pd.isna(r.gain) else f"{r.gain:.6g}",
-                    "text": fmt_gain(r.gain),
+                    "text": _fmt_gain(r.gain),
                 },
                 "tasks": r.tasks,
             }
@@ -434,7 +434,7 @@ def _summary_rows(scores: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def png_data_uri(path: Path | str) -> str:
+def _png_data_uri(path: Path | str) -> str:
     """A PNG as a data: URI, so the page needs no other file."""
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
@@ -463,7 +463,7 @@ def to_html(
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dim_uris = {k: png_data_uri(v) for k, v in (dim_plots or {}).items()}
+    dim_uris = {k: _png_data_uri(v) for k, v in (dim_plots or {}).items()}
     models = [_html_model(scores, c, dim_uris) for c in T.configs(scores)]
     task_types = sorted({t["type"] for m in models for t in m["tasks"]})
     page = _template("page.html.j2").render(
@@ -472,7 +472,7 @@ def to_html(
         summary=_summary_rows(scores),
         models=models,
         task_types=task_types,
-        plots=[{"name": Path(p).stem, "uri": png_data_uri(p)} for p in plots],
+        plots=[{"name": Path(p).stem, "uri": _png_data_uri(p)} for p in plots],
         missing=MISSING,
     )
     path.write_text(page, encoding="utf-8")

@@ -24,7 +24,7 @@ def _order(rows: pd.DataFrame) -> list[str]:
     return list(first["checkpoint"])
 
 
-def series_groups(scores: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
+def _series_groups(scores: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     """(series configuration, its rows at its widest dim) per series in `scores`."""
     if "checkpoint" not in scores.columns:
         return []
@@ -36,7 +36,7 @@ def series_groups(scores: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
     return out
 
 
-def checkpoint_score_table(rows: pd.DataFrame) -> pd.DataFrame:
+def _checkpoint_score_table(rows: pd.DataFrame) -> pd.DataFrame:
     """Checkpoints down (step order), layers across: the average main score over tasks.
 
     A layer that lacks a task the series has elsewhere is NaN (never a mean over fewer)."""
@@ -49,7 +49,7 @@ def checkpoint_score_table(rows: pd.DataFrame) -> pd.DataFrame:
     return table.reindex(_order(rows))
 
 
-def checkpoint_metric_tables(metrics: pd.DataFrame, model: str) -> dict[str, pd.DataFrame]:
+def _checkpoint_metric_tables(metrics: pd.DataFrame, model: str) -> dict[str, pd.DataFrame]:
     """Per "metric (variant)": checkpoints down, layers across, mean over datasets."""
     if metrics.empty or "checkpoint" not in metrics.columns:
         return {}
@@ -62,7 +62,7 @@ def checkpoint_metric_tables(metrics: pd.DataFrame, model: str) -> dict[str, pd.
     return out
 
 
-def steps_of(rows: pd.DataFrame) -> pd.Series:
+def _steps_of(rows: pd.DataFrame) -> pd.Series:
     """Checkpoint name -> step."""
     return rows.drop_duplicates("checkpoint").set_index("checkpoint")["step"]
 
@@ -80,12 +80,12 @@ def publish_series(
     (every file written, the plots to show on the page)."""
     written: list[Path] = []
     shown: list[Path] = []
-    for config, rows in series_groups(scores):
+    for config, rows in _series_groups(scores):
         label = f"{config['model']} ({config['pooling']}, final_norm={config['final_norm']})"
         slug = "".join(c if c.isalnum() or c in "-_" else "-" for c in str(config["model"]))
         slug = f"{name}-{slug}-{config['pooling']}-{config['final_norm']}"
-        table = checkpoint_score_table(rows)
-        steps = steps_of(rows)
+        table = _checkpoint_score_table(rows)
+        steps = _steps_of(rows)
         csv = folder / f"{slug}-checkpoints.csv"
         table.rename(columns=lambda c: f"layer {c}").assign(step=steps).to_csv(csv)
         written.append(csv)
@@ -93,7 +93,7 @@ def publish_series(
             continue
         plot_dir = folder / "plots"
         heat = {"average main score ×100": 100 * table}
-        heat.update(checkpoint_metric_tables(metrics, config["model"]))
+        heat.update(_checkpoint_metric_tables(metrics, config["model"]))
         files = P.plot_checkpoint_heatmaps(
             heat, plot_dir / f"{slug}-checkpoint-heatmap", title=f"{label}: checkpoint x layer"
         )

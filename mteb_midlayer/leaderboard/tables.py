@@ -260,7 +260,7 @@ def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
         lt = layer_task_table(scores, config, dim)
         best = lt.best[AVERAGE]
         last = lt.last_layer
-        depth_of = model_depth(scores, config, lt)
+        depth_of = _model_depth(scores, config, lt)
         rows.append(
             {
                 **config,
@@ -281,7 +281,7 @@ def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
     )
 
 
-def model_depth(scores: pd.DataFrame, config: dict, lt: LayerTable) -> int:
+def _model_depth(scores: pd.DataFrame, config: dict, lt: LayerTable) -> int:
     """The model's layer count L for relative depth: recorded with the results (`n_layers`),
     else the deepest layer scored (results written before L was recorded)."""
     recorded = frames.model_layers(select_config(scores, config))
@@ -292,14 +292,14 @@ def depth_curves(scores: pd.DataFrame) -> pd.DataFrame:
     """Per configuration at its widest dim: layer, relative depth and every average column.
 
     Long rows (config columns, `layer`, `depth`, `column`, `score`) that plots draw as lines;
-    depth = layer / L (0 = embeddings, 1 = last layer), L as in `model_depth`.
+    depth = layer / L (0 = embeddings, 1 = last layer), L as in `_model_depth`.
     """
     parts = []
     for config in configs(scores):
         lt = layer_task_table(scores, config, dims_of(scores, config)[0])
         long = lt.table[lt.average_columns].rename_axis("layer").reset_index()
         long = long.melt(id_vars="layer", var_name="column", value_name="score")
-        depth_of = model_depth(scores, config, lt)
+        depth_of = _model_depth(scores, config, lt)
         long["depth"] = long["layer"] / depth_of if depth_of else float("nan")
         parts.append(long.assign(**config))
     return pd.concat(parts, ignore_index=True)

@@ -142,7 +142,7 @@ def _empty_per_text(
     return slots
 
 
-def token_scorer(
+def _token_scorer(
     token_metrics: Sequence[str], alpha: float, timer: Timer, device: torch.device
 ) -> TokenScorer:
     """The per-text token metrics of one batch's token states, `{metric: {variant: (B,)}}`.
@@ -195,7 +195,7 @@ def encode_pooled(
 ) -> dict[tuple[str, str], Encoded]:
     """`{(pooling, final_norm): Encoded}` for every pooling and setting, from one pass.
 
-    Token-level metrics are scored inside each layer's capture (`token_scorer`), on the same
+    Token-level metrics are scored inside each layer's capture (`_token_scorer`), on the same
     states as the pooled ones (under `final_norm="every"`, the normed states; the tokens every
     pooling sees), so no token states are kept: the device holds one `(n_layers, N, D)` pooled
     tensor per (pooling, setting). The per-text token metrics of a setting are computed once
@@ -214,7 +214,7 @@ def encode_pooled(
         for mode in modes
         for norm in norms
     }
-    scorer = token_scorer(token_metrics, alpha, timer, lm.device) if token_metrics else None
+    scorer = _token_scorer(token_metrics, alpha, timer, lm.device) if token_metrics else None
     batches = lm.iter_batches(
         texts,
         layers,
@@ -314,7 +314,7 @@ def compute_rows(
     return rows
 
 
-def compute_fused_rows(
+def _compute_fused_rows(
     pooled: torch.Tensor,
     views: torch.Tensor | None,
     layers: Sequence[int],
@@ -542,7 +542,7 @@ def _pair_rows(
         own = [layer_list.index(layer) for layer in asked]
         pooled, view = pooled[own], (None if view is None else view[own])
     rows = compute_rows(pooled, encoded.per_text, view, asked, chosen, **options)
-    return rows + compute_fused_rows(encoded.pooled, views, layer_list, fusions, chosen, **options)
+    return rows + _compute_fused_rows(encoded.pooled, views, layer_list, fusions, chosen, **options)
 
 
 def _rows_frame(

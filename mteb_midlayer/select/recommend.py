@@ -255,11 +255,11 @@ def recommend_frames(
         rows=pd.DataFrame(rows, columns=RECOMMENDED_COLUMNS),
         candidates=pd.DataFrame(candidate_rows, columns=CANDIDATE_COLUMNS),
     )
-    out.summary = summarize(out.rows)
+    out.summary = _summarize(out.rows)
     return out
 
 
-def summarize(rows: pd.DataFrame) -> dict[str, Any]:
+def _summarize(rows: pd.DataFrame) -> dict[str, Any]:
     """Over every judged model (each counts once, its configurations averaged first): the mean
     regret of the recommended pick against always taking the last layer, and the mean gain."""
     if rows.empty:

@@ -77,7 +77,7 @@ class Rule:
         return int(values.index[values == best][0])
 
 
-def learned_direction(
+def _learned_direction(
     correlations: pd.DataFrame, metric: str, variant: str, dataset: str, judged_model: str
 ) -> tuple[str, str] | None:
     """("max"|"min", "models:<names>") from the other models' mean Spearman, or None.
@@ -110,7 +110,7 @@ def make_rule(
     prior: str = DEFAULT_PRIOR,
 ) -> Rule | None:
     """The rule for one metric on one model: learned on other models, else the prior row."""
-    learned = learned_direction(correlations, metric, variant, dataset, judged_model)
+    learned = _learned_direction(correlations, metric, variant, dataset, judged_model)
     if learned is not None:
         return Rule(metric, variant, dataset, *learned)
     direction = prior_direction(metric, variant, prior)

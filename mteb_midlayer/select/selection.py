@@ -280,7 +280,7 @@ def select(
         selection.notes = filter_notes  # not "no sweep results": the filters matched nothing
     else:
         selection.notes[:0] = filter_notes + read_notes
-    return judged_only(selection, model) if label_free and model else selection
+    return _judged_only(selection, model) if label_free and model else selection
 
 
 def _filter_notes(
@@ -307,7 +307,7 @@ def _filter_notes(
     ]
 
 
-def judged_only(selection: Selection, model: str) -> Selection:
+def _judged_only(selection: Selection, model: str) -> Selection:
     """`selection` narrowed to `model`'s rows (learned on every model; the recommendation's
     summary stays over every model). A model without scores is a `RecommendationError`."""
     if not selection.has_scores:
@@ -336,7 +336,7 @@ def judged_only(selection: Selection, model: str) -> Selection:
     )
 
 
-def summary_rows(df: pd.DataFrame) -> pd.DataFrame:
+def _summary_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows on the datasets' mean where a metric has one, else on its single dataset."""
     if df.empty:
         return df
@@ -398,10 +398,10 @@ def render(selection: Selection, *, top_rules: int | None = None) -> str:
             "last_layer_score",
             "gain",
         ]
-        rules = summary_rows(selection.rules).sort_values(["model", "dim", "regret"])
+        rules = _summary_rows(selection.rules).sort_values(["model", "dim", "regret"])
         table("Label-free rules (scores on all tasks)", rules[cols].head(top_rules or len(rules)))
     if not selection.correlations.empty:
-        corr = summary_rows(selection.correlations)
+        corr = _summary_rows(selection.correlations)
         corr = corr[corr["task_type"] == frames.ALL_TYPES]
         cols = [
             "model",

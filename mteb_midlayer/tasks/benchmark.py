@@ -29,7 +29,6 @@ __all__ = [
     "LAYER_BY_LAYER_32",
     "LAYER_BY_LAYER_32_TASKS",
     "english_only",
-    "english_subsets",
     "english_task_subsets",
     "get_benchmark",
     "layer_average",
@@ -268,7 +267,7 @@ def english_only(task: AbsTask, languages: Sequence[str] = ("eng",)) -> AbsTask:
     return mteb.get_task(task.metadata.name, hf_subsets=keep)
 
 
-def english_subsets(
+def _english_subsets(
     scores: Sequence[dict[str, Any]], languages: Sequence[str] = ("eng",)
 ) -> list[str]:
     """The subsets of a split's score list whose languages are all in ``languages``."""
@@ -300,7 +299,7 @@ def task_main_score(
         raise KeyError(f"{task_result.task_name}: no scores for split {split!r}")
     chosen = scores
     if languages is not None:
-        keep = set(english_subsets(scores, languages))
+        keep = set(_english_subsets(scores, languages))
         if keep:
             chosen = [s for s in scores if s["hf_subset"] in keep]
     return float(sum(float(s["main_score"]) for s in chosen) / len(chosen))

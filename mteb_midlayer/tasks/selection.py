@@ -17,8 +17,6 @@ from .local import LocalDataError, local_task
 
 __all__ = [
     "check_output_outside_tasks",
-    "local_task_names",
-    "localize",
     "rebuild_task",
     "select_tasks",
     "task_data_dir",
@@ -49,11 +47,11 @@ def select_tasks(
     names = [t for t in tasks or [] if isinstance(t, str)]
     if not names and not objects and not benchmark:
         if data_dir is not None and data_dir.is_dir():
-            names = local_task_names(data_dir)
+            names = _local_task_names(data_dir)
             if not names:
                 raise ValueError(f"{data_dir} holds no folder named after an mteb task.")
             found = [english_only(mteb.get_task(n)) for n in names]
-            return localize(found, data_dir, failures)
+            return _localize(found, data_dir, failures)
         else:
             benchmark = LAYER_BY_LAYER_32
     if not names and not benchmark:
@@ -63,11 +61,11 @@ def select_tasks(
     except LocalDataError:
         if failures is None or data_dir is None:
             raise
-        resolved = localize(resolve_tasks(names or None, benchmark, None), data_dir, failures)
+        resolved = _localize(resolve_tasks(names or None, benchmark, None), data_dir, failures)
     return objects + resolved
 
 
-def localize(tasks: Sequence[Any], data_dir: Path, failures: dict[str, str] | None) -> list[Any]:
+def _localize(tasks: Sequence[Any], data_dir: Path, failures: dict[str, str] | None) -> list[Any]:
     """Each task with a folder in `data_dir` reads it; one that does not fit fails alone."""
     out = []
     for task in tasks:
@@ -106,7 +104,7 @@ def check_output_outside_tasks(output: Path | str, data_dir: Path | str | None) 
     )
 
 
-def local_task_names(data_dir: Path) -> list[str]:
+def _local_task_names(data_dir: Path) -> list[str]:
     """Folders of `data_dir` that are mteb task names, sorted."""
     names = []
     for folder in sorted(Path(data_dir).iterdir()):
@@ -140,7 +138,7 @@ def rebuild_task(name: str, data_dir: str | None, hf_subsets: Sequence[str] | No
         if hf_subsets and task_subsets(task) != tuple(hf_subsets):
             task = mteb.get_task(name, hf_subsets=list(hf_subsets))
             if data_dir is not None:
-                task = localize([task], Path(data_dir), None)[0]
+                task = _localize([task], Path(data_dir), None)[0]
     return task
 
 

@@ -54,7 +54,7 @@ def _unique_ids(ids: list[str], path: Path) -> None:
         seen.add(x)
 
 
-def read_qrels(path: Path) -> dict[str, dict[str, int]]:
+def _read_qrels(path: Path) -> dict[str, dict[str, int]]:
     qrels: dict[str, dict[str, int]] = {}
     lines = iter_lines(path)
     first = next(lines, None)
@@ -125,7 +125,7 @@ def read_subset(sub: Path, splits: Sequence[str]) -> dict[str, RetrievalSplitDat
     query_ids = set(queries_ds["id"])
     for split in splits:
         qrels_path = split_file(sub, split)
-        qrels = read_qrels(qrels_path)
+        qrels = _read_qrels(qrels_path)
         unknown = [q for q in qrels if q not in query_ids]
         if unknown:
             # mteb's own loader keeps such qrels too; they score nothing (no query to run)
