@@ -24,8 +24,13 @@ from .devices import available_cores
 from .executors import EXECUTORS, make_executor
 from .metrics.compute import METRICS
 from .model import EMBEDDED_ALIAS
+from .options import MetricOptions, PassOptions
 from .pooling import POOLINGS, check_poolings
 from .spec import ModelSpec
+
+#: The library's defaults, which the flags take (none is typed twice; `--jobs` is the one
+#: documented exception: every core here, 1 in `sweep()`).
+PASS, MEASURE = PassOptions(), MetricOptions()
 
 
 def _split(value: str | None) -> list[str] | None:
@@ -109,7 +114,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
         type=_poolings,
         help=f"{', '.join(POOLINGS)}; comma-separated: each its own slice",
     )
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=PASS.batch_size)
     p.add_argument("--device", help="cuda, cuda:1, cpu... (default: cuda when present)")
     p.add_argument("--dtype", help="float32, bfloat16, float16 (default: per device)")
     p.add_argument("--max-length", type=positive_int, help="truncate texts to this many tokens")
@@ -118,13 +123,13 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--revisions", help="a checkpoint series, e.g. step1000,main (docs/checkpoints.md)"
     )
-    p.add_argument("--final-norm", default="last", help="'last', 'every' or 'last,every'")
+    p.add_argument("--final-norm", default=PASS.final_norm, help="'last', 'every' or 'last,every'")
     p.add_argument("--max-tokens-per-batch", type=positive_int, help="batch by padded tokens")
     p.add_argument("--tasks", help="comma-separated mteb task names")
     p.add_argument("--benchmark", help="'layer-by-layer-32' or any mteb benchmark name")
     p.add_argument("--data-dir", type=Path, help="offline task data: DIR/<TaskName>/")
     p.add_argument("--output", type=_output_folder, default=Path("results"), help="results folder")
-    p.add_argument("--layers", default="all", help="'all' or comma-separated, e.g. 0,3,6 or -1")
+    p.add_argument("--layers", default=PASS.layers, help="'all', or e.g. 0,3,6 or -1 (the last)")
     p.add_argument("--devices", help="one worker process per device, e.g. cuda:0,cuda:1")
     g = p.add_argument_group("executor", "where units run (a filesystem every worker sees)")
     g.add_argument("--executor", choices=list(EXECUTORS), default="local")
@@ -149,16 +154,17 @@ def _add_run_parsers(sub) -> None:
         help="scoring processes (default: %(default)s, the cores available; 1: in-process)",
     )
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    p.add_argument("--search-backend", choices=["auto", "faiss", "torch"], default="auto")
+    backends = ["auto", "faiss", "torch"]
+    p.add_argument("--search-backend", choices=backends, default=PASS.search_backend)
     p = sub.add_parser("metrics", help="unsupervised layer metrics (entropy, curvature, ...)")
     _add_run_options(p)
     p.add_argument("--fuse", help="fused slices' pooled-vector metrics too: 0+6 | windows:2 | ...")
     p.add_argument("--texts", type=Path, help="a corpus (text lines or JSON Lines) for tasks")
-    p.add_argument("--n", type=positive_int, default=1000, help="texts sampled per task")
-    p.add_argument("--metrics", default="all", help="'all' or: " + ", ".join(METRICS))
-    p.add_argument("--alpha", type=float, default=1.0, help="Rényi order of the entropies")
-    p.add_argument("--seed", type=nonneg_int, default=42)
-    p.add_argument("--n-views", type=positive_int, default=16, help="views per text (LiDAR)")
+    p.add_argument("--n", type=positive_int, default=MEASURE.n, help="texts sampled per task")
+    p.add_argument("--metrics", default=MEASURE.metrics, help="'all' or: " + ", ".join(METRICS))
+    p.add_argument("--alpha", type=float, default=MEASURE.alpha, help="entropies' Rényi order")
+    p.add_argument("--seed", type=nonneg_int, default=MEASURE.seed)
+    p.add_argument("--n-views", type=positive_int, default=MEASURE.n_views, help="LiDAR's views")
     p.add_argument("--overwrite", action="store_true", help="recompute tasks already done")
     p = sub.add_parser("mirror", help="write tasks' data (from the Hub) into the --data-dir layout")
     p.add_argument("tasks", nargs="*", help="mteb task names (or give --benchmark)")
