@@ -10,6 +10,7 @@ is the one `LayerEncoder` gives the same slice, so both file results in the same
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +29,7 @@ from .fusion import NO_FUSION, check_fusable, fuse_vectors, fusion_label
 from .layers import check_final_norms
 from .model import LayerModel
 from .pooling import check_poolings
-from .spec import excludes_prompt
+from .spec import ModelSpec, excludes_prompt
 from .store import EmbeddingStore, StoreKey
 
 if TYPE_CHECKING:
@@ -62,8 +63,30 @@ def shard_texts(
     return max(1, min(DEFAULT_SHARD_SIZE, shard_bytes // per_text))
 
 
+@dataclass
+class ModelInfo:
+    """What replaying a store needs of a model (spec, sizes, prompts) without loading its network:
+    a scoring worker's stand-in for a `LayerModel` (`EmbeddingSource(..., replay_only=True)`)."""
+
+    resolved: dict[str, Any]
+    n_parameters: int | None
+    hidden_size: int
+    n_layers: int
+
+    def current_spec(self) -> Any:
+        return ModelSpec.from_dict(self.resolved)
+
+    @property
+    def prompts(self) -> dict[str, str] | None:
+        return dict(self.resolved["prompts"]) if self.resolved.get("prompts") else None
+
+    @property
+    def name(self) -> str:
+        return self.resolved["name"]
+
+
 def store_key(
-    lm: LayerModel, pooling: str, prompt_type: str | None, final_norm: str = "last"
+    lm: LayerModel | ModelInfo, pooling: str, prompt_type: str | None, final_norm: str = "last"
 ) -> StoreKey:
     """The store configuration of a loaded model (`StoreKey.for_spec` of its resolved spec)."""
     return StoreKey.for_spec(lm.current_spec(), pooling, prompt_type, final_norm)
@@ -91,7 +114,7 @@ class EmbeddingSource:
 
     def __init__(
         self,
-        lm: LayerModel,
+        lm: LayerModel | ModelInfo,
         root: Path | str,
         *,
         pooling: str | Sequence[str],

@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 from ..metrics.compute import Timer, task_metrics
 from ..model import LayerModel
 from ..plan import EncodeUnit, MetricsUnit, ScoreUnit, read_texts
-from ..replay import EmbeddingSource, StoreEncoder
+from ..replay import EmbeddingSource, ModelInfo, StoreEncoder
 from ..results import AtomicResultCache, pending_slices
 from ..scoring import score_slice
 from ..spec import ModelSpec
@@ -134,27 +134,6 @@ def _load_model(unit: EncodeUnit | MetricsUnit) -> Any:
                 f"{unit.resolved.get(field)!r}: the model changed since the plan was made."
             )
     return lm
-
-
-@dataclass
-class ModelInfo:
-    """What scoring needs of a model (spec, sizes, prompts) without loading its network."""
-
-    resolved: dict[str, Any]
-    n_parameters: int | None
-    hidden_size: int
-    n_layers: int
-
-    def current_spec(self) -> Any:
-        return ModelSpec.from_dict(self.resolved)
-
-    @property
-    def prompts(self) -> dict[str, str] | None:
-        return dict(self.resolved["prompts"]) if self.resolved.get("prompts") else None
-
-    @property
-    def name(self) -> str:
-        return self.resolved["name"]
 
 
 def _task_key(name: str, data_dir: str | None, hf_subsets: Sequence[str] | None) -> str:
@@ -283,7 +262,7 @@ def run_score_unit(unit: ScoreUnit) -> ScoreReport:
     t0 = time.perf_counter()
     info = ModelInfo(unit.resolved, unit.n_parameters, unit.hidden_size, unit.n_layers)
     source = EmbeddingSource(
-        info,  # type: ignore[arg-type]
+        info,
         unit.store_root,
         pooling=unit.pooling,
         layers=unit.layers,

@@ -208,6 +208,15 @@ def _settings(
     } | ({"fuse": [fusion_label(f) for f in fusions]} if fusions else {})
 
 
+def _failed(failures: dict[str, str], task: str, exc: BaseException, raise_error: bool) -> None:
+    """A task's failure recorded (and logged), or raised with `raise_error`: the same here and
+    from a worker."""
+    if raise_error:
+        raise exc
+    failures[task] = f"{type(exc).__name__}: {exc}"
+    logger.error("Metrics of task %s failed: %s", task, exc)
+
+
 def _run_here(
     lm: LayerModel,
     tasks: Sequence[Any],
@@ -229,10 +238,7 @@ def _run_here(
         except KeyboardInterrupt:
             raise
         except Exception as exc:
-            if run.raise_error:
-                raise
-            failures[task_name] = f"{type(exc).__name__}: {exc}"
-            logger.error("Metrics of task %s failed: %s", task_name, exc)
+            _failed(failures, task_name, exc, run.raise_error)
             continue
         finally:
             if getattr(task, "data_loaded", False) and hasattr(task, "unload_data"):
@@ -272,10 +278,7 @@ def _run_units(
     done: dict[str, pd.DataFrame] = {}
     for unit, result in executor.map(run_metrics_unit, units, gpu=True):
         if isinstance(result, BaseException):
-            if raise_error:
-                raise result
-            failures[unit.task] = f"{type(result).__name__}: {result}"
-            logger.error("Metrics of task %s failed: %s", unit.task, result)
+            _failed(failures, unit.task, result, raise_error)
             continue
         for phase, seconds in result.timings.items():
             timer.seconds[phase] += seconds
