@@ -9,6 +9,7 @@ error; 130 interrupted (rerun the same command to resume).
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import shlex
 import sys
@@ -20,12 +21,15 @@ passive_omp_wait()  # the CLI starts work: before the imports below load torch (
 
 import pandas as pd
 
+from . import frames
+from .checkpoints import is_pattern
 from .devices import available_cores
-from .executors import EXECUTORS, make_executor
+from .executors import ENGINE_FLAGS, EXECUTORS, executor_from_flags
 from .metrics.compute import METRICS
 from .model import EMBEDDED_ALIAS
 from .options import MetricOptions, PassOptions
 from .pooling import POOLINGS, check_poolings
+from .search import SEARCH_BACKENDS
 from .spec import ModelSpec
 
 #: The library's defaults, which the flags take (none is typed twice; `--jobs` is the one
@@ -41,13 +45,11 @@ def _bounded_int(low: int):
     """An argparse type: an int >= `low`, refused at parse time (not deep inside mteb)."""
 
     def parse(value: str) -> int:
-        try:
-            number = int(value)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
-        if number < low:
-            raise argparse.ArgumentTypeError(f"must be >= {low}, got {number}")
-        return number
+        if not value.strip().lstrip("+-").isdecimal():
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}")
+        if int(value) < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {int(value)}")
+        return int(value)
 
     return parse
 
@@ -73,27 +75,17 @@ def _output_folder(value: str) -> Path:
 
 #: Flags passed on under their own name (dest = the library's parameter), one tuple per call.
 SPEC_FLAGS = ("name", "revision", "device", "dtype", "max_length", "trust_remote_code")
+SPEC_FLAGS += ("include_prompt",)
 RUN_FLAGS = ("benchmark", "data_dir", "output", "layers", "batch_size", "final_norm", "pooling")
+RUN_FLAGS += ("max_tokens_per_batch",)
 SWEEP_FLAGS = ("dims", "normalize", "shard_size", "jobs", "search_backend")
 METRICS_FLAGS = ("texts", "n", "metrics", "alpha", "seed", "n_views", "overwrite", "fuse")
-SELECT_FLAGS = ("model", "metrics_dir", "prior", "label_free")
+SELECT_FLAGS = ("model", "metrics_dir", "prior", "label_free", "benchmark")
 SHIP_FLAGS = ("label_free", "model", "source", "pooling", "dim", "overwrite", "results")
-#: Each engine's flags (dest -> the executor's keyword); given with another --executor: refused.
-ENGINE_FLAGS = {
-    "ray": {"ray_address": "address"},
-    "submitit": {f"slurm_{k}": k for k in ("partition", "gpus_per_task", "time", "folder")},
-}
+ENGINE = tuple(flag for flags in ENGINE_FLAGS.values() for flag in flags)
 #: `leaderboard`'s flags echoed in its provenance line when not at these defaults.
 PAGE, NO_DATA = "leaderboard", "not stated (pass --data)"
 ECHOED = dict(page=PAGE, title=None, model=None, tasks=None, data=NO_DATA)
-
-
-class _DeprecatedPage(argparse.Action):
-    """`leaderboard --benchmark NAME`: the page name's old flag (`--benchmark` is mteb's)."""
-
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
-        print("warning: leaderboard --benchmark is deprecated; use --page", file=sys.stderr)
-        setattr(namespace, self.dest, values)
 
 
 def _add_prompt_tokens_option(p: argparse.ArgumentParser) -> None:
@@ -109,20 +101,14 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", nargs="?", default=EMBEDDED_ALIAS, help="Hub id, path, or 'minilm'")
     p.add_argument("--name", help="model name for result files (default: from the model)")
     p.add_argument("--revision", help="Hub commit, or a label for a local model")
-    p.add_argument(
-        "--pooling",
-        type=_poolings,
-        help=f"{', '.join(POOLINGS)}; comma-separated: each its own slice",
-    )
+    p.add_argument("--pooling", type=_poolings, help=f"{', '.join(POOLINGS)}; a,b: one slice each")
     p.add_argument("--batch-size", type=positive_int, default=PASS.batch_size)
     p.add_argument("--device", help="cuda, cuda:1, cpu... (default: cuda when present)")
     p.add_argument("--dtype", help="float32, bfloat16, float16 (default: per device)")
     p.add_argument("--max-length", type=positive_int, help="truncate texts to this many tokens")
     p.add_argument("--trust-remote-code", action="store_true", help="run the repository's code")
     _add_prompt_tokens_option(p)
-    p.add_argument(
-        "--revisions", help="a checkpoint series, e.g. step1000,main (docs/checkpoints.md)"
-    )
+    p.add_argument("--revisions", help="a checkpoint series: step1000,main (docs/checkpoints.md)")
     p.add_argument("--final-norm", default=PASS.final_norm, help="'last', 'every' or 'last,every'")
     p.add_argument("--max-tokens-per-batch", type=positive_int, help="batch by padded tokens")
     p.add_argument("--tasks", help="comma-separated mteb task names")
@@ -147,15 +133,10 @@ def _add_run_parsers(sub) -> None:
     p.add_argument("--dims", help="Matryoshka widths, e.g. 384,128 (default: full width)")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--shard-size", type=positive_int, help="texts per store shard")
-    p.add_argument(
-        "--jobs",
-        type=positive_int,
-        default=available_cores(),
-        help="scoring processes (default: %(default)s, the cores available; 1: in-process)",
-    )
+    jobs = f"scoring processes (default: {available_cores()}, the cores here; 1: in-process)"
+    p.add_argument("--jobs", type=positive_int, default=available_cores(), help=jobs)
     p.add_argument("--dry-run", action="store_true", help="print the plan and exit")
-    backends = ["auto", "faiss", "torch"]
-    p.add_argument("--search-backend", choices=backends, default=PASS.search_backend)
+    p.add_argument("--search-backend", choices=SEARCH_BACKENDS, default=PASS.search_backend)
     p = sub.add_parser("metrics", help="unsupervised layer metrics (entropy, curvature, ...)")
     _add_run_options(p)
     p.add_argument("--fuse", help="fused slices' pooled-vector metrics too: 0+6 | windows:2 | ...")
@@ -183,7 +164,7 @@ def _add_read_parsers(sub) -> None:
     p.add_argument("results", type=Path, nargs="+", help="results folders (sweep --output)")
     p.add_argument("--to", type=Path, required=True, help="folder to write the leaderboard into")
     p.add_argument("--page", default=PAGE, help="name of the page and its files")
-    p.add_argument("--benchmark", dest="page", action=_DeprecatedPage, help=argparse.SUPPRESS)
+    p.add_argument("--benchmark", dest="old_page", help=argparse.SUPPRESS)  # --page's old name
     p.add_argument("--title", help="page title (default: from --page)")
     p.add_argument("--model", help="only this model (default: all)")
     p.add_argument("--tasks", help="comma-separated: only these tasks")
@@ -244,53 +225,21 @@ def _pick(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The one model spec of a command line (several poolings: it loads with the first)."""
     pooling = args.pooling.split(",")[0] if args.pooling else None
-    return ModelSpec(
-        source=args.model, pooling=pooling, include_prompt=args.include_prompt,
-        **_pick(args, SPEC_FLAGS),
-    )  # fmt: skip
+    return ModelSpec(source=args.model, pooling=pooling, **_pick(args, SPEC_FLAGS))
 
 
 def _common(args: argparse.Namespace) -> dict:
     """The model, task and pass options that `sweep` and `metrics` share."""
-    return dict(
-        spec=model_spec(args), tasks=_split(args.tasks), **_pick(args, RUN_FLAGS),
-        max_tokens_per_batch=args.max_tokens_per_batch,
-    )  # fmt: skip
+    return dict(spec=model_spec(args), tasks=_split(args.tasks), **_pick(args, RUN_FLAGS))
 
 
 def executor_kwargs(args: argparse.Namespace) -> dict:
     """`{"executor": ...}` for `sweep`/`layer_metrics`; empty for the default local run."""
-    mine = ENGINE_FLAGS.get(args.executor, {})
-    given = {d: getattr(args, d) for flags in ENGINE_FLAGS.values() for d in flags}
-    if stray := [d for d, v in given.items() if v is not None and d not in mine]:
-        flags = ", ".join("--" + dest.replace("_", "-") for dest in stray)
-        raise ValueError(f"{flags} only apply with another --executor (got {args.executor})")
-    if args.executor == "local":
-        return {}
-    if args.devices:
-        raise ValueError(
-            f"--devices is for the local executor (one worker per GPU here); --executor "
-            f"{args.executor} places each encode unit on a GPU itself"
-        )
-    opts = {kw: given[d] for d, kw in mine.items() if given[d] is not None}
-    if args.executor == "submitit":
-        opts.setdefault("folder", args.output / "submitit")
-    executor = make_executor(args.executor, roots=[args.output], **opts)
+    flags = _pick(args, ENGINE)
+    executor = executor_from_flags(args.executor, args.output, devices=args.devices, **flags)
     if note := getattr(executor, "note", None):
         print(note, file=sys.stderr)
-    return {"executor": executor}
-
-
-def _print_table(table: pd.DataFrame) -> None:
-    """Print a table, then a line naming each layer without a mean (it lacks a task)."""
-    from .frames import missing_notes
-
-    with pd.option_context(
-        "display.max_columns", 50, "display.width", 200, "display.float_format", "{:.4f}".format
-    ):
-        print(table.to_string())
-    for line in missing_notes(table):
-        print(f"incomplete: {line}")
+    return {"executor": executor} if executor else {}
 
 
 def _failures(failures: dict[str, str] | None) -> int:
@@ -301,20 +250,17 @@ def _failures(failures: dict[str, str] | None) -> int:
 
 
 def _is_series(args: argparse.Namespace) -> bool:
-    from .checkpoints import is_pattern
-
     return bool(args.revisions) or is_pattern(args.model)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from . import series
-    from .frames import checkpoint_table
     from .sweep import sweep
 
     options = _pick(args, SWEEP_FLAGS)
     if _is_series(args):
         result = series.sweep_series(**_common(args), revisions=args.revisions, **options)
-        _print_table(checkpoint_table(result.scores))
+        print(frames.table_text(frames.checkpoint_table(result.scores)))
         print(f"\nEncoded {result.n_encoded} new texts; "
               f"{result.recorded.n_recorded} task(s) planned once for the series.")  # fmt: skip
         print(f"Results: {args.output} (series manifest under {args.output / 'series'})")
@@ -324,17 +270,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.dry_run:
         print(result.plan.summary())
         return _failures(result.failures)
-    _print_table(result.scores)
+    print(frames.table_text(result.scores))
     print(f"\nEncoded {result.n_encoded} new texts; the rest came from the store.")
     print(f"Results: {args.output} (mteb.ResultCache({str(args.output)!r}) reads them)")
     return _failures(result.failures)
 
 
 def cmd_metrics(args: argparse.Namespace) -> int:
-    import functools
-
     from . import series
-    from .frames import metrics_table
     from .metrics.run import layer_metrics
 
     run = layer_metrics
@@ -342,7 +285,7 @@ def cmd_metrics(args: argparse.Namespace) -> int:
         run = functools.partial(series.metrics_series, revisions=args.revisions)
     options = _pick(args, METRICS_FLAGS) | executor_kwargs(args)
     result = run(**_common(args), **options, devices=args.devices)
-    _print_table(metrics_table(result.metrics))
+    print(frames.table_text(frames.metrics_table(result.metrics)))
     print(f"\nRows: {args.output / 'metrics'} (pd.read_parquet reads the folder)")
     return _failures(result.failures)
 
@@ -360,8 +303,6 @@ def cmd_mirror(args: argparse.Namespace) -> int:
 
 
 def cmd_table(args: argparse.Namespace) -> int:
-    from . import frames
-
     problems: list[str] = []
     scores = frames.scores_frame(args.output, model=args.model, problems=problems)
     for line in problems:
@@ -372,7 +313,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     tables = frames.config_tables(scores)
     for key, table in tables.items():
         print(f"\n{frames.config_heading(key)}")
-        _print_table(table)
+        print(frames.table_text(table))
     if args.csv:  # every configuration in one file, so none overwrites another
         from .inert import write_csv
 
@@ -394,16 +335,17 @@ def _leaderboard_command(args: argparse.Namespace) -> str:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from . import frames
     from .leaderboard import publish, written_lines
 
-    scores = frames.scores_frame(args.results, model=args.model, tasks=_split(args.tasks))
+    if args.old_page:  # `--benchmark` is mteb's benchmark in every other verb
+        print("warning: leaderboard --benchmark is deprecated; use --page", file=sys.stderr)
+        args.page = args.old_page
+    chosen = dict(model=args.model, tasks=_split(args.tasks))
+    scores = frames.scores_frame(args.results, **chosen)
     if scores.empty:
         print(f"No layer results under {', '.join(map(str, args.results))}.", file=sys.stderr)
         return 1
-    metrics = frames.metrics_frame(args.results, model=args.model)
-    if args.tasks is not None:
-        metrics = metrics[metrics["dataset"].isin(_split(args.tasks))]
+    metrics = frames.metrics_frame(args.results, **chosen)
     command, with_plots = _leaderboard_command(args), not args.no_plots
     page = dict(benchmark=args.page, title=args.title, data=args.data)
     paths = publish(scores, metrics, args.to, **page, command=command, with_plots=with_plots)
@@ -415,12 +357,8 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .select import Budget, NothingToExport, render, select, ship, to_json
 
     budget = Budget(max_dim=args.max_dim, max_layer=args.max_layer, max_depth=args.max_depth)
-    tasks = _split(args.tasks)
-    if args.benchmark:
-        from .tasks.benchmark import get_benchmark
-
-        tasks = [t.metadata.name for t in get_benchmark(args.benchmark).tasks]
-    selection = select(args.results, tasks=tasks, budgets=[budget], **_pick(args, SELECT_FLAGS))
+    tasks, options = _split(args.tasks), _pick(args, SELECT_FLAGS)
+    selection = select(args.results, tasks=tasks, budgets=[budget], **options)
     if not selection.has_scores:
         print(f"No sweep results under {args.results} to choose from:")
         print("\n".join(f"note: {note}" for note in selection.notes))
@@ -432,9 +370,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     try:
         if args.export:
             shipped = ship(selection, args.export, budget=budget, **_pick(args, SHIP_FLAGS))
-            for line in shipped.lines:
-                print(line)
-            print(shipped.result.summary())
+            print("\n".join([*shipped.lines, shipped.result.summary()]))
     except NothingToExport as exc:
         print(f"{exc}: nothing exported.", file=sys.stderr)
         code = 1
@@ -447,10 +383,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
-    if (args.layer is None) == (args.fuse is None):
-        print("error: give --layer L or --fuse A+B (one of them)", file=sys.stderr)
-        return 2
-    # every flag of `export` is an argument of the library's `export`, under the same name
+    # the library refuses --layer with --fuse, or neither; every flag of `export` is an argument of the library's `export`, under the same name
     options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
     print(export(options.pop("model"), options.pop("out"), **options).summary())
     return 0

@@ -362,9 +362,11 @@ def metrics_frame(
     model: str | None = None,
     notes: list[str] | None = None,
     fused: bool = False,
+    tasks: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """The metrics frame of every `ROOT/metrics/*.parquet` (empty when there are none);
-    `final_norm` is "last" for rows written before the option.
+    """The metrics frame of every `ROOT/metrics/*.parquet` (empty when there are none), of
+    `model` and `tasks` only when given; `final_norm` is "last" for rows written before the
+    option.
 
     `fused`: also the rows of fused slices (`metrics --fuse`), with a `fuse` column ("" on a
     layer's rows); by default only layers' rows, without it (what `select`'s rules read).
@@ -393,6 +395,8 @@ def metrics_frame(
         df = df[df[FUSE] == NO_FUSION].drop(columns=FUSE)
     if model is not None:
         df = df[df["model"] == model]
+    if tasks is not None:
+        df = df[df["dataset"].isin(list(tasks))]
     df, dropped = newest_metric_runs(df)
     if notes is not None:
         notes.extend(dropped)
@@ -648,6 +652,16 @@ def missing_notes(table: pd.DataFrame) -> list[str]:
             f"{where}: no mean ({int(row['n_tasks'])} of {total} tasks); missing: {row['missing']}"
         )
     return lines
+
+
+def table_text(table: pd.DataFrame) -> str:
+    """A table as the terminal shows it (4 decimals), then a line naming each layer without a
+    mean (it lacks a task), so an empty cell is never read as a low score."""
+    with pd.option_context(
+        "display.max_columns", 50, "display.width", 200, "display.float_format", "{:.4f}".format
+    ):
+        text = table.to_string()
+    return "\n".join([text, *(f"incomplete: {line}" for line in missing_notes(table))])
 
 
 def _tuple(index: object) -> tuple:

@@ -56,7 +56,38 @@ def make_executor(name: str, *, roots: Sequence[Path | str] = (), **opts: Any) -
     raise UnknownExecutorError(name)
 
 
+#: Each engine's options, under their command-line names (`--ray-address`, `--slurm-time`...).
+ENGINE_FLAGS = {
+    "ray": {"ray_address": "address"},
+    "submitit": {f"slurm_{k}": k for k in ("partition", "gpus_per_task", "time", "folder")},
+}
+
+
+def executor_from_flags(
+    name: str, output: Path, *, devices: str | None = None, **flags: Any
+) -> Any | None:
+    """The executor a command line chose (`--executor NAME` and its engine `flags`, None where
+    not given), or None for the default local run. An engine's flag given with another engine,
+    or `--devices` with an engine, is refused: it would be silently ignored."""
+    mine = ENGINE_FLAGS.get(name, {})
+    if stray := [f for f, v in flags.items() if v is not None and f not in mine]:
+        given = ", ".join("--" + f.replace("_", "-") for f in stray)
+        raise ValueError(f"{given} only apply with another --executor (got {name})")
+    if name == "local":
+        return None
+    if devices:
+        raise ValueError(
+            f"--devices is for the local executor (one worker per GPU here); --executor "
+            f"{name} places each encode unit on a GPU itself"
+        )
+    opts = {kw: flags[f] for f, kw in mine.items() if flags.get(f) is not None}
+    if name == "submitit":
+        opts.setdefault("folder", Path(output) / "submitit")
+    return make_executor(name, roots=[output], **opts)
+
+
 __all__ = [
+    "ENGINE_FLAGS",
     "EXECUTORS",
     "EncodeReport",
     "Executor",
@@ -64,6 +95,7 @@ __all__ = [
     "ScoreReport",
     "SharedFilesystemError",
     "UnknownExecutorError",
+    "executor_from_flags",
     "make_executor",
     "run_encode_unit",
     "run_metrics_unit",

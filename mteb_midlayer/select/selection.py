@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 
 from .. import frames
+from ..tasks.benchmark import get_benchmark
 from .budgets import Budget, best_frame, pareto_frame, stability_folds, stability_summary
 from .links import LINK_COLUMNS, link_frames, nonfinite_notes
 from .priors import DEFAULT_PRIOR, check_prior
@@ -256,14 +257,19 @@ def select(
     budgets: Sequence[Budget] = (),
     prior: str = DEFAULT_PRIOR,
     label_free: bool = False,
+    benchmark: str | None = None,
 ) -> Selection:
     """Read `results_dir` (and `metrics_dir`, default `results_dir/metrics`) and choose.
+
+    `benchmark` (e.g. "layer-by-layer-32") names the tasks instead of `tasks`.
 
     A `model` or task that matches no result is named in a note (with what is there), so a
     misspelt name is never mistaken for a missing sweep. `model` keeps only that model; with
     `label_free` it names the *judged* model instead: every model is read, so its rules are
     learned on the others (`recommend`), and the frames are then narrowed to it.
     """
+    if benchmark is not None:
+        tasks = [task.metadata.name for task in get_benchmark(benchmark).tasks]
     everything = frames.scores_frame(results_dir)
     of_model = everything if model is None else everything[everything["model"] == model]
     filter_notes = _filter_notes(results_dir, everything, of_model, model, tasks)
