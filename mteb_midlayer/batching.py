@@ -47,7 +47,7 @@ def length_order(lengths: Sequence[int]) -> list[int]:
 #: padded tokens: texts of up to 512 tokens batch exactly by count (as before), and a decoder's
 #: long texts (up to 2048 tokens) go fewer to a batch, so a batch never costs more than
 #: `batch_size` 512-token texts.
-ROW_TOKENS = 512
+_ROW_TOKENS = 512
 
 
 def plan_batches(
@@ -58,14 +58,14 @@ def plan_batches(
 ) -> list[list[int]]:
     """Cut `order` (indices, longest first) into batches.
 
-    Without a budget: `batch_size` texts each, and at most `batch_size * ROW_TOKENS` padded
+    Without a budget: `batch_size` texts each, and at most `batch_size * _ROW_TOKENS` padded
     tokens (a batch of long texts gets fewer rows). With `max_tokens_per_batch`: as many texts
     as keep `rows x longest` (the padded tokens the network sees) within the budget, whatever
     `batch_size` says; a text longer than the budget gets a batch of its own.
     """
     check_batch_limits(batch_size, max_tokens_per_batch)
     if max_tokens_per_batch is None:
-        return _cut(order, lengths, batch_size, batch_size * ROW_TOKENS)
+        return _cut(order, lengths, batch_size, batch_size * _ROW_TOKENS)
     return _cut(order, lengths, None, max_tokens_per_batch)
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from .results import write_atomic
 
-SERIES_FOLDER = "series"
+_SERIES_FOLDER = "series"
 #: The columns a series adds to the scores and metrics frames.
 SERIES_COLUMNS = ["checkpoint", "step"]
 
@@ -103,7 +103,7 @@ def series_name(model: Any, revisions: Sequence[str] | str | None = None) -> str
 
 def manifest_path(output: Path | str, name: str) -> Path:
     safe = "".join(c if c.isalnum() or c in "-_." else "__" for c in name)
-    return Path(output) / SERIES_FOLDER / f"{safe}.json"
+    return Path(output) / _SERIES_FOLDER / f"{safe}.json"
 
 
 def record_checkpoint(output: Path | str, name: str, revision: str, checkpoint: Checkpoint) -> Path:
@@ -133,7 +133,7 @@ def read_series(roots: Iterable[Path | str]) -> list[dict[str, Any]]:
     """Every manifest row under `roots`: model, revision, checkpoint, step (empty: no series)."""
     out = []
     for root in roots:
-        folder = Path(root) / SERIES_FOLDER
+        folder = Path(root) / _SERIES_FOLDER
         for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
             data = json.loads(path.read_text(encoding="utf-8"))
             for row in data.get("checkpoints", []):

@@ -74,18 +74,18 @@ def _output_folder(value: str) -> Path:
 
 
 #: Flags passed on under their own name (dest = the library's parameter), one tuple per call.
-SPEC_FLAGS = ("name", "revision", "device", "dtype", "max_length", "trust_remote_code")
-SPEC_FLAGS += ("include_prompt",)
-RUN_FLAGS = ("benchmark", "data_dir", "output", "layers", "batch_size", "final_norm", "pooling")
-RUN_FLAGS += ("max_tokens_per_batch",)
+_SPEC_FLAGS = ("name", "revision", "device", "dtype", "max_length", "trust_remote_code")
+_SPEC_FLAGS += ("include_prompt",)
+_RUN_FLAGS = ("benchmark", "data_dir", "output", "layers", "batch_size", "final_norm", "pooling")
+_RUN_FLAGS += ("max_tokens_per_batch",)
 SWEEP_FLAGS = ("dims", "normalize", "shard_size", "jobs", "search_backend")
 METRICS_FLAGS = ("texts", "n", "metrics", "alpha", "seed", "n_views", "overwrite", "fuse")
-SELECT_FLAGS = ("model", "metrics_dir", "prior", "label_free", "benchmark")
-SHIP_FLAGS = ("label_free", "model", "source", "pooling", "dim", "overwrite", "results")
-ENGINE = tuple(flag for flags in ENGINE_FLAGS.values() for flag in flags)
+_SELECT_FLAGS = ("model", "metrics_dir", "prior", "label_free", "benchmark")
+_SHIP_FLAGS = ("label_free", "model", "source", "pooling", "dim", "overwrite", "results")
+_ENGINE = tuple(flag for flags in ENGINE_FLAGS.values() for flag in flags)
 #: `leaderboard`'s flags echoed in its provenance line when not at these defaults.
 PAGE, NO_DATA = "leaderboard", "not stated (pass --data)"
-ECHOED = dict(page=PAGE, title=None, model=None, tasks=None, data=NO_DATA)
+_ECHOED = dict(page=PAGE, title=None, model=None, tasks=None, data=NO_DATA)
 
 
 def _add_prompt_tokens_option(p: argparse.ArgumentParser) -> None:
@@ -191,8 +191,9 @@ def _add_read_parsers(sub) -> None:
     p = sub.add_parser("export", help="one layer slice as a sentence-transformers model folder")
     p.add_argument("model", help="Hub id, local path, or 'minilm'")
     p.add_argument("out", type=Path, help="folder to write (must be empty or absent)")
-    p.add_argument("--layer", type=int, help="1..L, or negative from the end")
-    p.add_argument("--fuse", help="a fusion of layers instead of --layer, e.g. 0+6 or 4-6")
+    which = p.add_mutually_exclusive_group(required=True)  # one of them, refused at parse time
+    which.add_argument("--layer", type=int, help="1..L, or negative from the end")
+    which.add_argument("--fuse", help="a fusion of layers instead of --layer, e.g. 0+6 or 4-6")
     p.add_argument("--dim", type=positive_int, help="keep the first DIM coordinates")
     p.add_argument("--pooling", choices=list(POOLINGS))
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None)
@@ -225,17 +226,17 @@ def _pick(args: argparse.Namespace, names: tuple[str, ...]) -> dict:
 def model_spec(args: argparse.Namespace) -> ModelSpec:
     """The one model spec of a command line (several poolings: it loads with the first)."""
     pooling = args.pooling.split(",")[0] if args.pooling else None
-    return ModelSpec(source=args.model, pooling=pooling, **_pick(args, SPEC_FLAGS))
+    return ModelSpec(source=args.model, pooling=pooling, **_pick(args, _SPEC_FLAGS))
 
 
 def _common(args: argparse.Namespace) -> dict:
     """The model, task and pass options that `sweep` and `metrics` share."""
-    return dict(spec=model_spec(args), tasks=_split(args.tasks), **_pick(args, RUN_FLAGS))
+    return dict(spec=model_spec(args), tasks=_split(args.tasks), **_pick(args, _RUN_FLAGS))
 
 
 def executor_kwargs(args: argparse.Namespace) -> dict:
     """`{"executor": ...}` for `sweep`/`layer_metrics`; empty for the default local run."""
-    flags = _pick(args, ENGINE)
+    flags = _pick(args, _ENGINE)
     executor = executor_from_flags(args.executor, args.output, devices=args.devices, **flags)
     if note := getattr(executor, "note", None):
         print(note, file=sys.stderr)
@@ -326,7 +327,7 @@ def _leaderboard_command(args: argparse.Namespace) -> str:
     """The provenance line: the producing command, then this one as parsed (`--page` for the
     deprecated `--benchmark`; `--command` is said once, before it)."""
     words = ["leaderboard", *map(str, args.results), "--to", str(args.to)]
-    for dest, default in ECHOED.items():
+    for dest, default in _ECHOED.items():
         if getattr(args, dest) != default:
             words += [f"--{dest}", str(getattr(args, dest))]
     words += ["--no-plots"] if args.no_plots else []
@@ -357,7 +358,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .select import Budget, NothingToExport, render, select, ship, to_json
 
     budget = Budget(max_dim=args.max_dim, max_layer=args.max_layer, max_depth=args.max_depth)
-    tasks, options = _split(args.tasks), _pick(args, SELECT_FLAGS)
+    tasks, options = _split(args.tasks), _pick(args, _SELECT_FLAGS)
     selection = select(args.results, tasks=tasks, budgets=[budget], **options)
     if not selection.has_scores:
         print(f"No sweep results under {args.results} to choose from:")
@@ -369,7 +370,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     code = 0
     try:
         if args.export:
-            shipped = ship(selection, args.export, budget=budget, **_pick(args, SHIP_FLAGS))
+            shipped = ship(selection, args.export, budget=budget, **_pick(args, _SHIP_FLAGS))
             print("\n".join([*shipped.lines, shipped.result.summary()]))
     except NothingToExport as exc:
         print(f"{exc}: nothing exported.", file=sys.stderr)
@@ -383,7 +384,7 @@ def cmd_select(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export
 
-    # the library refuses --layer with --fuse, or neither; every flag of `export` is an argument of the library's `export`, under the same name
+    # every flag of `export` is an argument of the library's `export`, under the same name
     options = {k: v for k, v in vars(args).items() if k not in ("command", "verbose")}
     print(export(options.pop("model"), options.pop("out"), **options).summary())
     return 0

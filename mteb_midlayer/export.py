@@ -66,17 +66,17 @@ from .tempfiles import OUTPUT_FOLDERS, clean_temp_folders, make_temp_folder
 #: our pooling name -> sentence-transformers `Pooling.pooling_mode` (every mode we pool has one)
 ST_POOLING = {ours: st for st, ours in pooling_modes.ST_POOLING.items()}
 #: Texts every export is checked on (short, long, punctuation, repeated words).
-PROBE_TEXTS = (
+_PROBE_TEXTS = (
     "A man is playing a guitar.",
     "The quick brown fox jumps over the lazy dog, twice; then it sleeps.",
     "Layer slices are cheaper to run than the whole model.",
     "ok",
 )
 #: Largest absolute difference from `LayerEncoder` an export may show on the probes.
-CHECK_ATOL = 1e-4
+_CHECK_ATOL = 1e-4
 #: The sentence every export's README.md card opens with: with `modules.json`, what marks a
 #: folder as a previous export that `overwrite` may replace.
-CARD_MARK = "A layer slice exported by mteb-midlayer"
+_CARD_MARK = "A layer slice exported by mteb-midlayer"
 _COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
 
@@ -131,7 +131,7 @@ def _is_export(folder: Path) -> bool:
         card = (folder / "README.md").read_text(encoding="utf-8", errors="replace")
     except OSError:
         return False
-    return (folder / "modules.json").is_file() and CARD_MARK in card
+    return (folder / "modules.json").is_file() and _CARD_MARK in card
 
 
 def _inside(path: Path, folder: Path) -> bool:
@@ -376,7 +376,7 @@ def model_card(result: ExportResult, scores: pd.DataFrame | None = None) -> str:
     lines = [
         f"# {markdown_inert(result.model)}, {what} of {result.n_layers}, dim {result.dim}",
         "",
-        f"{CARD_MARK} (`mteb-midlayer export`): the source model cut "
+        f"{_CARD_MARK} (`mteb-midlayer export`): the source model cut "
         f"to its first {result.layer} blocks.{fused}",
         "",
         "| | |",
@@ -442,7 +442,7 @@ def export(
     **options: Any,
 ) -> ExportResult:
     """Write layer `layer` (first `dim` coordinates) of `model` to `out` as a sentence-transformers
-    folder, checked against `LayerEncoder` on `PROBE_TEXTS` (fp32, CPU).
+    folder, checked against `LayerEncoder` on `_PROBE_TEXTS` (fp32, CPU).
 
     Model options come as a `ModelSpec` (`spec=`; its device and dtype are not used: an export
     is built and checked in fp32 on the CPU) or as the keywords `name`, `revision`,
@@ -462,7 +462,7 @@ def export(
     layers): equal to `LayerEncoder(model, layers=[...])` (see the module's docstring).
     """
     expected_revision = options.pop("expected_revision", None)
-    probe_texts = list(options.pop("probe_texts", PROBE_TEXTS))
+    probe_texts = list(options.pop("probe_texts", _PROBE_TEXTS))
     unknown = sorted(set(options) - set(MODEL_KEYWORDS))
     if unknown:
         raise TypeError(f"export() got unexpected keyword arguments: {', '.join(unknown)}")
@@ -568,7 +568,7 @@ def _build_checked(
 ) -> tuple[Any, float]:
     """The slice's `SentenceTransformer`, built in `work` from the cut backbone, and its largest
     difference from `expected` (the encoder's vectors of `probe_texts`, per prompt); refused
-    when that is more than `CHECK_ATOL`."""
+    when that is more than `_CHECK_ATOL`."""
     _save_backbone(lm, encoder.layer, work / "backbone", all_layers=bool(encoder.layers))
     st = build(
         work / "backbone",
@@ -584,10 +584,10 @@ def _build_checked(
         fuse=encoder.layers,
     )
     diff = max(_max_diff(st, probe_texts, p, want) for p, want in expected.items())
-    if not diff <= CHECK_ATOL:
+    if not diff <= _CHECK_ATOL:
         raise ExportError(
             f"unsupported architecture {type(lm.model).__name__}: the exported slice differs "
-            f"from LayerEncoder by {diff:.2e} (> {CHECK_ATOL:g}) on probe texts."
+            f"from LayerEncoder by {diff:.2e} (> {_CHECK_ATOL:g}) on probe texts."
         )
     return st, diff
 

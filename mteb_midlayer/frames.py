@@ -84,7 +84,7 @@ METRIC_COLUMNS = [
 #: its settings, for notes.
 METRIC_RUN_COLUMNS = ["run", "run_at", "sample_size", "n_views", "max_length", "dtype", "data"]
 #: A metric's configuration: the metrics frame's rows of one run share it.
-METRIC_CONFIG_COLUMNS = ["model", "revision", "pooling", "final_norm"]
+_METRIC_CONFIG_COLUMNS = ["model", "revision", "pooling", "final_norm"]
 #: The per-layer aggregate of `layer_scores`.
 LAYER_SCORE_COLUMNS = [
     *CONFIG_COLUMNS,
@@ -130,7 +130,7 @@ def _roots(roots: Path | str | Iterable[Path | str]) -> list[Path]:
 
 
 #: The rows `scan_results` reads from mteb's result files, one per (slice, task).
-LONG_COLUMNS = [
+_LONG_COLUMNS = [
     "model",
     "revision",
     "layer",
@@ -156,7 +156,7 @@ class ResultsFolderError(FileNotFoundError, ValueError):
 
 
 @dataclass
-class ResultScan:
+class _ResultScan:
     """The long frame of every readable layer result, and what could not be read (one line
     per file or folder, naming it)."""
 
@@ -170,7 +170,7 @@ def scan_results(
     model: str | None = None,
     revision: str | None = None,
     pooling: str | None = None,
-) -> ResultScan:
+) -> _ResultScan:
     """Read every slice folder under `output/results` that one of our encoders wrote.
 
     mteb's `to_dataframe` keys rows by model, not experiment, so the rows are built here from
@@ -212,9 +212,9 @@ def scan_results(
             row = _result_row(path, meta, kwargs, problems)
             if row is not None:
                 rows.append(row)
-    df = pd.DataFrame(rows, columns=LONG_COLUMNS)
+    df = pd.DataFrame(rows, columns=_LONG_COLUMNS)
     df = df.sort_values(["model", "revision", "fuse", "layer", "dim", "task"], ignore_index=True)
-    return ResultScan(df, problems)
+    return _ResultScan(df, problems)
 
 
 def _result_row(path: Path, meta: dict, kwargs: dict, problems: list[str]) -> dict | None:
@@ -439,7 +439,7 @@ def newest_metric_runs(metrics: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     df = metrics.copy()
     df["run"] = df["run"].fillna("")
     df["run_at"] = df["run_at"].fillna("") if "run_at" in df.columns else ""
-    keys = [*METRIC_CONFIG_COLUMNS, "dataset", "metric"]
+    keys = [*_METRIC_CONFIG_COLUMNS, "dataset", "metric"]
     filled = df[keys].astype(str)  # a missing pooling or revision is a value, not a wildcard
     when = df.groupby([*[filled[k] for k in keys], df["run"]])["run_at"].transform("max")
     latest = when.groupby([filled[k] for k in keys]).transform("max")
@@ -450,7 +450,7 @@ def newest_metric_runs(metrics: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     notes = []
     dropped = df[~keep]
     if not dropped.empty:
-        group_keys = [*METRIC_CONFIG_COLUMNS, "dataset", "run"]
+        group_keys = [*_METRIC_CONFIG_COLUMNS, "dataset", "run"]
         kept = df[keep]
         for key, rows in dropped.groupby([filled[k] for k in group_keys[:-1]] + [df["run"]]):
             config = dict(zip(group_keys, key, strict=True))
@@ -569,7 +569,7 @@ def fused_slices(df: pd.DataFrame) -> pd.DataFrame:
 # ---- the layer x task table: what `sweep()` returns and `table` prints
 
 #: The columns a layer table adds after its tasks.
-LAYER_TABLE_EXTRA = ["mean", "n_tasks", "missing"]
+_LAYER_TABLE_EXTRA = ["mean", "n_tasks", "missing"]
 
 
 def layer_table(long: pd.DataFrame, tasks: Sequence[str] | None = None) -> pd.DataFrame:
@@ -616,7 +616,7 @@ def _layer_block(long: pd.DataFrame, tasks: Sequence[str] | None) -> pd.DataFram
     order = list(dict.fromkeys(tasks if tasks is not None else []))
     order += [t for t in dict.fromkeys(long["task"]) if t not in order]
     if long.empty:
-        return pd.DataFrame(columns=[*order, *LAYER_TABLE_EXTRA])
+        return pd.DataFrame(columns=[*order, *_LAYER_TABLE_EXTRA])
     dup = long.duplicated(subset=["layer", "task"], keep=False)
     if dup.any():
         first = long[dup].iloc[0]
@@ -641,7 +641,7 @@ def missing_notes(table: pd.DataFrame) -> list[str]:
     layer, e.g. "layer 3: no mean (2 of 3 tasks); missing: STS12"."""
     if "missing" not in table.columns:
         return []
-    total = len([c for c in table.columns if c not in LAYER_TABLE_EXTRA])
+    total = len([c for c in table.columns if c not in _LAYER_TABLE_EXTRA])
     lines = []
     for index, row in table[table["missing"] != ""].iterrows():
         where = ", ".join(

@@ -19,7 +19,7 @@ import pandas as pd
 #: What makes a spreadsheet read a text cell as a formula (OWASP).
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 #: ASCII punctuation that starts Markdown/HTML markup (CommonMark escapes any of them with "\").
-MD_SPECIAL = frozenset("\\`*_{}[]<>()#!|~&$")
+_MD_SPECIAL = frozenset("\\`*_{}[]<>()#!|~&$")
 
 
 def csv_cell(value: object) -> object:
@@ -62,7 +62,7 @@ def write_csv(df: pd.DataFrame, path: Path | str, *, index: bool = False) -> Pat
 def md_text(value: object) -> str:
     """`value` as Markdown text that renders literally (no HTML, links, emphasis, table cells)."""
     text = " ".join(str(value).splitlines()) if value is not None else ""
-    return "".join("\\" + c if c in MD_SPECIAL else c for c in text)
+    return "".join("\\" + c if c in _MD_SPECIAL else c for c in text)
 
 
 def md_code(value: object) -> str:

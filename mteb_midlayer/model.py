@@ -56,7 +56,7 @@ TokenScorer = Callable[[int, str, list[torch.Tensor]], Any]
 
 #: Model types whose default max length is capped at 512 (METRICS.md sampling defaults);
 #: everything else is treated as a decoder / SSM and capped at 2048.
-ENCODER_TYPES = frozenset(
+_ENCODER_TYPES = frozenset(
     {
         "bert",
         "roberta",
@@ -597,7 +597,7 @@ def warn_constant_pooling(lm: LayerModel, pooling: str) -> None:
     """`cls` on a causal decoder pools the first token, which sees nothing after it: every text
     gets the same vector (BOS) at every layer. Allowed, but said."""
     model_type = getattr(getattr(lm.model, "config", None), "model_type", "")
-    if pooling == "cls" and model_type not in ENCODER_TYPES:
+    if pooling == "cls" and model_type not in _ENCODER_TYPES:
         logger.warning(
             "cls pooling on the decoder %s (%s) pools the first token, which attends to no "
             "other token: every text gets the same vector; use mean or last.",
@@ -720,7 +720,7 @@ def _model_max_length(model: nn.Module, tokenizer: Any) -> int:
     tok_limit = getattr(tokenizer, "model_max_length", None)
     if isinstance(tok_limit, int) and 0 < tok_limit < 1_000_000:
         limits.append(tok_limit)
-    cap = 512 if getattr(config, "model_type", "") in ENCODER_TYPES else 2048
+    cap = 512 if getattr(config, "model_type", "") in _ENCODER_TYPES else 2048
     return min([cap, *limits])
 
 

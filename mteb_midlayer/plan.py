@@ -47,7 +47,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-PLAN_FOLDER = "plan"
+_PLAN_FOLDER = "plan"
 
 
 @dataclass
@@ -285,7 +285,7 @@ class RecordedTexts:
 
 def _texts_path(output: Path | str, store_digest: str, task: str, prompt_type: str | None) -> Path:
     """Where the driver writes a task's texts for one prompt type (per store configuration)."""
-    return Path(output) / PLAN_FOLDER / store_digest / task / f"{prompt_type or 'none'}.json"
+    return Path(output) / _PLAN_FOLDER / store_digest / task / f"{prompt_type or 'none'}.json"
 
 
 def write_texts(path: Path, texts: TaskTexts) -> None:

@@ -39,13 +39,13 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IDENTITY_FOLDER = "identity"
+_IDENTITY_FOLDER = "identity"
 #: Identity keys recorded for readers but not compared on resume: they do not change a score
 #: (the layer count follows from the model's revision; the search backend moves scores at
 #: rounding level only).
-RECORDED_ONLY = frozenset({"n_layers", "search_backend"})
+_RECORDED_ONLY = frozenset({"n_layers", "search_backend"})
 #: What a key absent from an older identity file meant then.
-IDENTITY_DEFAULTS = {"final_norm": "last", "include_prompt": True}
+_IDENTITY_DEFAULTS = {"final_norm": "last", "include_prompt": True}
 
 
 def read_identity(result_path: Path) -> dict[str, Any] | None:
@@ -65,7 +65,7 @@ def write_atomic(path: Path, text: str) -> None:
 def identity_path(result_path: Path) -> Path:
     """Where the run identity of a result file lives (not `*.json` of the slice folder, so
     mteb's own reader never takes it for a result)."""
-    return result_path.parent / IDENTITY_FOLDER / f"{result_path.stem}.identity.json"
+    return result_path.parent / _IDENTITY_FOLDER / f"{result_path.stem}.identity.json"
 
 
 def task_fingerprint(task: Any) -> str:
@@ -81,7 +81,7 @@ def task_fingerprint(task: Any) -> str:
 
 
 #: The lock file of a result folder (hidden; no reader takes it for a result).
-LOCK_NAME = ".mteb-midlayer.lock"
+_LOCK_NAME = ".mteb-midlayer.lock"
 
 
 @contextlib.contextmanager
@@ -95,7 +95,7 @@ def _folder_lock(folder: Path) -> Iterator[None]:
     except ImportError:  # pragma: no cover - Windows
         yield
         return
-    with open(folder / LOCK_NAME, "a+b") as handle:
+    with open(folder / _LOCK_NAME, "a+b") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -196,9 +196,9 @@ def unfinished_reason(
     if recorded is None:
         return "no run identity recorded (written by another version, or interrupted)"
     diffs = [
-        f"{key}: {recorded.get(key, IDENTITY_DEFAULTS.get(key))!r} -> {value!r}"
+        f"{key}: {recorded.get(key, _IDENTITY_DEFAULTS.get(key))!r} -> {value!r}"
         for key, value in identity.items()
-        if key not in RECORDED_ONLY and recorded.get(key, IDENTITY_DEFAULTS.get(key)) != value
+        if key not in _RECORDED_ONLY and recorded.get(key, _IDENTITY_DEFAULTS.get(key)) != value
     ]
     return f"computed with other settings ({'; '.join(diffs)})" if diffs else None
 

@@ -58,9 +58,9 @@ from .tempfiles import stale_reason as temp_stale_reason
 __all__ = ["EmbeddingStore", "StoreFullError", "StoreKey", "raise_if_disk_full", "text_hash"]
 
 #: Version of ``config.json`` (unchanged since the first store).
-FORMAT_VERSION = 1
+_FORMAT_VERSION = 1
 #: Version of the shard markers written now: 2 adds the data file's sha256.
-SHARD_FORMAT = 2
+_SHARD_FORMAT = 2
 _READABLE_SHARD_FORMATS = (1, 2)
 _QUARANTINE = "quarantine"
 _HASH_CHUNK = 1 << 20
@@ -411,7 +411,7 @@ class EmbeddingStore:
     # ------------------------------------------------------------------ config
     def _check_config(self) -> None:
         cfg = self.path / "config.json"
-        want = {"format": FORMAT_VERSION, "key": self.key.to_dict()}
+        want = {"format": _FORMAT_VERSION, "key": self.key.to_dict()}
         if cfg.exists():
             try:
                 have = json.loads(cfg.read_text(encoding="utf-8"))
@@ -678,7 +678,7 @@ class EmbeddingStore:
         _atomic_write(data, write_data)
         hashes = [_text_digest(t) for t in texts]
         meta = {
-            "format": SHARD_FORMAT,
+            "format": _SHARD_FORMAT,
             "shard": shard_id,
             "namespace": list(parts),
             "data": data.name,

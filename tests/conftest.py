@@ -80,6 +80,33 @@ def tiny_model(arch: str, n_layers: int = 4, seed: int = 0):
     return AutoModel.from_config(tiny_config(arch, n_layers)).eval()
 
 
+def tiny_layer_model(arch: str = "llama", **kwargs):
+    """A tiny `LayerModel` (4 blocks) named `tiny/<arch>`, on the CPU."""
+    from mteb_midlayer.model import LayerModel
+
+    return LayerModel.load(
+        tiny_model(arch), tiny_tokenizer(), name=f"tiny/{arch}", device="cpu", **kwargs
+    )
+
+
+def count_forwards(lm) -> list[int]:
+    """A list that gains an entry per forward pass of `lm` from now on; the final-norm probe
+    (one small pass per model, the first time `every` needs it) runs first, uncounted."""
+    from mteb_midlayer.layers import find_final_norm
+
+    find_final_norm(lm.model)
+    calls: list[int] = []
+    lm.model.register_forward_pre_hook(lambda *_: calls.append(1))
+    return calls
+
+
+def mock_sts_task():
+    """mteb's own mock STS task (a fresh instance: tasks keep their loaded data)."""
+    from mteb.mocks.mock_tasks import MockSTSTask
+
+    return MockSTSTask()
+
+
 #: Fixtures that mean a real model, a real cluster or many real texts: a test using one is
 #: marked `slow`, so `pytest -m "not slow"` is the quick loop (README).
 SLOW_FIXTURES = frozenset(
@@ -87,10 +114,21 @@ SLOW_FIXTURES = frozenset(
 )
 
 
+#: The longest files (a real task's full score check each), started first so that they do not
+#: run alone at the end of an xdist run; each gets a worker of its own.
+FIRST = ("tests/tasks/test_scores_retrieval.py", "tests/tasks/test_scores.py")
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if SLOW_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+    def rank(item) -> int:
+        path = item.nodeid.split("::")[0]
+        return FIRST.index(path) if path in FIRST else len(FIRST)
+
+    items.sort(key=rank)  # stable: the rest keep their order
 
 
 @pytest.fixture(scope="session")

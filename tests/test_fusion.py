@@ -315,8 +315,11 @@ def test_select_export_of_a_fusion(fused_sweep, minilm_path, tmp_path, capsys):
 def test_cli_export_needs_layer_or_fuse(tmp_path, capsys):
     from mteb_midlayer.cli import main
 
-    assert main(["export", "minilm", str(tmp_path / "x")]) == 2
-    assert "--fuse" in capsys.readouterr().err
+    for flags in ([], ["--layer", "3", "--fuse", "0+6"]):  # neither, both: usage errors
+        with pytest.raises(SystemExit) as exit_:
+            main(["export", "minilm", str(tmp_path / "x"), *flags])
+        assert exit_.value.code == 2 and "--fuse" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_cli_sweep_fuse_dry_run(shared_data, tmp_path, capsys):

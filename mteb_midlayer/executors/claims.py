@@ -41,11 +41,11 @@ DEFAULT_HEARTBEAT_S = 30.0
 #: A claim whose last heartbeat is older than this is stale (another host, or a reused pid).
 DEFAULT_HEARTBEAT_STALE_S = 300.0
 #: The stale limit is at least this many of the holder's own heartbeat intervals.
-MIN_MISSED_BEATS = 3
+_MIN_MISSED_BEATS = 3
 
 
 @dataclass(frozen=True)
-class Holder:
+class _Holder:
     """Who holds a claim; `heartbeat_s` is None for a holder that does not beat (older ones)."""
 
     pid: int
@@ -54,7 +54,7 @@ class Holder:
     heartbeat_s: float | None = None
 
     @classmethod
-    def me(cls, heartbeat_s: float | None = None) -> Holder:
+    def me(cls, heartbeat_s: float | None = None) -> _Holder:
         return cls(os.getpid(), socket.gethostname(), time.time(), heartbeat_s)
 
     def is_me(self) -> bool:
@@ -77,7 +77,7 @@ class Holder:
         if local and not pid_alive(self.pid):
             return f"pid {self.pid} on {self.host} is gone"
         if self.heartbeat_s is not None and beat is not None:
-            limit = max(heartbeat_stale_s, MIN_MISSED_BEATS * self.heartbeat_s)
+            limit = max(heartbeat_stale_s, _MIN_MISSED_BEATS * self.heartbeat_s)
             if now - beat > limit:
                 return f"no heartbeat from pid {self.pid} on {self.host} for {now - beat:.0f} s"
             return None
@@ -86,12 +86,12 @@ class Holder:
         return None
 
 
-def read_holder(path: Path) -> Holder | None:
+def read_holder(path: Path) -> _Holder | None:
     """The claim's holder; `None` when the file is gone or torn (a holder killed mid-write)."""
     try:
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         beat = data.get("heartbeat_s")
-        return Holder(
+        return _Holder(
             pid=int(data["pid"]),
             host=str(data["host"]),
             time=float(data["time"]),
@@ -119,7 +119,7 @@ def try_claim(path: Path, heartbeat_s: float | None = DEFAULT_HEARTBEAT_S) -> bo
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    me = Holder.me(heartbeat_s)
+    me = _Holder.me(heartbeat_s)
     record: dict[str, Any] = {"pid": me.pid, "host": me.host, "time": me.time}
     if heartbeat_s is not None:
         record["heartbeat_s"] = heartbeat_s

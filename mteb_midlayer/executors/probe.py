@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-PROBE_PREFIX = ".midlayer-probe-"
+_PROBE_PREFIX = ".midlayer-probe-"
 
 
 class SharedFilesystemError(ValueError):
@@ -47,7 +47,7 @@ def write_probe(root: Path | str) -> Probe:
     root = Path(root).absolute()
     root.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(16)
-    path = root / f"{PROBE_PREFIX}{token}"
+    path = root / f"{_PROBE_PREFIX}{token}"
     path.write_text(token)
     return Probe(str(path), token)
 

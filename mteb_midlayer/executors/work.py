@@ -36,7 +36,7 @@ U = TypeVar("U")
 R = TypeVar("R")
 
 #: How often a unit waiting on another holder's claim looks again (seconds).
-CLAIM_POLL_S = 0.5
+_CLAIM_POLL_S = 0.5
 
 
 class UnitError(RuntimeError):
@@ -184,7 +184,7 @@ def run_encode_unit(
     unit: EncodeUnit,
     *,
     stale_s: float = claims.DEFAULT_STALE_S,
-    poll_s: float = CLAIM_POLL_S,
+    poll_s: float = _CLAIM_POLL_S,
     heartbeat_s: float = claims.DEFAULT_HEARTBEAT_S,
     heartbeat_stale_s: float = claims.DEFAULT_HEARTBEAT_STALE_S,
 ) -> EncodeReport:

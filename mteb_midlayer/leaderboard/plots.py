@@ -15,7 +15,7 @@ import pandas as pd
 from .. import frames
 from . import tables as T
 
-FORMATS = ("png", "svg")
+_FORMATS = ("png", "svg")
 
 
 def _plt():
@@ -34,7 +34,7 @@ def _save(fig, stem: Path | str) -> list[Path]:
     stem = Path(stem)
     stem.parent.mkdir(parents=True, exist_ok=True)
     paths = []
-    for ext in FORMATS:
+    for ext in _FORMATS:
         path = stem.parent / f"{stem.name}.{ext}"  # not with_suffix: names hold dots
         fig.savefig(path, dpi=110, bbox_inches="tight", metadata=_metadata(ext))
         paths.append(path)

@@ -483,7 +483,7 @@ class ManifestError(ValueError):
     """A `leaderboard.json` that cannot be read: named, and found before any page is written."""
 
 
-MANIFEST = "leaderboard.json"
+_MANIFEST = "leaderboard.json"
 
 
 def read_manifest(folder: Path | str) -> dict:
@@ -492,7 +492,7 @@ def read_manifest(folder: Path | str) -> dict:
     A file that is not JSON, or not the mapping `write_index` writes, is a `ManifestError`
     naming it (one line), so a caller can check it before writing anything.
     """
-    path = Path(folder) / MANIFEST
+    path = Path(folder) / _MANIFEST
     if not path.exists():
         return {}
     try:
@@ -531,7 +531,7 @@ def write_index(
     `manifest` is that list as `read_manifest` read it (read here when not given).
     """
     folder = Path(folder)
-    manifest_path = folder / MANIFEST
+    manifest_path = folder / _MANIFEST
     manifest = dict(read_manifest(folder) if manifest is None else manifest)
     manifest[benchmark] = {
         "page": page.name,

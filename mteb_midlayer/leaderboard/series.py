@@ -15,7 +15,7 @@ from .. import frames
 from . import plots as P
 
 #: What tells one series from another: the configuration less the revision (one per checkpoint).
-SERIES_KEYS = [c for c in frames.CONFIG_COLUMNS if c != "revision"]
+_SERIES_KEYS = [c for c in frames.CONFIG_COLUMNS if c != "revision"]
 
 
 def _order(rows: pd.DataFrame) -> list[str]:
@@ -30,9 +30,9 @@ def _series_groups(scores: pd.DataFrame) -> list[tuple[dict, pd.DataFrame]]:
         return []
     rows = scores.dropna(subset=["checkpoint"])
     out = []
-    for key, group in rows.groupby(SERIES_KEYS, dropna=False, sort=True):
+    for key, group in rows.groupby(_SERIES_KEYS, dropna=False, sort=True):
         group = group[group["dim"] == group["dim"].max()]
-        out.append((dict(zip(SERIES_KEYS, key, strict=True)), group))
+        out.append((dict(zip(_SERIES_KEYS, key, strict=True)), group))
     return out
 
 

@@ -234,7 +234,7 @@ def dim_table(scores: pd.DataFrame, config: dict) -> pd.DataFrame:
     return out
 
 
-SUMMARY_COLUMNS = [
+_SUMMARY_COLUMNS = [
     *frames.CONFIG_COLUMNS,
     "dim",
     "last_layer",
@@ -274,7 +274,7 @@ def summary_table(scores: pd.DataFrame) -> pd.DataFrame:
                 "tasks": lt.status.loc[last, "tasks"],
             }
         )
-    out = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
+    out = pd.DataFrame(rows, columns=_SUMMARY_COLUMNS)
     out["best_layer"] = out["best_layer"].astype("Int64")
     return out.sort_values(
         ["best_average", "model"], ascending=[False, True], na_position="last", ignore_index=True

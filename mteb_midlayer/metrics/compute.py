@@ -57,13 +57,13 @@ TOKEN_METRICS = frozenset({"prompt_entropy", "curvature", "curvature_abs"})
 _PER_TEXT = {"curvature": F.curvature_per_text, "curvature_abs": F.curvature_abs_per_text}
 VIEW_METRICS = frozenset({"infonce", "lidar", "dime"})
 #: Metrics of pooled vectors only (a fused slice has these: it has pooled vectors, no tokens).
-POOLED_METRICS = frozenset(METRICS) - TOKEN_METRICS
+_POOLED_METRICS = frozenset(METRICS) - TOKEN_METRICS
 #: One tidy row per (model, revision, dataset, layer, metric, variant): the metrics frame's schema,
 #: then the run that computed it (`frames.METRIC_RUN_COLUMNS`).
 ROW_COLUMNS = [*METRIC_COLUMNS, *METRIC_RUN_COLUMNS]
 #: Settings that do not change a value: runs that differ only here are one run (their rows may
 #: be read together, e.g. `--layers 0-3` then `--layers 4-6`).
-NOT_IN_RUN = frozenset({"metrics", "layers", "fuse"})
+_NOT_IN_RUN = frozenset({"metrics", "layers", "fuse"})
 
 
 def parse_metrics(metrics: Sequence[str] | str | None) -> list[str]:
@@ -80,7 +80,7 @@ def parse_metrics(metrics: Sequence[str] | str | None) -> list[str]:
 
 #: Precision of LiDAR's scatter over N * V rows, its cost: float32 moves LiDAR by <= 3e-7
 #: relative, even on collapsed views (see `functional.lidar`). DiME stays float64 throughout.
-LIDAR_SCATTER_DTYPE = torch.float32
+_LIDAR_SCATTER_DTYPE = torch.float32
 
 
 def _sync(device: torch.device) -> None:
@@ -309,7 +309,7 @@ def compute_rows(
                 add(layer, "dime", "value", F.dime(a, b, alpha, n_perms, gen), n_texts)
         if "lidar" in metrics:
             with timer("lidar"):
-                value = F.lidar(views[i], scatter_dtype=LIDAR_SCATTER_DTYPE)
+                value = F.lidar(views[i], scatter_dtype=_LIDAR_SCATTER_DTYPE)
                 add(layer, "lidar", f"n_views={views.shape[2]}", value, n_texts)
     return rows
 
@@ -329,7 +329,7 @@ def _compute_fused_rows(
     augmented view's), exactly what `sweep --fuse` scores; token-level metrics are not defined
     on a fusion and are left out.
     """
-    chosen = [m for m in metrics if m in POOLED_METRICS]
+    chosen = [m for m in metrics if m in _POOLED_METRICS]
     rows: list[dict[str, Any]] = []
     for fusion in fusions if chosen else ():
         x = fuse_stacked(pooled, layers, fusion)[None]
@@ -424,7 +424,7 @@ def run_identity(keyed: dict[str, Any], final_norm: str) -> str:
     Readers never mix two identities' rows of one metric on one dataset (`frames.metrics_frame`
     keeps the newest run).
     """
-    kept = {k: v for k, v in keyed.items() if k not in NOT_IN_RUN}
+    kept = {k: v for k, v in keyed.items() if k not in _NOT_IN_RUN}
     kept["final_norm"] = final_norm
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:12]
 

@@ -24,11 +24,11 @@ from pathlib import Path
 from ..tasks.kinds.base import LocalDataError, Row, read_jsonl
 from ..tasks.kinds.base import iter_lines as _iter_lines
 
-__all__ = ["JSONL_SUFFIXES", "Corpus", "read_corpus", "read_texts_file"]
+__all__ = ["Corpus", "read_corpus", "read_texts_file"]
 
-JSONL_SUFFIXES = (".jsonl", ".json")
+_JSONL_SUFFIXES = (".jsonl", ".json")
 #: The name of a corpus given as a list of texts rather than a file.
-LIST_NAME = "texts"
+_LIST_NAME = "texts"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
@@ -81,7 +81,7 @@ def read_texts_file(path: Path | str) -> list[str]:
     """
     path = Path(path)
     lineno, first = _first_line(path)
-    is_jsonl = path.suffix.lower() in JSONL_SUFFIXES or _is_json_object(first)
+    is_jsonl = path.suffix.lower() in _JSONL_SUFFIXES or _is_json_object(first)
     if is_jsonl and first.lstrip().startswith("["):
         raise LocalDataError(
             "a JSON array; write one JSON object per line (JSON Lines) instead", path, lineno
@@ -116,5 +116,5 @@ def read_corpus(source: Path | str | Sequence[str]) -> Corpus:
         texts = [t for t in texts if t.strip()]
         if not texts:
             raise ValueError("texts holds no non-blank text")
-        name = LIST_NAME
+        name = _LIST_NAME
     return Corpus(name=name, texts=tuple(texts), digest=corpus_digest(texts))

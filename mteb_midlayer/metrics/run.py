@@ -48,7 +48,7 @@ logger = logging.getLogger(__name__)
 
 
 #: Options of a sweep that `layer_metrics` does not read: naming one is a `TypeError`.
-NOT_READ = frozenset(
+_NOT_READ = frozenset(
     {"dims", "normalize", "shard_size", "search_backend", "jobs", "dry_run"}
     | {"prompts", "include_prompt"}
 )
@@ -105,7 +105,7 @@ def layer_metrics(
     roots=[output])`): one unit per task (`plan.MetricsUnit`, `executors.work.run_metrics_unit`
     in a worker that loads the model); a corpus is computed here.
     """
-    routed = route_options("layer_metrics", options, unused=NOT_READ)
+    routed = route_options("layer_metrics", options, unused=_NOT_READ)
     passes = with_options(passes, PassOptions, routed["passes"])
     run = with_options(run, RunOptions, routed["run"])
     measure = with_options(measure, MetricOptions, routed["measure"])

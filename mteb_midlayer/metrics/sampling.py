@@ -16,7 +16,7 @@ from ..tasks.benchmark import english_task_subsets
 from .corpus import Corpus
 
 #: Columns that hold model inputs in mteb 2 datasets (ids, labels and scores are skipped).
-TEXT_COLUMNS = ("text", "sentence1", "sentence2", "sentences")
+_TEXT_COLUMNS = ("text", "sentence1", "sentence2", "sentences")
 
 
 def _split_parts(task: Any, split: str) -> Iterator[Any]:
@@ -35,7 +35,7 @@ def _texts_of(part: Any) -> Iterator[str]:
             if part.get(key) is not None:
                 yield from _texts_of(part[key])
         return
-    for column in TEXT_COLUMNS:
+    for column in _TEXT_COLUMNS:
         if column not in part.column_names:
             continue
         for value in part[column]:

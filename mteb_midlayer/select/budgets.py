@@ -15,12 +15,12 @@ import pandas as pd
 from .. import frames
 
 #: A configuration without its width: the best is taken over (layer, dim) inside one.
-GROUP = frames.CONFIG_COLUMNS
+_GROUP = frames.CONFIG_COLUMNS
 #: `fuse`: a fused slice's label ("" for one layer); its `layer` is its deepest fused layer,
 #: so budgets and the Pareto front count what a fusion costs (its deepest layer's blocks).
-BEST_COLUMNS = [*GROUP, "budget", "layer", "dim", "score", "n_layers", "fuse"]
-PARETO_COLUMNS = [*GROUP, "layer", "dim", "score", "fuse"]
-FOLD_COLUMNS = [*GROUP, "left_out", "layer", "dim", "score", "best_score", "regret", "fuse"]
+_BEST_COLUMNS = [*_GROUP, "budget", "layer", "dim", "score", "n_layers", "fuse"]
+_PARETO_COLUMNS = [*_GROUP, "layer", "dim", "score", "fuse"]
+_FOLD_COLUMNS = [*_GROUP, "left_out", "layer", "dim", "score", "best_score", "regret", "fuse"]
 
 
 class BudgetError(ValueError):
@@ -91,7 +91,7 @@ def best_frame(layer_scores: pd.DataFrame, budgets: list[Budget] | None = None) 
     """
     budgets = [Budget(), *[b for b in budgets or [] if not b.is_none]]
     rows = []
-    for key, cell in _overall(layer_scores).groupby(GROUP, dropna=False, sort=True):
+    for key, cell in _overall(layer_scores).groupby(_GROUP, dropna=False, sort=True):
         recorded = frames.model_layers(cell)
         n_layers = int(recorded) if recorded == recorded else int(cell["layer"].max())
         for budget in budgets:
@@ -102,7 +102,7 @@ def best_frame(layer_scores: pd.DataFrame, budgets: list[Budget] | None = None) 
             top = _pick(fits)
             rows.append(
                 {
-                    **dict(zip(GROUP, key, strict=True)),
+                    **dict(zip(_GROUP, key, strict=True)),
                     "budget": budget.label,
                     "layer": int(top["layer"]),
                     "dim": int(top["dim"]),
@@ -111,7 +111,7 @@ def best_frame(layer_scores: pd.DataFrame, budgets: list[Budget] | None = None) 
                     "fuse": top["fuse"],
                 }
             )
-    return pd.DataFrame(rows, columns=BEST_COLUMNS)
+    return pd.DataFrame(rows, columns=_BEST_COLUMNS)
 
 
 def pareto_frame(layer_scores: pd.DataFrame) -> pd.DataFrame:
@@ -120,7 +120,7 @@ def pareto_frame(layer_scores: pd.DataFrame) -> pd.DataFrame:
     Layers run = the layer index: the exported model runs blocks 1..layer (a fusion's deepest).
     """
     rows = []
-    for key, cell in _overall(layer_scores).groupby(GROUP, dropna=False, sort=True):
+    for key, cell in _overall(layer_scores).groupby(_GROUP, dropna=False, sort=True):
         points = cell[["layer", "dim", "score", "fuse"]].to_numpy()
         for layer, dim, score, fuse in points:
             dominated = any(
@@ -130,15 +130,15 @@ def pareto_frame(layer_scores: pd.DataFrame) -> pd.DataFrame:
             if not dominated:
                 rows.append(
                     {
-                        **dict(zip(GROUP, key, strict=True)),
+                        **dict(zip(_GROUP, key, strict=True)),
                         "layer": int(layer),
                         "dim": int(dim),
                         "score": float(score),
                         "fuse": fuse,
                     }
                 )
-    df = pd.DataFrame(rows, columns=PARETO_COLUMNS)
-    return df.drop_duplicates().sort_values([*GROUP, "layer", "dim"], ignore_index=True)
+    df = pd.DataFrame(rows, columns=_PARETO_COLUMNS)
+    return df.drop_duplicates().sort_values([*_GROUP, "layer", "dim"], ignore_index=True)
 
 
 def stability_folds(scores: pd.DataFrame, tasks: list[str] | None = None) -> pd.DataFrame:
@@ -151,7 +151,7 @@ def stability_folds(scores: pd.DataFrame, tasks: list[str] | None = None) -> pd.
     frames.check_scores(frames.with_fuse(scores))
     scores = frames.with_fuse(scores)
     rows = []
-    for key, cell in scores.groupby(GROUP, dropna=False, sort=True):
+    for key, cell in scores.groupby(_GROUP, dropna=False, sort=True):
         names = list(dict.fromkeys(tasks if tasks is not None else cell["task"]))
         if len(names) < 2:
             continue
@@ -169,7 +169,7 @@ def stability_folds(scores: pd.DataFrame, tasks: list[str] | None = None) -> pd.
             best = float(held.max())
             rows.append(
                 {
-                    **dict(zip(GROUP, key, strict=True)),
+                    **dict(zip(_GROUP, key, strict=True)),
                     "left_out": task,
                     "layer": at[0],
                     "dim": at[1],
@@ -179,7 +179,7 @@ def stability_folds(scores: pd.DataFrame, tasks: list[str] | None = None) -> pd.
                     "fuse": at[2],
                 }
             )
-    return pd.DataFrame(rows, columns=FOLD_COLUMNS)
+    return pd.DataFrame(rows, columns=_FOLD_COLUMNS)
 
 
 def stability_summary(folds: pd.DataFrame, best: pd.DataFrame) -> list[dict]:
@@ -187,8 +187,8 @@ def stability_summary(folds: pd.DataFrame, best: pd.DataFrame) -> list[dict]:
     pick made on every task (1.0 = the choice does not hinge on any single task)."""
     out = []
     unconstrained = best[best["budget"] == "none"]
-    for key, cell in folds.groupby(GROUP, dropna=False, sort=True):
-        config = dict(zip(GROUP, key, strict=True))
+    for key, cell in folds.groupby(_GROUP, dropna=False, sort=True):
+        config = dict(zip(_GROUP, key, strict=True))
         match = unconstrained
         for col, value in config.items():
             match = match[match[col] == value]

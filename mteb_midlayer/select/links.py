@@ -33,13 +33,13 @@ LINK_COLUMNS = [
 #: `dataset` of a metric averaged over every dataset it was computed on.
 MEAN_DATASET = "mean"
 #: Fewer layers than this give no correlation (NaN): two points always correlate perfectly.
-MIN_LAYERS = 3
+_MIN_LAYERS = 3
 
 
 def correlations(m: Sequence[float], s: Sequence[float]) -> dict[str, float]:
     """Spearman, Pearson, Kendall and distance correlation of two aligned series.
 
-    NaN for fewer than `MIN_LAYERS` points or a constant series (no ranking to compare).
+    NaN for fewer than `_MIN_LAYERS` points or a constant series (no ranking to compare).
     """
     x = np.asarray(m, dtype=float)
     y = np.asarray(s, dtype=float)
@@ -47,7 +47,7 @@ def correlations(m: Sequence[float], s: Sequence[float]) -> dict[str, float]:
         raise ValueError(f"series differ in length: {x.shape} vs {y.shape}")
     out = {"n_layers": len(x), "spearman": math.nan, "pearson": math.nan, "kendall": math.nan}
     out["dcor"] = math.nan
-    if len(x) < MIN_LAYERS or np.ptp(x) == 0 or np.ptp(y) == 0:
+    if len(x) < _MIN_LAYERS or np.ptp(x) == 0 or np.ptp(y) == 0:
         return out
     out["spearman"] = float(stats.spearmanr(x, y).statistic)
     out["pearson"] = float(stats.pearsonr(x, y).statistic)

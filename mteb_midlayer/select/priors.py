@@ -6,7 +6,7 @@ files of Skean et al. 2025 ("Layer by Layer", arXiv 2502.02013), with the author
 (`curvature_abs`, LiDAR as its entropy, InfoNCE as the loss). `None` marks a cell the table
 leaves empty ("-").
 
-`PRIOR_MAP` says how each of *our* (metric, variant) pairs reads a prior column: +1 when our
+`_PRIOR_MAP` says how each of *our* (metric, variant) pairs reads a prior column: +1 when our
 variant runs the same way as theirs, -1 when it runs opposite (our signed `curvature` against
 their `curvature_abs`; our InfoNCE `mi_bound = 1 - loss / log N` against the loss). Our LiDAR
 is exp of theirs: same ranks, same sign.
@@ -45,7 +45,7 @@ PRIOR_TABLE: dict[str, dict[str, float | None]] = {
 DEFAULT_PRIOR = "pythia-410m"
 
 #: Our metric name -> {our variant or "*": (prior column, sign of ours relative to theirs)}.
-PRIOR_MAP: dict[str, dict[str, tuple[str, int]]] = {
+_PRIOR_MAP: dict[str, dict[str, tuple[str, int]]] = {
     "prompt_entropy": {"*": ("prompt_entropy", +1)},
     "dataset_entropy": {"*": ("dataset_entropy", +1)},
     "curvature_abs": {"*": ("curvature_abs", +1)},
@@ -78,7 +78,7 @@ def check_prior(row: str) -> str:
 
 def prior_direction(metric: str, variant: str, row: str = DEFAULT_PRIOR) -> str | None:
     """ "max" or "min" for our `(metric, variant)` under prior `row`; None when it has none."""
-    mapping = PRIOR_MAP.get(metric, {})
+    mapping = _PRIOR_MAP.get(metric, {})
     entry = mapping.get(variant) or mapping.get("*")
     if entry is None:
         return None

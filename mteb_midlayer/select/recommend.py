@@ -32,9 +32,9 @@ from .rules import Rule, judge, make_rule, outcome
 #: The baseline rules: always the deepest scored layer, always the one nearest the middle.
 LAST_RULE = "last layer"
 MIDDLE_RULE = "middle layer"
-BASELINES = (LAST_RULE, MIDDLE_RULE)
+_BASELINES = (LAST_RULE, MIDDLE_RULE)
 #: JSON keys of a `recommended` row (the contract; issue 23), then extras.
-RECOMMENDED_COLUMNS = [
+_RECOMMENDED_COLUMNS = [
     *frames.CONFIG_COLUMNS,
     "dim",
     "rule",
@@ -57,7 +57,7 @@ RECOMMENDED_COLUMNS = [
     "exported",
 ]
 #: Every candidate rule of a judged model, scored on the other models.
-CANDIDATE_COLUMNS = [
+_CANDIDATE_COLUMNS = [
     "model",
     "rule",
     "metric",
@@ -71,7 +71,7 @@ CANDIDATE_COLUMNS = [
     "mean_gain",
 ]
 #: Mean regrets closer than this are a tie (floating-point noise is not a better rule).
-TIE = 1e-12
+_TIE = 1e-12
 
 
 class RecommendationError(ValueError):
@@ -83,9 +83,9 @@ class Recommendation:
     """`recommended` rows (one per configuration and dim of each judged model), the candidates
     they were chosen from, the summary over models, and notes."""
 
-    rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RECOMMENDED_COLUMNS))
+    rows: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=_RECOMMENDED_COLUMNS))
     candidates: pd.DataFrame = field(
-        default_factory=lambda: pd.DataFrame(columns=CANDIDATE_COLUMNS)
+        default_factory=lambda: pd.DataFrame(columns=_CANDIDATE_COLUMNS)
     )
     summary: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -146,7 +146,7 @@ def judge_baseline(name: str, scores: pd.Series, n_layers: float = math.nan) -> 
     elif name == MIDDLE_RULE:
         chosen = middle_layer(layers, n_layers)
     else:
-        raise RecommendationError(f"{name!r} is not a baseline rule; choose one of {BASELINES}.")
+        raise RecommendationError(f"{name!r} is not a baseline rule; choose one of {_BASELINES}.")
     return outcome(scores, chosen)
 
 
@@ -174,10 +174,10 @@ def _order(item: tuple[Any, float]) -> tuple:
     datasets' mean (less noisy than one dataset), then the other metric rules by name."""
     key, mean = item
     if isinstance(key, str):
-        rank = BASELINES.index(key)
+        rank = _BASELINES.index(key)
     else:
-        rank = len(BASELINES) + (key[2] != MEAN_DATASET)
-    return (round(mean / TIE) if math.isfinite(mean) else math.inf, rank, str(key))
+        rank = len(_BASELINES) + (key[2] != MEAN_DATASET)
+    return (round(mean / _TIE) if math.isfinite(mean) else math.inf, rank, str(key))
 
 
 def recommend_frames(
@@ -203,12 +203,12 @@ def recommend_frames(
     rows, candidate_rows = [], []
     for judged in models:
         others = [m for m in models if m != judged]
-        rules: dict[Any, Rule | str | None] = {b: b for b in BASELINES}
+        rules: dict[Any, Rule | str | None] = {b: b for b in _BASELINES}
         # per candidate and other model: the regrets and gains of its configurations
         regrets: dict[Any, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         gains: dict[Any, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
         for cell in (c for c in cells if c.config["model"] != judged):
-            keys: list[Any] = [*BASELINES, *cell.series]
+            keys: list[Any] = [*_BASELINES, *cell.series]
             for key in keys:
                 if key not in rules:
                     rules[key] = make_rule(correlations, *key, judged_model=judged, prior=prior)
@@ -252,8 +252,8 @@ def recommend_frames(
                 }
             )
     out = Recommendation(
-        rows=pd.DataFrame(rows, columns=RECOMMENDED_COLUMNS),
-        candidates=pd.DataFrame(candidate_rows, columns=CANDIDATE_COLUMNS),
+        rows=pd.DataFrame(rows, columns=_RECOMMENDED_COLUMNS),
+        candidates=pd.DataFrame(candidate_rows, columns=_CANDIDATE_COLUMNS),
     )
     out.summary = _summarize(out.rows)
     return out
@@ -274,7 +274,7 @@ def _summarize(rows: pd.DataFrame) -> dict[str, Any]:
         "mean_regret": mean_regret,
         "last_layer_mean_regret": last_regret,
         "mean_gain": float(per_model["gain"].mean()),
-        "pays": bool(mean_regret < last_regret - TIE),
+        "pays": bool(mean_regret < last_regret - _TIE),
     }
 
 

@@ -17,7 +17,7 @@ from .. import frames
 from .links import matching_series, metric_series
 from .priors import DEFAULT_PRIOR, check_prior, prior_direction
 
-DIRECTIONS = ("max", "min")
+_DIRECTIONS = ("max", "min")
 RULE_COLUMNS = [
     *frames.CONFIG_COLUMNS,
     "dim",
@@ -54,8 +54,8 @@ class Rule:
     direction_from: str
 
     def __post_init__(self) -> None:
-        if self.direction not in DIRECTIONS:
-            raise RuleError(f"Rule direction {self.direction!r} is not one of {DIRECTIONS}.")
+        if self.direction not in _DIRECTIONS:
+            raise RuleError(f"Rule direction {self.direction!r} is not one of {_DIRECTIONS}.")
         if not self.direction_from.startswith(("prior:", "models:")):
             raise RuleError(
                 f"direction_from {self.direction_from!r} must start with 'prior:' or 'models:'."

@@ -27,9 +27,9 @@ from .rules import RULE_COLUMNS, losing_notes, rules_frame
 from .series import checkpoint_best
 
 #: JSON keys of each section's rows (the contract; extra keys may follow).
-SCORE_KEYS = [*frames.CONFIG_COLUMNS, "dim", "layer", "task_type", "score", "n_tasks"]
+_SCORE_KEYS = [*frames.CONFIG_COLUMNS, "dim", "layer", "task_type", "score", "n_tasks"]
 #: Extra key of every scores/best/pareto row: a fused slice's label ("" for one layer).
-FUSE_KEY = "fuse"
+_FUSE_KEY = "fuse"
 
 
 @dataclass
@@ -75,7 +75,7 @@ class Selection:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "scores": _records(self.scores, [*SCORE_KEYS, "n_expected", "missing", FUSE_KEY]),
+            "scores": _records(self.scores, [*_SCORE_KEYS, "n_expected", "missing", _FUSE_KEY]),
             "correlations": _records(self.correlations, LINK_COLUMNS),
             "rules": _records(self.rules, RULE_COLUMNS),
             "best": _records(self.best, list(self.best.columns)),
@@ -134,7 +134,7 @@ def _incomplete_notes(layer_scores: pd.DataFrame) -> list[str]:
 
 
 #: How the note on configurations with different tasks begins.
-RANKED_ON = "ranked on the tasks they all have:"
+_RANKED_ON = "ranked on the tasks they all have:"
 
 
 def _task_sets(scores: pd.DataFrame, best: pd.DataFrame) -> dict[tuple, list[str]]:
@@ -179,7 +179,7 @@ def _rank_across(
     shared = frames.layer_scores(scores[scores["task"].isin(common)], tasks=common)
     selection.across = best_frame(shared, list(budgets))
     selection.notes.append(
-        f"{RANKED_ON} {', '.join(common)} (the configurations' tasks differ: "
+        f"{_RANKED_ON} {', '.join(common)} (the configurations' tasks differ: "
         + "; ".join(extra)
         + "); the best across configurations is their mean on these, each configuration's "
         "own best above is on its own tasks"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,49 @@ for _var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
 #: ../shared/data/mteb relative to the repository root (public copies of MTEB task data).
 SHARED_DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "mteb"
 SHARED_README = SHARED_DATA.parent / "README.md"
+
+#: "here" scores of ../shared/data/README.md, by (task, subset).
+README_HERE = {
+    ("BIOSSES", "default"): 0.81254,
+    ("STSBenchmark", "default"): 0.82032,
+    ("STS12", "default"): 0.72369,
+    ("STS13", "default"): 0.80603,
+    ("STS14", "default"): 0.75589,
+    ("Banking77Classification", "default"): 0.80042,
+    ("AmazonCounterfactualClassification", "en"): 0.63642,
+    ("AmazonCounterfactualClassification", "en-ext"): 0.65592,
+    ("TweetSentimentExtractionClassification", "default"): 0.54044,
+    ("TwitterURLCorpus", "default"): 0.77117,
+    ("SciFact", "default"): 0.64508,
+}
+
+
+def evaluate_one(model, task):
+    """mteb's own scoring of one task: its `TaskResult`."""
+    import mteb
+
+    results = mteb.evaluate(model, task, cache=None, co2_tracker=False, raise_error=True)
+    (result,) = results.task_results
+    return result
+
+
+def check_readme_score(encoder, shared_data, name: str, subsets: list[str] | None = None):
+    """`encoder`'s scores of `name` on the shared data equal the README's "here" column."""
+    import mteb
+
+    from mteb_midlayer.tasks.local import local_task
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        task = local_task(mteb.get_task(name, hf_subsets=subsets), shared_data / name)
+        result = evaluate_one(encoder, task)
+    got = {s["hf_subset"]: s["main_score"] for s in result.scores["test"]}
+    want = {sub: README_HERE[(name, sub)] for sub in got}
+    assert set(got) == set(subsets or ["default"])
+    for sub in got:
+        assert got[sub] == pytest.approx(want[sub], abs=1e-4), (name, sub, got[sub], want[sub])
+    return result
+
 
 #: Long score checks (a minute or more each on 2 CPU cores) run only when this is set to 1.
 FULL_SCORES = os.environ.get("MTEB_MIDLAYER_FULL_SCORES") == "1"

@@ -5,14 +5,13 @@ A score that differs is a bug in our pipeline until proven otherwise.
 
 By default one task of every type in the shared data runs (BIOSSES: STS;
 AmazonCounterfactualClassification en: Classification; TwitterURLCorpus: PairClassification;
-SciFact: Retrieval, ~3 minutes on 2 CPU cores). The other tasks run with
+SciFact: Retrieval, in test_scores_retrieval.py). The other tasks run with
 ``MTEB_MIDLAYER_FULL_SCORES=1``.
 """
 
 from __future__ import annotations
 
 import re
-import warnings
 
 import mteb
 import pytest
@@ -25,52 +24,21 @@ from mteb_midlayer.tasks.local import local_task
 from .conftest import (
     CLUSTER_SETS,
     FULL_SCORES,
+    README_HERE,
     RERANK_CORPUS,
     RERANK_QRELS,
     RERANK_QUERIES,
     RERANK_TOP,
     SHARED_README,
+    check_readme_score,
+    evaluate_one,
     make_clustering_folder,
     make_reranking_folder,
 )
 
-#: "here" scores of ../shared/data/README.md, by (task, subset).
-README_HERE = {
-    ("BIOSSES", "default"): 0.81254,
-    ("STSBenchmark", "default"): 0.82032,
-    ("STS12", "default"): 0.72369,
-    ("STS13", "default"): 0.80603,
-    ("STS14", "default"): 0.75589,
-    ("Banking77Classification", "default"): 0.80042,
-    ("AmazonCounterfactualClassification", "en"): 0.63642,
-    ("AmazonCounterfactualClassification", "en-ext"): 0.65592,
-    ("TweetSentimentExtractionClassification", "default"): 0.54044,
-    ("TwitterURLCorpus", "default"): 0.77117,
-    ("SciFact", "default"): 0.64508,
-}
-
 full = pytest.mark.skipif(
     not FULL_SCORES, reason="long score check: set MTEB_MIDLAYER_FULL_SCORES=1"
 )
-
-
-def _evaluate(model, task) -> mteb.TaskResult:
-    results = mteb.evaluate(model, task, cache=None, co2_tracker=False, raise_error=True)
-    (result,) = results.task_results
-    return result
-
-
-def _check(encoder, shared_data, name: str, subsets: list[str] | None = None):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        task = local_task(mteb.get_task(name, hf_subsets=subsets), shared_data / name)
-        result = _evaluate(encoder, task)
-    got = {s["hf_subset"]: s["main_score"] for s in result.scores["test"]}
-    want = {sub: README_HERE[(name, sub)] for sub in got}
-    assert set(got) == set(subsets or ["default"])
-    for sub in got:
-        assert got[sub] == pytest.approx(want[sub], abs=1e-4), (name, sub, got[sub], want[sub])
-    return result
 
 
 def test_readme_still_says_so():
@@ -88,25 +56,19 @@ def test_readme_still_says_so():
 
 @pytest.mark.slow
 def test_sts_biosses(encoder, shared_data):
-    _check(encoder, shared_data, "BIOSSES")
+    check_readme_score(encoder, shared_data, "BIOSSES")
 
 
 @pytest.mark.slow
 def test_classification_amazon_counterfactual_en(encoder, shared_data):
-    result = _check(encoder, shared_data, "AmazonCounterfactualClassification", ["en"])
+    result = check_readme_score(encoder, shared_data, "AmazonCounterfactualClassification", ["en"])
     assert task_main_score(result) == pytest.approx(0.63642, abs=1e-4)
 
 
 @pytest.mark.slow
 def test_pair_classification_twitter_url(encoder, shared_data):
     # ~40 s: 18,668 sentences of which 8,382 distinct, each encoded once by LayerEncoder
-    _check(encoder, shared_data, "TwitterURLCorpus")
-
-
-@pytest.mark.slow
-def test_retrieval_scifact(encoder, shared_data):
-    # ~3 min: 5,183 abstracts at up to 256 tokens, each encoded once
-    _check(encoder, shared_data, "SciFact")
+    check_readme_score(encoder, shared_data, "TwitterURLCorpus")
 
 
 @pytest.mark.slow
@@ -124,7 +86,7 @@ def test_retrieval_scifact(encoder, shared_data):
     ],
 )
 def test_full(encoder, shared_data, name, subsets):
-    _check(encoder, shared_data, name, subsets)
+    check_readme_score(encoder, shared_data, name, subsets)
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,7 +124,7 @@ def test_clustering_synthetic(encoder, tmp_path):
             }
         ),
     )
-    got, want = _evaluate(encoder, local), _evaluate(encoder, ref)
+    got, want = evaluate_one(encoder, local), evaluate_one(encoder, ref)
     assert _scores(got) == _scores(want)
     assert 0.5 < got.scores["test"][0]["main_score"] <= 1.0  # three clear topics per set
 
@@ -194,6 +156,6 @@ def test_reranking_synthetic(encoder, tmp_path):
             }
         },
     )
-    got, want = _evaluate(encoder, local), _evaluate(encoder, ref)
+    got, want = evaluate_one(encoder, local), evaluate_one(encoder, ref)
     assert _scores(got) == _scores(want)
     assert got.scores["test"][0]["main_score"] > 0.8  # near-duplicate questions rank first
