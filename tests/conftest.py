@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +106,60 @@ def mock_sts_task():
     from mteb.mocks.mock_tasks import MockSTSTask
 
     return MockSTSTask()
+
+
+#: Texts and pooling modes of the sentence-transformers models built by `build_st`.
+ST_TEXTS = ["a short one", "a somewhat longer sentence, with punctuation!", "x", "mid length text"]
+ST_MODES = ["cls", "mean", "max", "lasttoken", "weightedmean", "mean_sqrt_len_tokens"]
+
+
+def build_st(
+    path,
+    mode: str,
+    *,
+    normalize: bool = False,
+    dense: bool = False,
+    arch: str = "bert",
+    tokenizer=None,
+    prompts: dict[str, str] | None = None,
+    **pooling_kw,
+):
+    """A SentenceTransformer of a tiny `arch` model (BERT by default) with `mode` pooling (and
+    `prompts`), saved to `path`."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.sentence_transformer.modules import (
+        Dense,
+        Normalize,
+        Pooling,
+        Transformer,
+    )
+
+    base = path.parent / f"{path.name}-{arch}"
+    tiny_model(arch).save_pretrained(base)
+    (tokenizer or tiny_tokenizer()).save_pretrained(base)
+    first = Transformer(str(base), max_seq_length=32)
+    modules = [first, Pooling(first.get_embedding_dimension(), pooling_mode=mode, **pooling_kw)]
+    if dense:
+        modules.append(Dense(32, 8))
+    if normalize:
+        modules.append(Normalize())
+    SentenceTransformer(modules=modules, device="cpu", prompts=prompts).save(str(path))
+    return SentenceTransformer(str(path), device="cpu")
+
+
+def failing_forward(lm, max_rows, calls):
+    """Make the network raise CUDA's out-of-memory error on batches above `max_rows` rows."""
+    forward = lm.model.forward
+
+    @functools.wraps(forward)
+    def fake(*args, **kwargs):
+        rows = kwargs["input_ids"].shape[0]
+        calls.append(rows)
+        if rows > max_rows:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {rows} GiB")
+        return forward(*args, **kwargs)
+
+    lm.model.forward = fake
 
 
 #: Fixtures that mean a real model, a real cluster or many real texts: a test using one is

@@ -369,36 +369,17 @@ def test_encoder_token_budget_changes_nothing():
 def test_sweep_last_and_every_in_one_pass_equal_two_single_runs(tmp_path):
     lm = tiny_layer_model("llama")
     calls = count_forwards(lm)
-    both = sweep(
-        lm,
-        tasks=[mock_sts_task()],
-        layers=[0, 2, 4],
-        final_norm="last,every",
-        output=tmp_path / "both",
-        show_progress=False,
-        batch_size=64,
-    ).scores
+
+    def run(out: str, **options):
+        kw = dict(layers=[0, 2, 4], show_progress=False, batch_size=64)
+        return sweep(lm, tasks=[mock_sts_task()], output=tmp_path / out, **kw, **options)
+
+    both = run("both", final_norm="last,every").scores
     forwards_both = len(calls)
     calls.clear()
-    sweep(
-        lm,
-        tasks=[mock_sts_task()],
-        layers=[0, 2, 4],
-        output=tmp_path / "last",
-        show_progress=False,
-        batch_size=64,
-    )
+    run("last")
     forwards_last = len(calls)
-    sweep(
-        lm,
-        tasks=[mock_sts_task()],
-        layers=[0, 2, 4],
-        final_norm="every",
-        output=tmp_path / "every",
-        show_progress=False,
-        batch_size=64,
-        max_tokens_per_batch=64,  # batching is no part of any result
-    )
+    run("every", final_norm="every", max_tokens_per_batch=64)  # batching is in no result
     assert forwards_both == forwards_last > 0  # both settings from the same forward passes
     got = _scores(tmp_path / "both")
     want = pd.concat([_scores(tmp_path / "last"), _scores(tmp_path / "every")]).sort_index()

@@ -1,17 +1,20 @@
 """`LayerModel.iter_batches`: token-budget batches, out-of-memory back-off, non-finite vectors,
-both final norms from one pass; the batch planner and the dtype default."""
+both final norms from one pass; the batch planner and the dtype default; sentence-transformers
+folders pooled as their authors configured them (a tiny BERT plus ST's own modules, saved to
+tmp_path, against `SentenceTransformer.encode`)."""
 
-import functools
 import logging
 
+import numpy as np
 import pytest
 import torch
 
 from mteb_midlayer.batching import NonFiniteError, is_out_of_memory, length_order, plan_batches
+from mteb_midlayer.encoder import LayerEncoder
 from mteb_midlayer.layers import find_final_norm
 from mteb_midlayer.model import LayerModel, resolve_dtype
 
-from .conftest import tiny_model, tiny_tokenizer
+from .conftest import ST_MODES, ST_TEXTS, build_st, failing_forward, tiny_model, tiny_tokenizer
 
 TEXTS = [
     "a",
@@ -82,26 +85,11 @@ def test_token_budget_batches_equal_fixed_size_batches(arch):
     torch.testing.assert_close(budget, fixed, rtol=0, atol=1e-5)
 
 
-def _failing_forward(lm, max_rows, calls):
-    """Make the network raise CUDA's out-of-memory error on batches above `max_rows` rows."""
-    forward = lm.model.forward
-
-    @functools.wraps(forward)
-    def fake(*args, **kwargs):
-        rows = kwargs["input_ids"].shape[0]
-        calls.append(rows)
-        if rows > max_rows:
-            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {rows} GiB")
-        return forward(*args, **kwargs)
-
-    lm.model.forward = fake
-
-
 def test_out_of_memory_halves_the_batch_and_goes_on(caplog):
     lm = _lm("gpt2")
     expected, _ = _collect(lm.iter_batches(TEXTS, [1, 3], "last", batch_size=8))
     calls = []
-    _failing_forward(lm, max_rows=2, calls=calls)
+    failing_forward(lm, max_rows=2, calls=calls)
     with caplog.at_level(logging.DEBUG, logger="mteb_midlayer.model"):
         got, sizes = _collect(lm.iter_batches(TEXTS, [1, 3], "last", batch_size=8))
         assert calls == [8, 4, 2, 2, 2, 2]
@@ -119,11 +107,11 @@ def test_out_of_memory_halves_the_batch_and_goes_on(caplog):
 def test_out_of_memory_with_token_budget_and_on_a_single_text():
     lm = _lm("llama")
     calls = []
-    _failing_forward(lm, max_rows=1, calls=calls)
+    failing_forward(lm, max_rows=1, calls=calls)
     got, sizes = _collect(lm.iter_batches(TEXTS, [2], "mean", max_tokens_per_batch=400))
     assert set(sizes) == {1} and len(got) == len(TEXTS)
     lm = _lm("llama")
-    _failing_forward(lm, max_rows=0, calls=[])
+    failing_forward(lm, max_rows=0, calls=[])
     with pytest.raises(torch.OutOfMemoryError):
         list(lm.iter_batches(["one text"], [2], "mean"))
 
@@ -242,3 +230,35 @@ def test_layer_encoder_refuses_non_finite_vectors():
     encoder = LayerEncoder(lm, layer=2, search_backend="torch")
     with pytest.raises(NonFiniteError, match=r"Layer 2 .*text 0 'hello'"):
         encoder.embed(["hello"])
+
+
+# ------------------------------------------ sentence-transformers folders, pooled as configured
+@pytest.mark.parametrize("mode", ST_MODES)
+def test_last_layer_matches_sentence_transformers_encode(mode, tmp_path):
+    st = build_st(tmp_path / mode, mode, normalize=mode == "mean")
+    expected = st.encode(ST_TEXTS, convert_to_numpy=True, batch_size=2)
+    enc = LayerEncoder(str(tmp_path / mode), layer=-1, device="cpu", batch_size=3)
+    assert enc.lm.max_length == 32
+    np.testing.assert_allclose(enc.embed(ST_TEXTS), expected, atol=1e-5)
+
+
+def test_include_prompt_false_without_prompts_matches(tmp_path):
+    st = build_st(tmp_path / "m", "mean", include_prompt=False)
+    expected = st.encode(ST_TEXTS, convert_to_numpy=True)
+    enc = LayerEncoder(str(tmp_path / "m"), device="cpu")
+    np.testing.assert_allclose(enc.embed(ST_TEXTS), expected, atol=1e-5)
+
+
+def test_modules_we_do_not_apply_are_named(tmp_path, caplog):
+    build_st(tmp_path / "d", "mean", dense=True)
+    with caplog.at_level(logging.WARNING, logger="mteb_midlayer.model"):
+        lm = LayerModel.load(str(tmp_path / "d"), device="cpu")
+    assert "2_Dense" in caplog.text and "differs from SentenceTransformer.encode" in caplog.text
+    assert lm.default_pooling == "mean"
+
+
+def test_a_broken_sentence_transformers_folder_is_not_loaded_as_plain(tmp_path):
+    build_st(tmp_path / "b", "mean")
+    (tmp_path / "b" / "modules.json").write_text("{not json")
+    with pytest.raises(Exception, match=r"Expecting property name|JSON"):
+        LayerModel.load(str(tmp_path / "b"), device="cpu")

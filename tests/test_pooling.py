@@ -3,10 +3,10 @@ pass, and sentence-transformers' `Pooling(include_prompt=False)` (prompt tokens 
 
 Several poolings: a pass over `pooling="a,b,c"` writes, for each pooling, exactly what a run with
 that pooling alone writes (store keys and entries, result folders and scores, metric files and
-rows), from the forward passes of one run. Prompt tokens: tiny ST models (tests/test_st_models.py
-`build_st`) with prompts and a tokenizer that adds `<s> ... </s>`, so the prompt length counts the
-leading special token and drops the trailing one, as sentence-transformers does; every check is
-against `SentenceTransformer.encode`.
+rows), from the forward passes of one run. Prompt tokens: tiny ST models (`build_st` of
+tests/conftest.py) with prompts and a tokenizer that adds `<s> ... </s>`, so the prompt length
+counts the leading special token and drops the trailing one, as sentence-transformers does;
+every check is against `SentenceTransformer.encode`.
 """
 
 from __future__ import annotations
@@ -38,8 +38,17 @@ from mteb_midlayer.spec import ModelSpec, SpecConflictError, merge_spec
 from mteb_midlayer.store import EmbeddingStore
 from mteb_midlayer.sweep import sweep
 
-from .conftest import count_forwards, mock_sts_task, tiny_layer_model, tiny_model, tiny_tokenizer
-from .test_st_models import ST_MODES, TEXTS, build_st
+from .conftest import (
+    ST_MODES,
+    ST_TEXTS,
+    build_st,
+    count_forwards,
+    failing_forward,
+    mock_sts_task,
+    tiny_layer_model,
+    tiny_model,
+    tiny_tokenizer,
+)
 
 
 def _batch():
@@ -428,10 +437,10 @@ def test_prompted_last_layer_matches_sentence_transformers_encode(mode, tmp_path
     for prompt in PROMPTS.values():
         # "<s>" + the prompt's characters; its trailing "</s>" is not the prompted text's
         assert enc.lm.prompt_length(prompt) == st[0]._get_prompt_length(prompt) == len(prompt) + 1
-        want = st.encode(TEXTS, prompt=prompt, batch_size=2)
-        np.testing.assert_allclose(enc.embed(TEXTS, prompt=prompt), want, atol=1e-5)
+        want = st.encode(ST_TEXTS, prompt=prompt, batch_size=2)
+        np.testing.assert_allclose(enc.embed(ST_TEXTS, prompt=prompt), want, atol=1e-5)
     pooled_too = LayerEncoder(enc.lm.model, tokenizer=enc.lm.tokenizer, pooling=enc.pooling)
-    diff = np.abs(pooled_too.embed(TEXTS, prompt="qry: ") - st.encode(TEXTS, prompt="qry: "))
+    diff = np.abs(pooled_too.embed(ST_TEXTS, prompt="qry: ") - st.encode(ST_TEXTS, prompt="qry: "))
     # the last token is never a prompt token: only `last` is the same either way
     assert diff.max() == pytest.approx(0, abs=1e-5) if mode == "lasttoken" else diff.max() > 0.1
 
@@ -442,8 +451,8 @@ def test_prompted_decoder_matches_sentence_transformers_encode(mode, tmp_path):
     path, st = build(tmp_path, mode, arch="gpt2")
     enc = LayerEncoder(str(path), device="cpu", batch_size=3)
     assert enc.lm.prompt_length("qry: ") == st[0]._get_prompt_length("qry: ") == 5
-    want = st.encode(TEXTS, prompt="qry: ", batch_size=4)
-    np.testing.assert_allclose(enc.embed(TEXTS, prompt="qry: "), want, atol=1e-5)
+    want = st.encode(ST_TEXTS, prompt="qry: ", batch_size=4)
+    np.testing.assert_allclose(enc.embed(ST_TEXTS, prompt="qry: "), want, atol=1e-5)
 
 
 def test_mteb_prompt_types_pick_the_prompt_whose_tokens_are_left_out(tmp_path):
@@ -455,13 +464,13 @@ def test_mteb_prompt_types_pick_the_prompt_whose_tokens_are_left_out(tmp_path):
     meta = MockRetrievalTask().metadata
     for kind in (PromptType.query, PromptType.document):
         got = enc.encode(
-            [{"text": TEXTS[:2]}, {"text": TEXTS[2:]}],
+            [{"text": ST_TEXTS[:2]}, {"text": ST_TEXTS[2:]}],
             task_metadata=meta,
             hf_split="test",
             hf_subset="default",
             prompt_type=kind,
         )
-        np.testing.assert_allclose(got, st.encode(TEXTS, prompt_name=kind.value), atol=1e-5)
+        np.testing.assert_allclose(got, st.encode(ST_TEXTS, prompt_name=kind.value), atol=1e-5)
 
 
 def test_texts_of_several_prompts_in_token_budget_batches(tmp_path):
@@ -469,7 +478,7 @@ def test_texts_of_several_prompts_in_token_budget_batches(tmp_path):
     path, st = build(tmp_path, "mean")
     lm = LayerModel.load(str(path), device="cpu")
     prompts = [PROMPTS["query"], PROMPTS["document"]] * 2
-    texts = [p + t for p, t in zip(prompts, TEXTS, strict=True)]
+    texts = [p + t for p, t in zip(prompts, ST_TEXTS, strict=True)]
     out = torch.zeros(len(texts), lm.hidden_size)
     n_batches = 0
     for batch in lm.iter_batches(
@@ -478,20 +487,18 @@ def test_texts_of_several_prompts_in_token_budget_batches(tmp_path):
         out[batch.indices] = batch.pooled[lm.n_layers]
         n_batches += 1
     assert n_batches > 1
-    want = [st.encode([t], prompt=p)[0] for p, t in zip(prompts, TEXTS, strict=True)]
+    want = [st.encode([t], prompt=p)[0] for p, t in zip(prompts, ST_TEXTS, strict=True)]
     np.testing.assert_allclose(out.numpy(), np.stack(want), atol=1e-5)
     with pytest.raises(ValueError, match=r"texts\[0\] does not start with its prompt"):
-        next(lm.iter_batches(TEXTS, [1], "mean", prompts="qry: "))
+        next(lm.iter_batches(ST_TEXTS, [1], "mean", prompts="qry: "))
 
 
 def test_out_of_memory_back_off_keeps_each_texts_prompt(tmp_path):
     """Batches re-planned after an out-of-memory error still leave out each text's own prompt."""
-    from .test_model import _failing_forward
-
     path, _ = build(tmp_path, "mean")
     lm = LayerModel.load(str(path), device="cpu")
     prompts = [PROMPTS["query"], PROMPTS["document"]] * 2
-    texts = [p + t for p, t in zip(prompts, TEXTS, strict=True)]
+    texts = [p + t for p, t in zip(prompts, ST_TEXTS, strict=True)]
 
     def run() -> torch.Tensor:
         out = torch.zeros(len(texts), lm.hidden_size)
@@ -501,7 +508,7 @@ def test_out_of_memory_back_off_keeps_each_texts_prompt(tmp_path):
 
     expected = run()
     calls: list[int] = []
-    _failing_forward(lm, max_rows=1, calls=calls)
+    failing_forward(lm, max_rows=1, calls=calls)
     got = run()
     assert calls[:3] == [4, 2, 1] and lm.oom_halvings == 2
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
@@ -640,6 +647,6 @@ def test_export_round_trip_with_prompts(mode, layer, tmp_path):
     loaded = SentenceTransformer(str(tmp_path / "exported"), device="cpu")
     enc = LayerEncoder(str(path), layer=layer, device="cpu")
     for name, prompt in PROMPTS.items():
-        want = enc.embed(TEXTS, prompt=prompt)
-        np.testing.assert_allclose(loaded.encode(TEXTS, prompt_name=name), want, atol=1e-5)
-    np.testing.assert_allclose(loaded.encode(TEXTS), enc.embed(TEXTS), atol=1e-5)
+        want = enc.embed(ST_TEXTS, prompt=prompt)
+        np.testing.assert_allclose(loaded.encode(ST_TEXTS, prompt_name=name), want, atol=1e-5)
+    np.testing.assert_allclose(loaded.encode(ST_TEXTS), enc.embed(ST_TEXTS), atol=1e-5)

@@ -18,7 +18,14 @@ from typing import Any
 from .base import Executor
 from .extras import MissingExtraError
 from .probe import SharedFilesystemError
-from .work import EncodeReport, ScoreReport, run_encode_unit, run_metrics_unit, run_score_unit
+from .work import (
+    EncodeReport,
+    MetricsReport,
+    ScoreReport,
+    run_encode_unit,
+    run_metrics_unit,
+    run_score_unit,
+)
 
 EXECUTORS = ("local", "ray", "submitit")
 
@@ -91,6 +98,7 @@ __all__ = [
     "EXECUTORS",
     "EncodeReport",
     "Executor",
+    "MetricsReport",
     "MissingExtraError",
     "ScoreReport",
     "SharedFilesystemError",
