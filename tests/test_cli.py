@@ -25,7 +25,7 @@ def test_sweep_then_table(shared_data, tmp_path, capsys):
     out = tmp_path / "results"
     code = main(
         ["sweep", "minilm", "--tasks", "BIOSSES", "--data-dir", str(shared_data),
-         "--layers", "3,6", "--output", str(out), "--device", "cpu"]
+         "--layers", "3,6", "--output", str(out), "--device", "cpu", "--jobs", "1"]
     )  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
@@ -33,7 +33,7 @@ def test_sweep_then_table(shared_data, tmp_path, capsys):
     # A second configuration of the same model: replayed from the store, its own table.
     code = main(
         ["sweep", "minilm", "--tasks", "BIOSSES", "--data-dir", str(shared_data),
-         "--layers", "6", "--output", str(out), "--device", "cpu", "--no-normalize"]
+         "--layers", "6", "--output", str(out), "--device", "cpu", "--no-normalize", "--jobs", "1"]
     )  # fmt: skip
     assert code == 0
     assert main(["table", str(out), "--csv", str(tmp_path / "t.csv")]) == 0

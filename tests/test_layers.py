@@ -510,7 +510,7 @@ def test_cli_sweep_final_norm_then_select_exports_the_every_slice(shared_data, t
     code = main(
         ["sweep", str(src), "--tasks", "BIOSSES", "--data-dir", str(shared_data),
          "--layers", "2,4", "--final-norm", "every", "--max-tokens-per-batch", "512",
-         "--output", str(out), "--device", "cpu"]
+         "--output", str(out), "--device", "cpu", "--jobs", "1"]
     )  # fmt: skip
     assert code == 0
     scores = frames.scores_frame(out)
