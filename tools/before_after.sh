@@ -6,7 +6,7 @@
 #   for d in results res minilm-l3; do python tools/compare_runs.py /tmp/before/$d /tmp/after/$d; done
 #   cmp /tmp/before/selection.json /tmp/after/selection.json
 # (2026-12-05, 2 idle cores: 0 differences in 267 files, 47,847 texts' stored vectors equal bit for
-# bit, selection.json identical; main job 583 s before, 591 s after)
+# bit, selection.json identical; main job 583 s before, 591 s after; rerun at 33afa94: 0 differences)
 # Uses the active Python (its mteb, torch, ...); SRC's own package is imported (PYTHONPATH).
 set -euo pipefail
 SRC=$(cd "$1" && pwd)
