@@ -192,6 +192,14 @@ def minilm_path() -> str:
     return str(gt.get_model_path())
 
 
+@pytest.fixture(scope="module")
+def minilm(minilm_path):
+    """The packaged MiniLM as a `LayerModel`, loaded once per test module (tests may patch it)."""
+    from mteb_midlayer.model import LayerModel
+
+    return LayerModel.load(minilm_path, device="cpu")
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -21,11 +21,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def minilm(minilm_path):
-    return LayerModel.load(minilm_path, device="cpu")
-
-
 def test_last_layer_equals_sentence_transformers(minilm_path, minilm):
     from sentence_transformers import SentenceTransformer
 

@@ -136,11 +136,6 @@ def test_fuse_vectors_is_the_order_free_mean():
 
 # -------------------------------------------------------------------- sweep end to end
 @pytest.fixture(scope="module")
-def minilm(minilm_path):
-    return LayerModel.load(minilm_path, device="cpu")
-
-
-@pytest.fixture(scope="module")
 def fused_sweep(minilm, shared_data, tmp_path_factory):
     from mteb_midlayer import sweep
 

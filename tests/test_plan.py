@@ -23,11 +23,6 @@ from mteb_midlayer.sweep import sweep
 from mteb_midlayer.tasks.selection import select_tasks
 
 
-@pytest.fixture(scope="module")
-def minilm(minilm_path):
-    return LayerModel.load(minilm_path, device="cpu")
-
-
 def _texts(n: int) -> TaskTexts:
     return TaskTexts(task="T", prompt_type="query", texts=tuple(f"text {i}" for i in range(n)))
 

@@ -14,11 +14,6 @@ from mteb_midlayer.model import EMBEDDED_NAME, LayerModel
 from mteb_midlayer.sweep import select_tasks, sweep
 
 
-@pytest.fixture(scope="module")
-def minilm(minilm_path):
-    return LayerModel.load(minilm_path, device="cpu")
-
-
 def test_sweep_equals_layer_encoder_runs(minilm, shared_data, tmp_path):
     out = tmp_path / "sweep"
     result = sweep(

@@ -201,11 +201,6 @@ def test_a_holder_whose_claim_was_taken_over_stops_beating_it(tmp_path):
     assert path.exists()  # and not released by us
 
 
-@pytest.fixture(scope="module")
-def minilm(minilm_path):
-    return LayerModel.load(minilm_path, device="cpu")
-
-
 def _unit(lm: LayerModel, tmp_path: Path, texts: list[str]):
     tt = TaskTexts(task="T", prompt_type=None, texts=tuple(texts))
     write_texts(tmp_path / "texts.json", tt)

@@ -25,11 +25,6 @@ from mteb_midlayer.tasks.selection import select_tasks
 from ..conftest import tiny_model, tiny_tokenizer
 
 
-@pytest.fixture(scope="module")
-def minilm(minilm_path):
-    return LayerModel.load(minilm_path, device="cpu")
-
-
 def test_parse_metrics():
     assert parse_metrics("all") == list(METRICS)
     assert parse_metrics("lidar,curvature") == ["curvature", "lidar"]
