@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import logging
-import math
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,7 @@ from mteb.abstasks import AbsTask
 from mteb_midlayer.tasks.local import local_task
 
 if TYPE_CHECKING:
-    import pandas as pd
+    pass
 
 logger = logging.getLogger(__name__)
 
@@ -31,8 +30,6 @@ __all__ = [
     "english_only",
     "english_task_subsets",
     "get_benchmark",
-    "layer_average",
-    "missing_note",
     "resolve_tasks",
     "task_main_score",
 ]
@@ -303,71 +300,3 @@ def task_main_score(
         if keep:
             chosen = [s for s in scores if s["hf_subset"] in keep]
     return float(sum(float(s["main_score"]) for s in chosen) / len(chosen))
-
-
-def layer_average(
-    df: pd.DataFrame,
-    tasks: Sequence[str] | None = None,
-    *,
-    layer: str = "layer",
-    task: str = "task",
-    score: str = "score",
-) -> pd.DataFrame:
-    """A (layer x task) table with each layer's mean over the tasks it has.
-
-    Args:
-        df: long form, one row per (layer, task) with its score (NaN = no result).
-        tasks: the tasks a complete layer has (e.g. the 32); by default every task in ``df``.
-            Columns follow this order (then any other tasks of ``df``).
-        layer, task, score: the column names in ``df``.
-
-    Returns:
-        Indexed by layer (sorted), one column per task, then ``mean`` (over the tasks with a
-        score at that layer; NaN when none), ``n_tasks`` (how many) and ``missing`` (the tasks
-        without a score there, comma-separated; ``""`` when none).
-
-    Raises:
-        ValueError: missing columns, or a (layer, task) given twice.
-    """
-    import pandas as pd
-
-    for col in (layer, task, score):
-        if col not in df.columns:
-            raise ValueError(f"layer_average: no column {col!r} in {list(df.columns)}")
-    dup = df.duplicated(subset=[layer, task], keep=False)
-    if dup.any():
-        first = df[dup].iloc[0]
-        raise ValueError(
-            f"layer_average: ({layer}={first[layer]!r}, {task}={first[task]!r}) appears more than once"
-        )
-    order = list(dict.fromkeys(tasks if tasks is not None else []))
-    order += [t for t in dict.fromkeys(df[task]) if t not in order]
-    wide = df.pivot(index=layer, columns=task, values=score).reindex(columns=order)
-    wide = wide.astype(float).sort_index()
-    wide.columns.name = None
-    have = wide.notna()
-    wide["mean"] = wide[order].mean(axis=1, skipna=True)
-    wide["n_tasks"] = have.sum(axis=1).astype(int)
-    wide["missing"] = [", ".join(c for c in order if not have.at[i, c]) for i in wide.index]
-    return wide if len(wide) else pd.DataFrame(columns=[*order, "mean", "n_tasks", "missing"])
-
-
-def missing_note(table: pd.DataFrame, n_total: int | None = None) -> list[str]:
-    """Plain lines for a :func:`layer_average` table's incomplete layers (empty when none).
-
-    e.g. ``"layer 3: mean over 30 of 32 tasks; missing: STS17, SciDocsRR"``.
-    """
-    task_cols = [c for c in table.columns if c not in ("mean", "n_tasks", "missing")]
-    total = n_total if n_total is not None else len(task_cols)
-    lines = []
-    for idx, row in table.iterrows():
-        if row["missing"]:
-            n = int(row["n_tasks"])
-            mean = row["mean"]
-            what = (
-                "no task"
-                if n == 0 or (isinstance(mean, float) and math.isnan(mean))
-                else (f"mean over {n} of {total} tasks")
-            )
-            lines.append(f"layer {idx}: {what}; missing: {row['missing']}")
-    return lines

@@ -3,18 +3,14 @@
 from __future__ import annotations
 
 import logging
-import math
 import warnings
 
 import mteb
-import pandas as pd
 import pytest
 
 from mteb_midlayer.tasks.benchmark import (
     LAYER_BY_LAYER_32_TASKS,
     get_benchmark,
-    layer_average,
-    missing_note,
     resolve_tasks,
     task_main_score,
 )
@@ -154,49 +150,3 @@ def test_task_main_score_english_subsets_averaged():
     ) == pytest.approx(0.2)
     with pytest.raises(KeyError, match=r"'test'.*validation"):
         task_main_score(_result("BIOSSES", {"default": 0.81}, split="validation"))
-
-
-def _long(rows):
-    return pd.DataFrame(rows, columns=["layer", "task", "score"])
-
-
-def test_layer_average_complete_and_missing():
-    df = _long(
-        [
-            (0, "A", 0.2),
-            (0, "B", 0.4),
-            (0, "C", 0.6),
-            (1, "A", 0.5),
-            (1, "C", float("nan")),  # NaN = no result
-            (2, "B", 0.9),
-        ]
-    )
-    table = layer_average(df)
-    assert list(table.columns) == ["A", "B", "C", "mean", "n_tasks", "missing"]
-    assert list(table.index) == [0, 1, 2]
-    assert table.loc[0, "mean"] == pytest.approx(0.4)
-    assert table.loc[0, "n_tasks"] == 3 and table.loc[0, "missing"] == ""
-    assert table.loc[1, "mean"] == pytest.approx(0.5)
-    assert table.loc[1, "n_tasks"] == 1 and table.loc[1, "missing"] == "B, C"
-    assert table.loc[2, "missing"] == "A, C"
-    assert missing_note(table) == [
-        "layer 1: mean over 1 of 3 tasks; missing: B, C",
-        "layer 2: mean over 1 of 3 tasks; missing: A, C",
-    ]
-
-
-def test_layer_average_expected_tasks_and_errors():
-    df = _long([(3, "B", 0.5), (1, "B", 0.7)])
-    table = layer_average(df, tasks=["A", "B"])
-    assert list(table.columns[:2]) == ["A", "B"] and list(table.index) == [1, 3]
-    assert table["missing"].tolist() == ["A", "A"]
-    assert missing_note(table, n_total=32)[0] == "layer 1: mean over 1 of 32 tasks; missing: A"
-    with pytest.raises(ValueError, match="more than once"):
-        layer_average(_long([(0, "A", 0.1), (0, "A", 0.2)]))
-    with pytest.raises(ValueError, match="no column 'score'"):
-        layer_average(pd.DataFrame({"layer": [0], "task": ["A"]}))
-    empty = layer_average(_long([]), tasks=["A"])
-    assert list(empty.columns) == ["A", "mean", "n_tasks", "missing"] and empty.empty
-    nan_only = layer_average(_long([(0, "A", float("nan"))]))
-    assert math.isnan(nan_only.loc[0, "mean"]) and nan_only.loc[0, "n_tasks"] == 0
-    assert missing_note(nan_only) == ["layer 0: no task; missing: A"]
